@@ -1,0 +1,239 @@
+"""Load policy files: YAML -> typed models, every problem located as file:line:col."""
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from retention_jobs.errors import PolicyError, Problem
+from retention_jobs.policy import Policy
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    """A validated policy with where it came from, so later stages can point into the file."""
+
+    policy: Policy
+    path: str
+    sha256: str
+    marks: dict[Loc, tuple[int, int]] = field(repr=False, compare=False)
+
+    def where(self, loc: Loc) -> tuple[int, int]:
+        """The line and column of `loc`, or of its nearest enclosing node."""
+        while loc not in self.marks and loc:
+            loc = loc[:-1]
+        return self.marks.get(loc, (1, 1))
+
+    def problem(self, loc: Loc, message: str, hint: str = "") -> Problem:
+        line, col = self.where(loc)
+        return Problem(self.path, line, col, format_loc(loc), message, hint)
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    files: tuple[PolicyFile, ...]
+
+    @property
+    def policies(self) -> list[Policy]:
+        return [f.policy for f in self.files]
+
+    def by_purpose(self, purpose: str) -> PolicyFile:
+        for f in self.files:
+            if f.policy.purpose == purpose:
+                return f
+        raise KeyError(purpose)
+
+    @property
+    def digest(self) -> str:
+        """One hash over all files, for receipts and the audit ledger."""
+        h = hashlib.sha256()
+        for f in sorted(self.files, key=lambda f: f.policy.purpose):
+            h.update(f.policy.purpose.encode() + b"\0" + f.sha256.encode() + b"\0")
+        return h.hexdigest()
+
+
+def format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _MarkedLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: `on`, `yes`, `no`, `off` stay strings (cascades
+    have an `on:` key, and a country code NO must not turn into false)."""
+
+
+_MarkedLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_MarkedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _to_python(node: yaml.Node, loc: Loc, marks: dict, problems: list, path: str, loader) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int)):
+                problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                        format_loc(loc), "mapping keys must be plain names"))
+                continue
+            child = (*loc, key)
+            if key in out:
+                problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                        format_loc(child), f"duplicate key {key!r}",
+                                        "YAML would silently keep only the last one; remove one"))
+            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _to_python(value_node, child, marks, problems, path, loader)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            child = (*loc, i)
+            marks[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
+            items.append(_to_python(item, child, marks, problems, path, loader))
+        return items
+    return loader.construct_object(node, deep=True)
+
+
+def _hint(err: dict) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "remove it or check its spelling against docs/policies.md"
+    if kind == "missing":
+        return "add it (see docs/policies.md)"
+    if kind == "literal_error":
+        return ""
+    return ""
+
+
+def _clean(msg: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
+
+
+_BRANCH_TAG = re.compile(r"^(?:[A-Z]\w*|str|int|float|bool|date|none|list\[.*\]|dict\[.*\]|constrained-str|function-\w+\[.*\])$")
+_TYPE_ERRORS = {"string_type", "list_type", "dict_type", "model_type", "model_attributes_type",
+                "int_type", "float_type", "bool_type", "date_type", "none_required",
+                "string_pattern_mismatch"}
+
+
+def _drop_union_tags(loc: Loc) -> Loc:
+    # pydantic puts the union member's name (e.g. 'str', 'RelatedClock') into the location.
+    return tuple(p for p in loc if not (isinstance(p, str) and _BRANCH_TAG.match(p)))
+
+
+def _errors(e: ValidationError) -> list[tuple[Loc, dict]]:
+    """Pydantic's errors with union noise removed: when one branch of a union fits the input's
+    shape, the other branches' 'input should be a valid string' errors only confuse."""
+    raw = [(_drop_union_tags(tuple(err["loc"])), err, len(err["loc"]) != len(_drop_union_tags(tuple(err["loc"]))))
+           for err in e.errors()]
+    out = []
+    for loc, err, in_union in raw:
+        if in_union and err["type"] in _TYPE_ERRORS and any(
+            o is not err and oloc[: len(loc)] == loc and (len(oloc) > len(loc) or o["type"] not in _TYPE_ERRORS)
+            for oloc, o, _ in raw
+        ):
+            continue
+        out.append((loc, err))
+    return out
+
+
+def load_text(text: str, path: str) -> PolicyFile:
+    """Parse one policy document; raise PolicyError with every problem in it."""
+    problems: list[Problem] = []
+    marks: dict[Loc, tuple[int, int]] = {(): (1, 1)}
+    loader = _MarkedLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise PolicyError([Problem(path, line, col, "", f"not valid YAML: {getattr(e, 'problem', e)}",
+                                   "check indentation and quoting")]) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        raise PolicyError([Problem(path, 1, 1, "", "the file is empty", "a policy needs purpose, title, legal_basis, owner and rules")])
+    data = _to_python(node, (), marks, problems, path, loader)
+    if not isinstance(data, dict):
+        raise PolicyError([Problem(path, 1, 1, "", "a policy file is a mapping (purpose: ..., rules: ...)", "")])
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as e:
+        for loc, err in _errors(e):
+            line, col = _locate(marks, loc)
+            problems.append(Problem(path, line, col, format_loc(loc), _clean(err["msg"]), _hint(err)))
+        raise PolicyError(problems) from None
+    if problems:
+        raise PolicyError(problems)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return PolicyFile(policy=policy, path=path, sha256=digest, marks=marks)
+
+
+def _locate(marks: dict, loc: Loc) -> tuple[int, int]:
+    while loc not in marks and loc:
+        loc = loc[:-1]
+    return marks.get(loc, (1, 1))
+
+
+def policy_paths(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(sorted([*p.glob("*.yaml"), *p.glob("*.yml")]))
+        else:
+            out.append(p)
+    return out
+
+
+def load_policies(paths: Iterable[str | Path]) -> PolicySet:
+    """Load every file; collect the problems of all of them before raising."""
+    problems: list[Problem] = []
+    files: list[PolicyFile] = []
+    found = policy_paths(paths)
+    if not found:
+        raise PolicyError([Problem(str(next(iter(paths), "policies")), 1, 1, "", "no policy files found",
+                                   "put one YAML file per purpose in policies/")])
+    for path in found:
+        shown = _display(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(Problem(shown, 1, 1, "", f"cannot read the file: {e.__class__.__name__}", "check the path"))
+            continue
+        try:
+            files.append(load_text(text, shown))
+        except PolicyError as e:
+            problems.extend(e.problems)
+    seen: dict[str, PolicyFile] = {}
+    for f in files:
+        other = seen.get(f.policy.purpose)
+        if other:
+            problems.append(f.problem(("purpose",), f"purpose {f.policy.purpose!r} is also defined in {other.path}",
+                                      "one file per purpose"))
+        seen[f.policy.purpose] = f
+    if problems:
+        raise PolicyError(problems)
+    return PolicySet(tuple(files))
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,372 @@
+"""Typed policy models: the contract of `policies/*.yaml`.
+
+Frozen pydantic models with `extra="forbid"`; the field docstrings become the JSON Schema
+descriptions that editors show (`retention-jobs schema`).
+"""
+
+import re
+from datetime import date
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from retention_jobs.periods import Period
+
+Identifier = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="A column name (letters, digits, _)."),
+]
+TableName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$",
+        description="A table as schema.table, e.g. billing.customers.",
+    ),
+]
+Slug = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+Scalar = str | int | float | bool | date | None
+
+LegalBasis = Literal[
+    "consent", "contract", "legal_obligation", "vital_interests", "public_task",
+    "legitimate_interests",
+]
+Operator = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "is_null"]
+FAKE_LOCALES = ("nb_NO", "sv_SE", "da_DK", "fi_FI", "en_GB", "en_US")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+# --- anonymisation strategies -------------------------------------------------------------
+
+
+class Redact(_Model):
+    kind: Literal["redact"] = "redact"
+    """Replace the value with NULL. Rejected on NOT NULL columns."""
+
+
+class Hash(_Model):
+    kind: Literal["hash"] = "hash"
+    length: int | None = Field(default=None, ge=16, le=64)
+    """Hex characters kept of the keyed BLAKE2b digest (default: 32, or what the column fits)."""
+
+
+class Fake(_Model):
+    kind: Literal["fake"] = "fake"
+    provider: str
+    """A Faker provider method, e.g. name, email, phone_number, street_address, company."""
+    locale: str | None = None
+    """Faker locale; default: the policy's `locale`."""
+
+
+class Mask(_Model):
+    kind: Literal["mask"] = "mask"
+    keep_last: int = Field(default=0, ge=0)
+    """Characters left readable at the end."""
+    keep_first: int = Field(default=0, ge=0)
+    """Characters left readable at the start."""
+    char: str = Field(default="*", min_length=1, max_length=1)
+    """The masking character."""
+
+
+class Generalise(_Model):
+    kind: Literal["generalise"] = "generalise"
+    to: Literal["year", "month"] | None = None
+    """Dates and timestamps: truncate to the first day of the year or month."""
+    band: float | None = Field(default=None, gt=0)
+    """Numbers: round down to a multiple of `band` (e.g. 10 turns 37 into 30)."""
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "Generalise":
+        if (self.to is None) == (self.band is None):
+            raise ValueError("generalise takes either a date unit (year | month) or {band: N}")
+        return self
+
+
+class Constant(_Model):
+    kind: Literal["constant"] = "constant"
+    value: Scalar
+    """The value written into every anonymised row."""
+
+
+Strategy = Redact | Hash | Fake | Mask | Generalise | Constant
+STRATEGY_NAMES = ("redact", "hash", "fake", "mask", "generalise", "constant")
+
+
+def parse_strategy(raw: Any) -> Strategy:
+    """Turn the short YAML forms (`hash`, `{fake: name}`, `{mask: {keep_last: 2}}`) into models."""
+    if isinstance(raw, (Redact, Hash, Fake, Mask, Generalise, Constant)):
+        return raw
+    if isinstance(raw, str):
+        if raw == "redact":
+            return Redact()
+        if raw == "hash":
+            return Hash()
+        raise ValueError(
+            f"unknown strategy {raw!r}; use one of: redact, hash, {{fake: PROVIDER}}, "
+            "{mask: {keep_last: N}}, {generalise: year|month|{band: N}}, {constant: VALUE}"
+        )
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise ValueError(
+            "a strategy is a name (redact, hash) or a mapping with exactly one key, "
+            "e.g. {fake: name}"
+        )
+    (name, arg), = raw.items()
+    if name == "redact":
+        return Redact()
+    if name == "hash":
+        return Hash(**(arg or {})) if isinstance(arg, dict) or arg is None else Hash(length=arg)
+    if name == "fake":
+        return Fake(provider=arg) if isinstance(arg, str) else Fake(**_mapping(arg, "fake"))
+    if name == "mask":
+        return Mask(**(_mapping(arg, "mask") if arg is not None else {}))
+    if name == "generalise":
+        return Generalise(to=arg) if isinstance(arg, str) else Generalise(**_mapping(arg, "generalise"))
+    if name == "constant":
+        return Constant(value=arg)
+    raise ValueError(f"unknown strategy {name!r}; use one of: {', '.join(STRATEGY_NAMES)}")
+
+
+def _mapping(arg: Any, name: str) -> dict:
+    if not isinstance(arg, dict):
+        raise ValueError(f"{name} takes a mapping of options, got {type(arg).__name__}")
+    return arg
+
+
+def _parse_columns(raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        return raw
+    return {col: parse_strategy(v) for col, v in raw.items()}
+
+
+# --- filters and clocks -------------------------------------------------------------------
+
+
+class Condition(_Model):
+    """One column condition of a `where` filter."""
+
+    column: Identifier
+    op: Operator
+    value: Scalar | list[Scalar]
+
+
+def parse_where(raw: Any) -> Any:
+    """`{status: closed}`, `{status: [a, b]}`, `{amount: {gt: 10}}`, `{ended_at: {is_null: false}}`."""
+    if not isinstance(raw, dict):
+        return raw
+    conditions: list[Condition] = []
+    for column, spec in raw.items():
+        if isinstance(spec, dict):
+            if not spec:
+                raise ValueError(f"{column}: an empty operator mapping")
+            for op, value in spec.items():
+                if op not in Operator.__args__:
+                    raise ValueError(
+                        f"{column}: unknown operator {op!r}; use one of: {', '.join(Operator.__args__)}"
+                    )
+                if op in ("in", "not_in") and not isinstance(value, list):
+                    raise ValueError(f"{column}: {op} takes a list of values")
+                if op == "is_null" and not isinstance(value, bool):
+                    raise ValueError(f"{column}: is_null takes true or false")
+                conditions.append(Condition(column=column, op=op, value=value))
+        elif isinstance(spec, list):
+            conditions.append(Condition(column=column, op="in", value=spec))
+        else:
+            conditions.append(Condition(column=column, op="eq", value=spec))
+    return conditions
+
+
+class RelatedClock(_Model):
+    """A clock kept in related rows, e.g. the last activity of a contact."""
+
+    table: TableName
+    """The related table."""
+    on: Identifier
+    """The column that the related table and the rule's table share (e.g. contact_id)."""
+    column: Identifier
+    """The date or timestamp column of the related table."""
+    aggregate: Literal["max", "min"] = "max"
+    """max: the latest related date (last activity); min: the earliest."""
+
+
+class RelatedFilter(_Model):
+    """A condition on related rows: all, any or none of them must match."""
+
+    table: TableName
+    on: Identifier
+    """The column that the related table and the rule's table share."""
+    all: list[Condition] | None = None
+    """Every related row matches (also true when there are none)."""
+    any: list[Condition] | None = None
+    """At least one related row matches."""
+    none: list[Condition] | None = None
+    """No related row matches."""
+
+    _parse = field_validator("all", "any", "none", mode="before")(classmethod(lambda cls, v: parse_where(v)))
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "RelatedFilter":
+        given = [k for k in ("all", "any", "none") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a related filter takes exactly one of: all, any, none")
+        return self
+
+    @property
+    def quantifier(self) -> str:
+        return next(k for k in ("all", "any", "none") if getattr(self, k) is not None)
+
+    @property
+    def conditions(self) -> list[Condition]:
+        return getattr(self, self.quantifier)
+
+
+class Subject(_Model):
+    """Whose data a row is: used by holds and data-subject requests."""
+
+    kind: Slug
+    """The kind of person, e.g. customer, subscriber, contact, user."""
+    column: Identifier
+    """The column holding the subject's id."""
+
+
+class Cascade(_Model):
+    """A foreign-key child handled before its parent row is deleted or changed."""
+
+    table: TableName
+    on: Identifier
+    """The child's column that references the parent."""
+    references: Identifier | None = None
+    """The parent's column that `on` points to; default: the parent's key."""
+    key: Identifier | list[Identifier] | None = None
+    """The child's primary key; default: read from the store."""
+    action: Literal["delete", "anonymise", "unlink"]
+    """delete the child rows; anonymise their `columns`; unlink: set `on` to NULL, keep the row."""
+    columns: dict[Identifier, Strategy] = Field(default_factory=dict)
+    """With action anonymise: column -> strategy."""
+    cascade: list["Cascade"] = Field(default_factory=list)
+    """Grandchildren, handled before this child."""
+
+    _cols = field_validator("columns", mode="before")(classmethod(lambda cls, v: _parse_columns(v)))
+
+    @model_validator(mode="after")
+    def _columns_match_action(self) -> "Cascade":
+        if self.action == "anonymise" and not self.columns:
+            raise ValueError("action anonymise needs `columns` (column: strategy)")
+        if self.action != "anonymise" and self.columns:
+            raise ValueError(f"`columns` is only for action anonymise, not {self.action}")
+        if self.action != "delete" and self.cascade:
+            raise ValueError("nested cascades are only allowed under action delete")
+        return self
+
+
+class Rule(_Model):
+    """One table's retention: which rows expire when, and what happens to them."""
+
+    name: Slug
+    """Unique within the policy; appears in reports and the audit ledger."""
+    description: str | None = None
+    table: TableName
+    """The table as schema.table."""
+    key: Identifier | list[Identifier]
+    """The primary key: a column or a list of columns."""
+    subject: Subject | None = None
+    """Whose data the rows are (needed for holds on subjects and for requests)."""
+    clock: Identifier | RelatedClock
+    """The column (or related rows) whose date starts the retention period. NULL: not started."""
+    round_clock_to: Literal["year_end", "month_end"] | None = None
+    """Round the clock up before adding keep_for (fiscal year = calendar year)."""
+    keep_for: str
+    """ISO-8601 period of whole days: P0D (immediately), P30D, P6M, P5Y, P1Y6M."""
+    where: list[Condition] = Field(default_factory=list)
+    """Only rows matching every condition: column: value | [values] | {op: value}."""
+    related: list[RelatedFilter] = Field(default_factory=list)
+    """Conditions on related rows (e.g. every list subscription is unsubscribed)."""
+    action: Literal["delete", "anonymise", "retain"]
+    """delete the rows; anonymise `columns`; retain: a minimum period nothing may cut short."""
+    columns: dict[Identifier, Strategy] = Field(default_factory=dict)
+    """With action anonymise: column -> strategy. Columns not listed are kept."""
+    cascade: list[Cascade] = Field(default_factory=list)
+    """Foreign-key children handled before the parent (deletes only)."""
+    suppress: list[Identifier] = Field(default_factory=list)
+    """Columns whose keyed hashes go to the suppression list before the row is erased."""
+
+    _where = field_validator("where", mode="before")(classmethod(lambda cls, v: parse_where(v)))
+    _cols = field_validator("columns", mode="before")(classmethod(lambda cls, v: _parse_columns(v)))
+
+    @field_validator("keep_for")
+    @classmethod
+    def _period(cls, v: str) -> str:
+        Period.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Rule":
+        if self.action == "anonymise" and not self.columns:
+            raise ValueError("action anonymise needs `columns` (column: strategy)")
+        if self.action != "anonymise" and self.columns:
+            raise ValueError(f"`columns` is only for action anonymise, not {self.action}")
+        if self.action == "retain" and (self.cascade or self.suppress):
+            raise ValueError("a retain rule changes nothing: it takes no cascade or suppress")
+        if self.action == "anonymise" and any(c.action == "delete" for c in self.cascade):
+            raise ValueError("an anonymised parent keeps its children: cascade delete needs action delete")
+        keys = self.keys
+        if len(set(keys)) != len(keys):
+            raise ValueError("key lists a column twice")
+        overlap = set(keys) & set(self.columns)
+        if overlap:
+            raise ValueError(f"the key column {sorted(overlap)[0]!r} cannot be anonymised")
+        return self
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.key] if isinstance(self.key, str) else list(self.key)
+
+    @property
+    def period(self) -> Period:
+        return Period.parse(self.keep_for)
+
+
+class Policy(_Model):
+    """One purpose of processing, its legal basis, and the retention rules that serve it."""
+
+    purpose: Slug
+    """Short name of the purpose, e.g. newsletter, customers, call-records."""
+    title: str = Field(min_length=1)
+    """One line for people: what this processing is."""
+    legal_basis: LegalBasis
+    """GDPR Art. 6(1) basis of the processing."""
+    owner: str = Field(min_length=1)
+    """The team answerable for this purpose (shown in Dagster as the asset owner)."""
+    description: str | None = None
+    timezone: str = "UTC"
+    """IANA zone in which the as-of date is read, e.g. Europe/Oslo."""
+    locale: str = "nb_NO"
+    """Default Faker locale for `fake` strategies."""
+    rules: list[Rule] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Europe/Oslo") from None
+        return v
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, v: str) -> str:
+        if not re.match(r"^[a-z]{2}_[A-Z]{2}$", v):
+            raise ValueError(f"{v!r} is not a locale such as nb_NO, sv_SE or da_DK")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> "Policy":
+        seen: set[str] = set()
+        for r in self.rules:
+            if r.name in seen:
+                raise ValueError(f"two rules are named {r.name!r}; rule names must be unique")
+            seen.add(r.name)
+        return self
