@@ -1,0 +1,175 @@
+"""Anonymisation strategies as Polars expressions over whole columns.
+
+Keyed hashing is BLAKE2b in keyed mode (RFC 7693: a MAC like HMAC-SHA256, and stable across
+library versions, unlike Polars' own `hash()`). The key comes from the environment; only its
+id (a hash of the key) is ever recorded. Fakes come from a seeded Faker pool per provider and
+locale, picked by the keyed hash of the original value: the same input gets the same fake in
+every table and run, at column speed.
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import polars as pl
+
+from retention_jobs.errors import ConfigError
+from retention_jobs.policy import Constant, Fake, Generalise, Hash, Mask, Redact, Strategy
+from retention_jobs.store.base import ColumnInfo
+
+KEY_ENV = "RETENTION_PSEUDONYM_KEY"
+POOL_SIZE = 4096
+DEFAULT_HASH_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class PseudonymKey:
+    secret: bytes
+    key_id: str
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"PseudonymKey(key_id={self.key_id!r})"
+
+    @classmethod
+    def from_text(cls, text: str) -> "PseudonymKey":
+        secret = hashlib.sha256(text.encode()).digest()
+        key_id = hashlib.blake2b(secret, digest_size=6, person=b"key-id").hexdigest()
+        return cls(secret, key_id)
+
+
+DEMO_KEY_TEXT = "retention-jobs-demo-key-not-secret"
+
+
+def key_from_env(allow_demo: bool = False) -> PseudonymKey:
+    text = os.environ.get(KEY_ENV)
+    if text:
+        if len(text) < 16:
+            raise ConfigError(f"{KEY_ENV} is too short: use at least 16 random characters")
+        return PseudonymKey.from_text(text)
+    if allow_demo:
+        return PseudonymKey.from_text(DEMO_KEY_TEXT)
+    raise ConfigError(
+        f"{KEY_ENV} is not set: hashing and fakes need a secret key; set it to at least 16 random "
+        "characters (e.g. `export RETENTION_PSEUDONYM_KEY=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')`)"
+    )
+
+
+def keyed_hashes(values: pl.Series, key: PseudonymKey) -> pl.Series:
+    """Hex keyed hash of each value's text form; NULL stays NULL. Hashes each distinct value once."""
+    text = values.cast(pl.String)
+    uniq = text.drop_nulls().unique()
+    secret = key.secret
+    digests = [hashlib.blake2b(v.encode(), key=secret, digest_size=32).hexdigest() for v in uniq.to_list()]
+    if not digests:
+        return pl.Series(values.name, [None] * len(values), dtype=pl.String)
+    return text.replace_strict(uniq, pl.Series(digests, dtype=pl.String), default=None, return_dtype=pl.String)
+
+
+# Faker names Norwegian Bokmål after the older code.
+_FAKER_LOCALES = {"nb_NO": "no_NO", "nn_NO": "no_NO"}
+
+
+def faker_for(locale: str):
+    from faker import Faker
+
+    return Faker(_FAKER_LOCALES.get(locale, locale))
+
+
+@lru_cache(maxsize=64)
+def fake_pool(provider: str, locale: str) -> tuple[str, ...]:
+    """A deterministic pool of fake values (Faker is slow: build once, pick by hash)."""
+    faker = faker_for(locale)
+    faker.seed_instance(int.from_bytes(hashlib.sha256(f"{provider}/{locale}".encode()).digest()[:8], "big"))
+    try:
+        make = getattr(faker, provider)
+    except AttributeError:
+        raise ConfigError(f"Faker has no provider {provider!r} for locale {locale}") from None
+    return tuple(str(make()) for _ in range(POOL_SIZE))
+
+
+def check_provider(provider: str, locale: str) -> str | None:
+    """Why this provider cannot be used, or None."""
+    try:
+        value = getattr(faker_for(locale), provider)()
+    except AttributeError:
+        return f"Faker has no provider {provider!r}"
+    except TypeError:
+        return f"Faker provider {provider!r} needs arguments; pick one that takes none"
+    if not isinstance(value, (str, int, float)):
+        return f"Faker provider {provider!r} returns {type(value).__name__}, not text"
+    return None
+
+
+def _fit(expr: pl.Expr, col: ColumnInfo) -> pl.Expr:
+    return expr.str.slice(0, col.max_length) if col.max_length else expr
+
+
+def _unique_suffix(fake: pl.Expr, digest: pl.Expr, col: ColumnInfo) -> pl.Expr:
+    """Make fakes in a unique column unique: add part of the keyed hash (before any '@')."""
+    suffix = digest.str.slice(0, 12)
+    parts = fake.str.split_exact("@", 1)
+    local, domain = parts.struct.field("field_0"), parts.struct.field("field_1")
+    if col.max_length:
+        # keep the suffix and the domain whole; shorten the local part to fit
+        room = pl.max_horizontal(pl.lit(1), col.max_length - 14 - domain.str.len_chars().fill_null(-1))
+        local = local.str.slice(0, room)
+    with_at = pl.concat_str([local, pl.lit("."), suffix, pl.lit("@"), domain])
+    without = pl.concat_str([local, pl.lit("-"), suffix])
+    out = pl.when(domain.is_not_null()).then(with_at).otherwise(without)
+    return out.str.slice(0, col.max_length) if col.max_length else out
+
+
+def strategy_expr(name: str, s: Strategy, col: ColumnInfo, dtype: pl.DataType, digest: pl.Expr,
+                  locale: str) -> pl.Expr:
+    """The anonymised value of column `name`; `digest` is the keyed hash of the original."""
+    c = pl.col(name)
+    if isinstance(s, Redact):
+        return pl.lit(None, dtype=dtype)
+    if isinstance(s, Hash):
+        n = s.length or DEFAULT_HASH_LENGTH
+        if col.max_length:
+            n = min(n, col.max_length)
+        return digest.str.slice(0, n)
+    if isinstance(s, Fake):
+        pool = pl.Series(fake_pool(s.provider, s.locale or locale), dtype=pl.String)
+        index = digest.str.slice(0, 8).str.to_integer(base=16) % len(pool)
+        fake = index.replace_strict(pl.Series(range(len(pool))), pool, return_dtype=pl.String)
+        fake = _unique_suffix(fake, digest, col) if col.unique else _fit(fake, col)
+        return pl.when(c.is_null()).then(pl.lit(None, dtype=pl.String)).otherwise(fake)
+    if isinstance(s, Mask):
+        n = c.str.len_chars()
+        whole = n <= (s.keep_first + s.keep_last)
+        middle = c.str.slice(s.keep_first, n - s.keep_first - s.keep_last).str.replace_all(r"(?s).", s.char)
+        masked = pl.concat_str([
+            c.str.slice(0, s.keep_first), middle,
+            c.str.slice(n - s.keep_last, s.keep_last) if s.keep_last else pl.lit(""),
+        ])
+        return pl.when(whole).then(c.str.replace_all(r"(?s).", s.char)).otherwise(masked)
+    if isinstance(s, Generalise):
+        if s.to:
+            return c.dt.truncate("1y" if s.to == "year" else "1mo")
+        return ((c.cast(pl.Float64) / s.band).floor() * s.band).cast(dtype)
+    if isinstance(s, Constant):
+        return pl.lit(s.value).cast(dtype)
+    raise TypeError(s)
+
+
+def anonymise_frame(df: pl.DataFrame, columns: dict[str, Strategy], infos: dict[str, ColumnInfo],
+                    key: PseudonymKey, locale: str) -> pl.DataFrame:
+    """Replace each listed column with its anonymised value, except where `_done__<col>` is true
+    (already anonymised by an earlier run: anonymising twice would hash a hash)."""
+    digests = {name: keyed_hashes(df[name], key) for name in columns}
+    exprs = []
+    for name, s in columns.items():
+        digest = pl.lit(digests[name])
+        new = strategy_expr(name, s, infos[name], df.schema[name], digest, locale)
+        done = f"_done__{name}"
+        if done in df.columns:
+            new = pl.when(pl.col(done)).then(pl.col(name)).otherwise(new)
+        exprs.append(new.alias(name))
+    return df.with_columns(exprs)
+
+
+def original_hashes(df: pl.DataFrame, columns: list[str], key: PseudonymKey) -> dict[str, pl.Series]:
+    return {name: keyed_hashes(df[name], key) for name in columns}

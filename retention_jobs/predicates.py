@@ -1,0 +1,205 @@
+"""The expired / held / retained predicates of every rule, as SQLAlchemy Core expressions that
+run inside the store. Nothing here reads data; `plan` and `apply` execute what it builds.
+
+Semantics (the property test's oracle implements the same in plain Python):
+- expired: the clock is set, `round(clock) + keep_for <= as_of` (the clock's date read in the
+  policy's time zone; naive timestamps are UTC), every `where` condition and `related` filter
+  holds. A NULL clock has not started.
+- held: an active hold (not released, whatever the as-of date) on the rule's purpose, its
+  table, the row's subject, or on a table that a cascade would change for this row.
+- retained: inside the period of any `retain` rule on the table (a NULL clock there keeps the
+  row: the minimum cannot be shown to have passed), or a cascade would change such a row.
+"""
+
+import itertools
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from retention_jobs import control
+from retention_jobs.periods import cutoff
+from retention_jobs.policy import Condition, RelatedClock
+from retention_jobs.resolve import BoundRule, Link
+from retention_jobs.store.base import Catalog, TableInfo, sa_table
+
+_alias_counter = itertools.count()
+
+
+def alias(info: TableInfo) -> sa.TableClause:
+    return sa_table(info, f"t{next(_alias_counter)}")
+
+
+def condition(col: sa.ColumnElement, c: Condition) -> sa.ColumnElement:
+    v = c.value
+    match c.op:
+        case "eq":
+            return col.is_(None) if v is None else col == v
+        case "ne":
+            return col.is_distinct_from(v)
+        case "lt":
+            return col < v
+        case "le":
+            return col <= v
+        case "gt":
+            return col > v
+        case "ge":
+            return col >= v
+        case "in":
+            return col.in_(v)
+        case "not_in":
+            return sa.not_(sa.func.coalesce(col.in_(v), sa.false()))
+        case "is_null":
+            return col.is_(None) if v else col.is_not(None)
+    raise ValueError(c.op)
+
+
+def all_of(t: sa.TableClause, conds: list[Condition]) -> sa.ColumnElement:
+    return sa.and_(sa.true(), *(condition(t.c[c.column], c) for c in conds))
+
+
+def clock_bound(clock_type: str, last_day: date, tz: str) -> tuple[str, object]:
+    """(operator, value) such that `clock <op> value` holds for clocks dated on or before last_day."""
+    if clock_type == "date":
+        return "le", last_day
+    start_next = datetime.combine(last_day + timedelta(days=1), time(0), ZoneInfo(tz))
+    if clock_type == "timestamptz":
+        return "lt", start_next
+    return "lt", start_next.astimezone(ZoneInfo("UTC")).replace(tzinfo=None)
+
+
+class Predicates:
+    """Builds predicates for a set of bound rules, as of one date."""
+
+    def __init__(self, bound: list[BoundRule], as_of: date, catalog: Catalog,
+                 marker_tables: set[str] | None = None):
+        self.bound = bound
+        self.catalog = catalog
+        self.as_of = as_of
+        self.marker_tables = marker_tables or set()
+
+    # -- clocks ---------------------------------------------------------------------------
+
+    def clock(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        clock = b.rule.clock
+        if isinstance(clock, RelatedClock):
+            r = alias(self.catalog.tables[clock.table])
+            agg = sa.func.max if clock.aggregate == "max" else sa.func.min
+            return sa.select(agg(r.c[clock.column])).where(r.c[clock.on] == t.c[clock.on]).scalar_subquery()
+        return t.c[clock]
+
+    def cutoff(self, b: BoundRule) -> date:
+        return cutoff(self.as_of, b.rule.period, b.rule.round_clock_to)
+
+    def clock_past(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        op, value = clock_bound(b.clock_type, self.cutoff(b), b.policy.timezone)
+        clock = self.clock(b, t)
+        bound = sa.literal(value, clock.type)
+        return clock <= bound if op == "le" else clock < bound
+
+    # -- filters --------------------------------------------------------------------------
+
+    def matches(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        parts = [all_of(t, b.rule.where)]
+        for rel in b.rule.related:
+            r = alias(self.catalog.tables[rel.table])
+            linked = r.c[rel.on] == t.c[rel.on]
+            conds = all_of(r, rel.conditions)
+            if rel.quantifier == "all":
+                parts.append(~sa.exists().where(linked, ~sa.func.coalesce(conds, sa.false())))
+            elif rel.quantifier == "any":
+                parts.append(sa.exists().where(linked, conds))
+            else:
+                parts.append(~sa.exists().where(linked, sa.func.coalesce(conds, sa.false())))
+        return sa.and_(*parts)
+
+    def expired(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        return sa.func.coalesce(sa.and_(self.clock_past(b, t), self.matches(b, t)), sa.false())
+
+    # -- holds ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _active(*conds: sa.ColumnElement) -> sa.ColumnElement:
+        h = control.holds
+        return sa.exists().where(h.c.released_at.is_(None), *conds)
+
+    def table_held(self, table: str) -> sa.ColumnElement:
+        h = control.holds
+        return self._active(h.c.scope == "table", h.c.table_name == table)
+
+    def held(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        h = control.holds
+        parts = [
+            self._active(h.c.scope == "purpose", h.c.purpose == b.policy.purpose),
+            self.table_held(b.table.name),
+        ]
+        if b.rule.subject:
+            parts.append(sa.cast(t.c[b.rule.subject.column], sa.String).in_(
+                sa.select(h.c.subject_id).where(h.c.scope == "subject",
+                                                h.c.subject_kind == b.rule.subject.kind,
+                                                h.c.released_at.is_(None))))
+        for link in b.cascades:
+            parts.append(self._link_exists(link, t, lambda lk, _c: self.table_held(lk.table.name)))
+        return sa.or_(*parts)
+
+    def _link_exists(self, link: Link, parent: sa.TableClause, test) -> sa.ColumnElement:
+        """True where a row of `link` (or below it) linked to `parent` passes `test`."""
+        c = alias(link.table)
+        inner = [test(link, c)]
+        inner += [self._link_exists(child, c, test) for child in link.children]
+        return sa.exists().where(c.c[link.on] == parent.c[link.references], sa.or_(*inner))
+
+    # -- retain ---------------------------------------------------------------------------
+
+    def retain_rules(self, table: str) -> list[BoundRule]:
+        return [r for r in self.bound if r.rule.action == "retain" and r.table.name == table]
+
+    def inside_retain(self, r: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        clock = self.clock(r, t)
+        return sa.and_(self.matches(r, t), sa.or_(clock.is_(None), ~self.clock_past(r, t)))
+
+    def retained_here(self, table: str, t: sa.TableClause) -> sa.ColumnElement:
+        rules = self.retain_rules(table)
+        if not rules:
+            return sa.false()
+        return sa.func.coalesce(sa.or_(*(self.inside_retain(r, t) for r in rules)), sa.false())
+
+    def retained(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        parts = [self.retained_here(b.table.name, t)]
+        for link in b.cascades:
+            if self._has_retain(link):
+                parts.append(self._link_exists(link, t, lambda lk, c: self.retained_here(lk.table.name, c)))
+        return sa.or_(*parts)
+
+    def _has_retain(self, link: Link) -> bool:
+        return bool(self.retain_rules(link.table.name)) or any(self._has_retain(c) for c in link.children)
+
+    # -- anonymisation markers ------------------------------------------------------------
+
+    def marked(self, info: TableInfo, key: list[str] | tuple[str, ...], t: sa.TableClause, column: str) -> sa.ColumnElement:
+        if control.marker_name(info.name) not in self.marker_tables:
+            return sa.false()
+        m = control.marker_table(info, list(key))
+        return sa.exists().where(m.c.column_name == column, *(m.c[k] == t.c[k] for k in key))
+
+    def done(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        """Every column the rule anonymises is already anonymised."""
+        return sa.and_(*(self.marked(b.table, b.rule.keys, t, c) for c in b.rule.columns))
+
+    # -- what the rule acts on ------------------------------------------------------------
+
+    def free(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        return sa.and_(self.expired(b, t), ~self.held(b, t), ~self.retained(b, t))
+
+    def superseded(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        """Deletion wins: rows that a delete rule on the same table removes anyway."""
+        deleters = [d for d in self.bound if d.rule.action == "delete" and d.table.name == b.table.name and d is not b]
+        if b.rule.action != "anonymise" or not deleters:
+            return sa.false()
+        return sa.or_(*(self.free(d, t) for d in deleters))
+
+    def actionable(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        parts = [self.free(b, t)]
+        if b.rule.action == "anonymise":
+            parts += [~self.superseded(b, t), ~self.done(b, t)]
+        return sa.and_(*parts)

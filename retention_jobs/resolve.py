@@ -1,0 +1,301 @@
+"""Resolve policies against the store's real schema: every table and column named must exist
+with a type the rule can work with. All problems are reported at once, located in the file."""
+
+import difflib
+from dataclasses import dataclass, field
+from datetime import date
+
+from retention_jobs.errors import PolicyError, Problem
+from retention_jobs.load import Loc, PolicyFile, PolicySet
+from retention_jobs.policy import (
+    Cascade,
+    Condition,
+    Constant,
+    Fake,
+    Generalise,
+    Hash,
+    Mask,
+    Policy,
+    Redact,
+    RelatedClock,
+    Rule,
+    Strategy,
+)
+from retention_jobs.store.base import Catalog, ColumnInfo, TableInfo
+
+DATE_TYPES = ("date", "timestamp", "timestamptz")
+NUMERIC_TYPES = ("integer", "float", "decimal")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A cascade bound to the store: child table, join columns and key."""
+
+    spec: Cascade
+    table: TableInfo
+    on: str
+    references: str
+    key: tuple[str, ...]
+    children: tuple["Link", ...] = ()
+
+
+@dataclass(frozen=True)
+class BoundRule:
+    """A rule bound to the store's schema."""
+
+    file: PolicyFile
+    index: int
+    table: TableInfo
+    clock_type: str
+    cascades: tuple[Link, ...] = field(default=())
+
+    @property
+    def policy(self) -> Policy:
+        return self.file.policy
+
+    @property
+    def rule(self) -> Rule:
+        return self.file.policy.rules[self.index]
+
+    @property
+    def id(self) -> str:
+        return f"{self.policy.purpose}/{self.rule.name}"
+
+    def links(self) -> list[Link]:
+        """Every cascade link, depth first, children before their parents."""
+        out: list[Link] = []
+
+        def walk(link: Link) -> None:
+            for c in link.children:
+                walk(c)
+            out.append(link)
+
+        for link in self.cascades:
+            walk(link)
+        return out
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+class _Resolver:
+    def __init__(self, catalog: Catalog, store_kind: str):
+        self.catalog = catalog
+        self.store_kind = store_kind
+        self.problems: list[Problem] = []
+
+    def err(self, f: PolicyFile, loc: Loc, message: str, hint: str = "") -> None:
+        self.problems.append(f.problem(loc, message, hint))
+
+    def table(self, f: PolicyFile, loc: Loc, name: str) -> TableInfo | None:
+        info = self.catalog.tables.get(name)
+        if info is None:
+            hint = _suggest(name, list(self.catalog.tables)) or "check schema.table against the store (retention-jobs tables)"
+            self.err(f, loc, f"table {name!r} is not in the store", hint)
+        return info
+
+    def column(self, f: PolicyFile, loc: Loc, info: TableInfo, name: str) -> ColumnInfo | None:
+        col = info.columns.get(name)
+        if col is None:
+            self.err(f, loc, f"column {name!r} is not in {info.name}",
+                     _suggest(name, list(info.columns)) or f"columns: {', '.join(info.columns)}")
+        return col
+
+    # -- rules ----------------------------------------------------------------------------
+
+    def rule(self, f: PolicyFile, i: int) -> BoundRule | None:
+        r = f.policy.rules[i]
+        base: Loc = ("rules", i)
+        info = self.table(f, (*base, "table"), r.table)
+        if info is None:
+            return None
+        for k in r.keys:
+            self.column(f, (*base, "key"), info, k)
+        if r.subject:
+            self.column(f, (*base, "subject", "column"), info, r.subject.column)
+        clock_type = self.clock(f, base, info, r)
+        self.conditions(f, (*base, "where"), info, r.where)
+        for j, rel in enumerate(r.related):
+            loc = (*base, "related", j)
+            rinfo = self.table(f, (*loc, "table"), rel.table)
+            if rinfo:
+                self.column(f, (*loc, "on"), info, rel.on)
+                self.column(f, (*loc, "on"), rinfo, rel.on)
+                self.conditions(f, (*loc, rel.quantifier), rinfo, rel.conditions)
+        for col in r.suppress:
+            self.column(f, (*base, "suppress"), info, col)
+        self.strategies(f, (*base, "columns"), info, r.columns)
+        links = tuple(
+            link for j, c in enumerate(r.cascade)
+            if (link := self.cascade(f, (*base, "cascade", j), info, r.keys, c)) is not None
+        )
+        if r.action == "delete":
+            self.fk_coverage(f, base, info, links)
+        return BoundRule(f, i, info, clock_type or "date", links)
+
+    def clock(self, f: PolicyFile, base: Loc, info: TableInfo, r: Rule) -> str | None:
+        loc = (*base, "clock")
+        if isinstance(r.clock, RelatedClock):
+            rinfo = self.table(f, (*loc, "table"), r.clock.table)
+            if rinfo is None:
+                return None
+            self.column(f, (*loc, "on"), info, r.clock.on)
+            self.column(f, (*loc, "on"), rinfo, r.clock.on)
+            col = self.column(f, (*loc, "column"), rinfo, r.clock.column)
+        else:
+            col = self.column(f, loc, info, r.clock)
+        if col is None:
+            return None
+        if col.type not in DATE_TYPES:
+            self.err(f, loc, f"clock column {col.name!r} is {col.raw_type}, not a date or timestamp",
+                     "a clock must be a DATE, TIMESTAMP or TIMESTAMPTZ column")
+            return None
+        return col.type
+
+    def conditions(self, f: PolicyFile, loc: Loc, info: TableInfo, conds: list[Condition]) -> None:
+        for c in conds:
+            col = self.column(f, loc, info, c.column)
+            if col is None or c.op == "is_null":
+                continue
+            values = c.value if isinstance(c.value, list) else [c.value]
+            for v in values:
+                if v is None or isinstance(v, bool) and col.type == "boolean":
+                    continue
+                ok = (
+                    (col.type == "string" and isinstance(v, str))
+                    or (col.type in NUMERIC_TYPES and isinstance(v, (int, float)) and not isinstance(v, bool))
+                    or (col.type in DATE_TYPES and isinstance(v, (date, str)))
+                    or col.type == "other"
+                )
+                if not ok:
+                    self.err(f, loc, f"{c.column}: value {type(v).__name__} does not fit the column's type {col.raw_type}",
+                             "quote strings, leave numbers bare, write dates as YYYY-MM-DD")
+
+    def strategies(self, f: PolicyFile, loc: Loc, info: TableInfo, columns: dict[str, Strategy]) -> None:
+        referenced = bool(self.catalog.referencing(info.name))
+        for name, s in columns.items():
+            col = self.column(f, (*loc, name), info, name)
+            if col is None:
+                continue
+            problem = strategy_problem(s, col)
+            if problem:
+                self.err(f, (*loc, name), problem[0], problem[1])
+            elif self.store_kind == "duckdb" and col.unique and referenced:
+                self.err(f, (*loc, name),
+                         f"DuckDB cannot update the indexed column {info.name}.{name} while other tables "
+                         "reference its rows by foreign key (it rewrites the row and trips the key check)",
+                         "drop the UNIQUE constraint on that column, or delete instead of anonymise")
+
+    def cascade(self, f: PolicyFile, loc: Loc, parent: TableInfo, parent_key: list[str] | tuple[str, ...],
+                c: Cascade) -> Link | None:
+        info = self.table(f, (*loc, "table"), c.table)
+        if info is None:
+            return None
+        on = self.column(f, (*loc, "on"), info, c.on)
+        references = c.references or (parent_key[0] if len(parent_key) == 1 else None)
+        if references is None:
+            self.err(f, (*loc, "references"), "the parent's key has several columns; name the one `on` refers to")
+            return None
+        self.column(f, (*loc, "references"), parent, references)
+        key: tuple[str, ...]
+        if c.key is not None:
+            key = (c.key,) if isinstance(c.key, str) else tuple(c.key)
+            for k in key:
+                self.column(f, (*loc, "key"), info, k)
+        else:
+            key = info.primary_key
+            if not key and (c.action == "anonymise" or c.cascade):
+                self.err(f, (*loc, "key"), f"{info.name} has no primary key in the store", "name its key with `key:`")
+        if c.action == "unlink" and on is not None and not on.nullable:
+            self.err(f, (*loc, "action"), f"unlink sets {info.name}.{c.on} to NULL, but the column is NOT NULL",
+                     "use action delete, or make the column nullable")
+        self.strategies(f, (*loc, "columns"), info, c.columns)
+        children = tuple(
+            link for j, cc in enumerate(c.cascade)
+            if (link := self.cascade(f, (*loc, "cascade", j), info, key, cc)) is not None
+        )
+        link = Link(c, info, c.on, references, key, children)
+        if c.action == "delete":
+            self.fk_coverage(f, loc, info, children)
+        return link
+
+    def fk_coverage(self, f: PolicyFile, loc: Loc, info: TableInfo, links: tuple[Link, ...]) -> None:
+        """A delete must not break a foreign key: every referencing table needs a cascade."""
+        for fk in self.catalog.referencing(info.name):
+            covered = any(
+                link.table.name == fk.table and (link.on,) == fk.columns and (
+                    link.spec.action in ("delete", "unlink")
+                    or isinstance(link.spec.columns.get(link.on), Redact)
+                )
+                for link in links
+            )
+            if not covered:
+                self.err(f, (*loc, "cascade"),
+                         f"deleting from {info.name} would violate foreign key {fk.name!r} of {fk.table}"
+                         f"({', '.join(fk.columns)})",
+                         f"add a cascade: {{table: {fk.table}, on: {fk.columns[0]}, action: delete | unlink}}")
+
+
+def strategy_problem(s: Strategy, col: ColumnInfo) -> tuple[str, str] | None:
+    """Why a strategy cannot write into this column, or None."""
+    t = col.type
+    if isinstance(s, Redact):
+        if not col.nullable:
+            return (f"redact writes NULL, but {col.name} is NOT NULL",
+                    "use hash, fake or constant, or make the column nullable")
+        return None
+    if isinstance(s, Hash):
+        if t != "string":
+            return (f"hash writes text, but {col.name} is {col.raw_type}", "use redact, constant or generalise")
+        if col.max_length is not None and col.max_length < (s.length or 16):
+            return (f"hash needs at least {s.length or 16} characters, but {col.name} holds {col.max_length}",
+                    "use mask or redact, or widen the column")
+        return None
+    if isinstance(s, Fake):
+        if t != "string":
+            return (f"fake {s.provider} writes text, but {col.name} is {col.raw_type}",
+                    "use redact, constant or generalise for non-text columns")
+        return None
+    if isinstance(s, Mask):
+        if t != "string":
+            return (f"mask works on text, but {col.name} is {col.raw_type}", "use redact or generalise")
+        if col.unique:
+            return (f"masked values of the unique column {col.name} would collide", "use hash or fake")
+        return None
+    if isinstance(s, Generalise):
+        if s.to and t not in DATE_TYPES:
+            return (f"generalise to {s.to} needs a date or timestamp, but {col.name} is {col.raw_type}",
+                    "use {generalise: {band: N}} for numbers")
+        if s.band and t not in NUMERIC_TYPES:
+            return (f"generalise band needs a number, but {col.name} is {col.raw_type}",
+                    "use {generalise: year} for dates")
+        if col.unique:
+            return (f"generalised values of the unique column {col.name} would collide", "use hash or fake")
+        return None
+    if isinstance(s, Constant):
+        if col.unique:
+            return (f"a constant cannot go into the unique column {col.name}", "use hash or fake")
+        v = s.value
+        if v is None and not col.nullable:
+            return (f"constant null into the NOT NULL column {col.name}", "pick a non-null constant")
+        if v is not None and not (
+            (t == "string" and isinstance(v, str))
+            or (t in NUMERIC_TYPES and isinstance(v, (int, float)) and not isinstance(v, bool))
+            or (t == "boolean" and isinstance(v, bool))
+            or (t in DATE_TYPES and isinstance(v, date))
+        ):
+            return (f"constant {type(v).__name__} does not fit {col.name} ({col.raw_type})",
+                    "give a value of the column's type")
+        if isinstance(v, str) and col.max_length is not None and len(v) > col.max_length:
+            return (f"constant is longer than {col.name} allows ({col.max_length})", "shorten it")
+    return None
+
+
+def resolve(policies: PolicySet, catalog: Catalog, store_kind: str) -> list[BoundRule]:
+    r = _Resolver(catalog, store_kind)
+    bound = [b for f in policies.files for i in range(len(f.policy.rules)) if (b := r.rule(f, i))]
+    if r.problems:
+        raise PolicyError(r.problems)
+    return bound

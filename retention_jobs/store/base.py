@@ -1,0 +1,159 @@
+"""The store interface: what the engine needs from a database, nothing more.
+
+The engine builds every statement with SQLAlchemy Core (identifiers quoted by the dialect,
+values bound, never string-built); a store only compiles and executes them. `DuckDBStore`
+and `SqlStore` are the two implementations.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+CONTROL_SCHEMA = "retention_control"
+SYSTEM_SCHEMAS = {CONTROL_SCHEMA, "information_schema", "pg_catalog", "pg_toast"}
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: str
+    """Normalised: integer, float, decimal, string, date, timestamp, timestamptz, boolean, binary, other."""
+    raw_type: str
+    nullable: bool
+    max_length: int | None = None
+    unique: bool = False
+    """Part of a single-column PRIMARY KEY or UNIQUE constraint."""
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    table: str
+    columns: tuple[str, ...]
+    ref_table: str
+    ref_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    columns: dict[str, ColumnInfo]
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+
+    @property
+    def schema(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def short(self) -> str:
+        return self.name.split(".", 1)[1]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    tables: dict[str, TableInfo] = field(default_factory=dict)
+
+    def referencing(self, table: str) -> list[ForeignKey]:
+        """Foreign keys in other tables that point at `table`."""
+        return [fk for t in self.tables.values() for fk in t.foreign_keys if fk.ref_table == table]
+
+
+_SA_TYPES = {
+    "integer": sa.BigInteger, "float": sa.Float, "decimal": sa.Numeric, "string": sa.String,
+    "date": sa.Date, "timestamp": sa.DateTime, "boolean": sa.Boolean, "binary": sa.LargeBinary,
+}
+
+
+def sa_type(info: ColumnInfo) -> sa.types.TypeEngine:
+    if info.type == "timestamptz":
+        return sa.DateTime(timezone=True)
+    return _SA_TYPES.get(info.type, sa.types.NullType)()
+
+
+def sa_table(info: TableInfo, alias: str | None = None) -> sa.TableClause:
+    """A typed lightweight table for building statements (types make bound values cast right)."""
+    t = sa.table(info.short, *(sa.column(c.name, sa_type(c)) for c in info.columns.values()),
+                 schema=info.schema)
+    return t.alias(alias) if alias else t
+
+
+class Session(ABC):
+    """One connection. `transaction()` commits on success and rolls back on any error."""
+
+    @abstractmethod
+    def execute(self, stmt: sa.Executable | str, params: Any = None) -> int:
+        """Run a statement; return the affected row count where the store knows it."""
+
+    @abstractmethod
+    def fetchall(self, stmt: sa.Executable) -> list[tuple]:
+        ...
+
+    def scalar(self, stmt: sa.Executable) -> Any:
+        rows = self.fetchall(stmt)
+        return rows[0][0] if rows else None
+
+    @abstractmethod
+    def arrow(self, stmt: sa.Executable) -> pa.Table:
+        """Fetch a result as Arrow (columnar, no per-row Python objects)."""
+
+    @abstractmethod
+    def stage(self, name: str, data: pa.Table) -> sa.TableClause:
+        """Create (or replace) a temporary table holding `data`; it lives as long as the session."""
+
+    @abstractmethod
+    def begin(self) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def rollback(self) -> None: ...
+
+    @contextmanager
+    def transaction(self) -> Iterator["Session"]:
+        self.begin()
+        try:
+            yield self
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Store(ABC):
+    """Where the data lives."""
+
+    kind: str
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the store is, with any password masked: safe to print."""
+
+    @abstractmethod
+    def session(self, read_only: bool = False) -> Session:
+        ...
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[Session]:
+        s = self.session(read_only=read_only)
+        try:
+            yield s
+        finally:
+            s.close()
+
+    @abstractmethod
+    def catalog(self, session: Session) -> Catalog:
+        """Tables, columns, keys and foreign keys of the data schemas (control schema excluded)."""
+
+    @abstractmethod
+    def ddl_types(self) -> dict[str, str]:
+        """Type names for the control schema: text, int, ts, bool."""

@@ -1,0 +1,183 @@
+"""The embedded default: one DuckDB file.
+
+Statements are SQLAlchemy Core, compiled with the PostgreSQL dialect (whose SQL DuckDB
+speaks) and `$n` parameters, then run on a plain duckdb connection.
+"""
+
+import re
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from retention_jobs.errors import ConfigError, StoreUnavailable
+from retention_jobs.store.base import (
+    SYSTEM_SCHEMAS,
+    Catalog,
+    ColumnInfo,
+    ForeignKey,
+    Session,
+    Store,
+    TableInfo,
+)
+
+_DIALECT = postgresql.dialect(paramstyle="numeric_dollar")
+
+
+def compile_for_duckdb(stmt: sa.Executable) -> tuple[str, list[Any]]:
+    compiled = stmt.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    return str(compiled), [params[name] for name in (compiled.positiontup or [])]
+
+
+def normalise_type(raw: str) -> str:
+    t = raw.upper()
+    if t.startswith(("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+                     "UINTEGER", "UBIGINT", "INT")):
+        return "integer"
+    if t.startswith(("DOUBLE", "FLOAT", "REAL")):
+        return "float"
+    if t.startswith(("DECIMAL", "NUMERIC")):
+        return "decimal"
+    if t.startswith(("VARCHAR", "TEXT", "CHAR", "STRING")):
+        return "string"
+    if t == "DATE":
+        return "date"
+    if t in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"):
+        return "timestamptz"
+    if t.startswith("TIMESTAMP"):
+        return "timestamp"
+    if t == "BOOLEAN":
+        return "boolean"
+    if t in ("BLOB", "BYTEA"):
+        return "binary"
+    return "other"
+
+
+class DuckDBSession(Session):
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def _run(self, stmt: sa.Executable | str, params: Any = None) -> duckdb.DuckDBPyConnection:
+        sql, args = (stmt, params or []) if isinstance(stmt, str) else compile_for_duckdb(stmt)
+        try:
+            return self.con.execute(sql, args)
+        except duckdb.ConnectionException as e:
+            raise StoreUnavailable(f"lost the DuckDB connection: {e}") from e
+
+    def execute(self, stmt: sa.Executable | str, params: Any = None) -> int:
+        cur = self._run(stmt, params)
+        # DuckDB returns the affected row count as a one-row result of DML statements;
+        # reading it also finishes the result, which the next statement needs.
+        try:
+            row = cur.fetchone()
+        except duckdb.InvalidInputException:
+            return -1
+        return int(row[0]) if row and isinstance(row[0], int) else -1
+
+    def fetchall(self, stmt: sa.Executable) -> list[tuple]:
+        return self._run(stmt).fetchall()
+
+    def arrow(self, stmt: sa.Executable) -> pa.Table:
+        return self._run(stmt).to_arrow_table()
+
+    def stage(self, name: str, data: pa.Table) -> sa.TableClause:
+        self.con.register("_staging_input", data)
+        try:
+            self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{_ident(name)}" AS SELECT * FROM _staging_input')
+        finally:
+            self.con.unregister("_staging_input")
+        return sa.table(name, *(sa.column(c) for c in data.column_names))
+
+    def begin(self) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+
+    def commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def rollback(self) -> None:
+        try:
+            self.con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _ident(name: str) -> str:
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        raise ValueError(f"not a safe identifier: {name!r}")
+    return name
+
+
+class DuckDBStore(Store):
+    kind = "duckdb"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def describe(self) -> str:
+        return f"duckdb:{self.path}"
+
+    def session(self, read_only: bool = False) -> DuckDBSession:
+        if read_only and not self.path.exists():
+            raise ConfigError(
+                f"the DuckDB store {self.path} does not exist; run `retention-jobs demo` to build "
+                "the demo warehouse, or pass --store"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            raise StoreUnavailable(f"cannot open {self.path}: {e}") from e
+        return DuckDBSession(con)
+
+    def ddl_types(self) -> dict[str, str]:
+        return {"text": "VARCHAR", "int": "BIGINT", "ts": "TIMESTAMP", "bool": "BOOLEAN", "date": "DATE"}
+
+    def catalog(self, session: Session) -> Catalog:
+        con = session.con  # type: ignore[attr-defined]
+        cols = con.execute(
+            "SELECT schema_name, table_name, column_name, data_type, is_nullable, character_maximum_length "
+            "FROM duckdb_columns() WHERE database_name = current_database() AND NOT internal "
+            "ORDER BY schema_name, table_name, column_index"
+        ).fetchall()
+        cons = con.execute(
+            "SELECT schema_name, table_name, constraint_type, constraint_column_names, constraint_name, "
+            "constraint_text, referenced_table, referenced_column_names FROM duckdb_constraints() "
+            "WHERE database_name = current_database()"
+        ).fetchall()
+        views = {(s, t) for s, t in con.execute(
+            "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = current_database()"
+        ).fetchall()}
+        unique: set[tuple[str, str, str]] = set()
+        pks: dict[str, tuple[str, ...]] = {}
+        fks: dict[str, list[ForeignKey]] = {}
+        for schema, table, ctype, ccols, cname, ctext, rtable, rcols in cons:
+            name = f"{schema}.{table}"
+            if ctype in ("PRIMARY KEY", "UNIQUE") and len(ccols) == 1:
+                unique.add((schema, table, ccols[0]))
+            if ctype == "PRIMARY KEY":
+                pks[name] = tuple(ccols)
+            elif ctype == "FOREIGN KEY":
+                m = re.search(r'REFERENCES\s+(?:"?(\w+)"?\.)?"?(\w+)"?', ctext or "")
+                ref_schema = m.group(1) if m and m.group(1) else schema
+                fks.setdefault(name, []).append(
+                    ForeignKey(cname, name, tuple(ccols), f"{ref_schema}.{rtable}", tuple(rcols))
+                )
+        tables: dict[str, TableInfo] = {}
+        by_table: dict[str, dict[str, ColumnInfo]] = {}
+        for schema, table, column, dtype, nullable, maxlen in cols:
+            if schema in SYSTEM_SCHEMAS or (schema, table) in views:
+                continue
+            by_table.setdefault(f"{schema}.{table}", {})[column] = ColumnInfo(
+                name=column, type=normalise_type(dtype), raw_type=dtype, nullable=bool(nullable),
+                max_length=maxlen, unique=(schema, table, column) in unique,
+            )
+        for name, columns in by_table.items():
+            tables[name] = TableInfo(name, columns, pks.get(name, ()), tuple(fks.get(name, [])))
+        return Catalog(tables)
