@@ -4,6 +4,7 @@ Statements are SQLAlchemy Core, compiled with the PostgreSQL dialect (whose SQL 
 speaks) and `$n` parameters, then run on a plain duckdb connection.
 """
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,8 @@ class DuckDBSession(Session):
         self.con.execute("COMMIT")
 
     def rollback(self) -> None:
-        try:
+        with contextlib.suppress(duckdb.Error):
             self.con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
 
     def close(self) -> None:
         self.con.close()
