@@ -93,7 +93,7 @@ def marker_table(info: TableInfo, key: list[str]) -> sa.TableClause:
 
 def ensure_marker_table(store: Store, session: Session, info: TableInfo, key: list[str]) -> None:
     types = store.ddl_types()
-    keycols = ", ".join(f'"{k}" {_raw(info.columns[k], store)}' for k in key)
+    keycols = ", ".join(f'"{k}" {key_column_type(info.columns[k], store)}' for k in key)
     pk = ", ".join(f'"{k}"' for k in key)
     session.execute(
         f'CREATE TABLE IF NOT EXISTS {C}."{marker_name(info.name)}" ({keycols}, column_name {types["text"]} NOT NULL, '
@@ -102,7 +102,8 @@ def ensure_marker_table(store: Store, session: Session, info: TableInfo, key: li
     )
 
 
-def _raw(col: ColumnInfo, store: Store) -> str:
+def key_column_type(col: ColumnInfo, store: Store) -> str:
+    """The control-schema type for a copy of a data table's key column."""
     return {"integer": "BIGINT", "string": store.ddl_types()["text"], "date": "DATE"}.get(col.type, col.raw_type)
 
 

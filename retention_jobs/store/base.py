@@ -107,6 +107,14 @@ class Session(ABC):
         """Create (or replace) a temporary table holding `data`; it lives as long as the session."""
 
     @abstractmethod
+    def stage_query(self, name: str, query: sa.Select) -> sa.TableClause:
+        """Create (or replace) a temporary table from a query that runs inside the store."""
+
+    @abstractmethod
+    def drop_stage(self, name: str) -> None:
+        ...
+
+    @abstractmethod
     def begin(self) -> None: ...
 
     @abstractmethod

@@ -83,7 +83,11 @@ class DuckDBSession(Session):
         return self._run(stmt).fetchall()
 
     def arrow(self, stmt: sa.Executable) -> pa.Table:
-        return self._run(stmt).to_arrow_table()
+        sql, args = compile_for_duckdb(stmt)
+        try:
+            return self.con.sql(sql, params=args).to_arrow_table()
+        except duckdb.ConnectionException as e:
+            raise StoreUnavailable(f"lost the DuckDB connection: {e}") from e
 
     def stage(self, name: str, data: pa.Table) -> sa.TableClause:
         self.con.register("_staging_input", data)
@@ -92,6 +96,14 @@ class DuckDBSession(Session):
         finally:
             self.con.unregister("_staging_input")
         return sa.table(name, *(sa.column(c) for c in data.column_names))
+
+    def stage_query(self, name: str, query: sa.Select) -> sa.TableClause:
+        sql, args = compile_for_duckdb(query)
+        self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{_ident(name)}" AS {sql}', args)
+        return sa.table(name, *(sa.column(c.name) for c in query.selected_columns))
+
+    def drop_stage(self, name: str) -> None:
+        self.con.execute(f'DROP TABLE IF EXISTS temp."{_ident(name)}"')
 
     def begin(self) -> None:
         self.con.execute("BEGIN TRANSACTION")
@@ -136,7 +148,7 @@ class DuckDBStore(Store):
         return DuckDBSession(con)
 
     def ddl_types(self) -> dict[str, str]:
-        return {"text": "VARCHAR", "int": "BIGINT", "ts": "TIMESTAMP", "bool": "BOOLEAN", "date": "DATE"}
+        return {"text": "VARCHAR", "int": "BIGINT", "ts": "TIMESTAMP", "bool": "BOOLEAN", "date": "DATE", "float": "DOUBLE"}
 
     def catalog(self, session: Session) -> Catalog:
         con = session.con  # type: ignore[attr-defined]

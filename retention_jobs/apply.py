@@ -1,0 +1,384 @@
+"""Apply a plan: delete or anonymise the staged rows in bounded batches.
+
+Each table batch commits with its audit rows in one transaction. DuckDB cannot delete a parent
+row in the transaction that deleted its children (its foreign-key check sees the old child
+rows), so a parent with cascades goes through a journal: the batch's keys are written to a
+pending table first, the children are handled, and the parent delete clears the journal in
+its own transaction. A crash anywhere leaves whole batches; the next run finishes pending
+batches before planning new ones, so a clock that lived in the deleted children (the last
+activity of a contact) cannot strand its parent.
+"""
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import polars as pl
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from retention_jobs import control
+from retention_jobs.anonymise import PseudonymKey, anonymise_frame, keyed_hashes
+from retention_jobs.errors import ApprovalRequired
+from retention_jobs.load import PolicySet
+from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
+from retention_jobs.predicates import alias
+from retention_jobs.resolve import BoundRule, Link
+from retention_jobs.store.base import CONTROL_SCHEMA, Session, Store, TableInfo, sa_table, sa_type
+
+Progress = Callable[[str, int, int], None]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class TableCounts(_Frozen):
+    table: str
+    deleted: int = 0
+    anonymised: int = 0
+    unlinked: int = 0
+
+
+class RuleResult(_Frozen):
+    plan: RulePlan
+    deleted: int = 0
+    anonymised: int = 0
+    cascades: tuple[TableCounts, ...] = ()
+    batches: int = 0
+    seconds: float = 0.0
+
+
+class RunReport(_Frozen):
+    run_id: str
+    as_of: date
+    store: str
+    dry_run: bool
+    policies_sha256: str
+    key_id: str | None
+    started_at: datetime
+    seconds: float
+    rules: tuple[RuleResult, ...]
+    held_fingerprints: dict[str, str] = {}
+    """Per rule, a hash over the held rows' full contents before the run (for the check)."""
+
+    @property
+    def changed(self) -> bool:
+        return any(r.deleted or r.anonymised or any(c.deleted or c.anonymised or c.unlinked for c in r.cascades)
+                   for r in self.rules)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    batch_size: int = 50_000
+    max_delete_fraction: float | None = 0.25
+    """Refuse (before changing anything) to delete more than this share of any table; None: no limit."""
+    dry_run: bool = False
+    purposes: tuple[str, ...] | None = None
+
+
+def _in_stage(t: sa.TableClause, keys: list[str], stage: sa.TableClause) -> sa.ColumnElement:
+    if len(keys) == 1:
+        return t.c[keys[0]].in_(sa.select(stage.c[keys[0]]))
+    return sa.exists().where(*(stage.c[k] == t.c[k] for k in keys))
+
+
+def held_fingerprint(session: Session, planner: Planner, b: BoundRule) -> str:
+    """A hash over every column of every held row of the rule, in key order."""
+    t = alias(b.table)
+    q = (sa.select(*t.c).where(planner.pred.expired(b, t), planner.pred.held(b, t))
+         .order_by(*(t.c[k] for k in b.rule.keys)))
+    data = pl.from_arrow(session.arrow(q))
+    return hashlib.sha256(data.write_csv().encode()).hexdigest()
+
+
+class Applier:
+    def __init__(self, store: Store, session: Session, policies: PolicySet, as_of: date,
+                 key: PseudonymKey | None, options: RunOptions, progress: Progress | None = None):
+        self.store, self.session, self.policies = store, session, policies
+        self.as_of, self.key, self.options = as_of, key, options
+        self.progress = progress or (lambda *_: None)
+        if not options.dry_run:
+            control.ensure_control_schema(store, session)
+        self.planner = Planner(store, session, policies, as_of)
+        self.run_id = ("dry-run-" if options.dry_run else "") + control.new_run_id()
+
+    @property
+    def pred(self):
+        return self.planner.pred
+
+    # -- guard ----------------------------------------------------------------------------
+
+    def check_delete_share(self, plan: Plan) -> None:
+        limit = self.options.max_delete_fraction
+        if limit is None:
+            return
+        deleting: dict[str, int] = {}
+        totals: dict[str, int] = {}
+        for rp in plan.rules:
+            if rp.action == "delete":
+                deleting[rp.table] = deleting.get(rp.table, 0) + rp.to_act
+                totals[rp.table] = rp.total
+            for c in rp.cascades:
+                if c.action == "delete":
+                    deleting[c.table] = deleting.get(c.table, 0) + c.rows
+        over = []
+        for table, n in deleting.items():
+            total = totals.get(table)
+            if total is None:
+                info = self.planner.catalog.tables[table]
+                total = self.session.scalar(sa.select(sa.func.count()).select_from(sa_table(info)))
+            if total and n / total > limit:
+                over.append(f"{table}: {n} of {total} rows ({n / total:.0%})")
+        if over:
+            raise ApprovalRequired(
+                f"this run would delete more than {limit:.0%} of a table, so nothing was changed: "
+                + "; ".join(over)
+                + ". Check the plan (`retention-jobs plan`), then approve with --max-delete-fraction "
+                "(Dagster: config max_delete_fraction) set to the share you accept"
+            )
+
+    # -- run ------------------------------------------------------------------------------
+
+    def run(self) -> RunReport:
+        started, t0 = control.now(), time.perf_counter()
+        purposes = list(self.options.purposes) if self.options.purposes else None
+        plan = self.planner.plan(purposes)
+        bound = {b.id: b for b in self.planner.rules(purposes)}
+        fingerprints = {rp.rule_id: held_fingerprint(self.session, self.planner, bound[rp.rule_id])
+                        for rp in plan.rules if rp.held}
+        if self.options.dry_run:
+            return self._report(started, t0, [RuleResult(plan=rp) for rp in plan.rules], fingerprints, dry=True)
+        self.check_delete_share(plan)
+        control.start_run(self.session, self.run_id, self.as_of, "run", self.policies.digest)
+        results: dict[str, RuleResult] = {}
+        try:
+            ordered = sorted(plan.rules, key=lambda rp: {"delete": 0, "anonymise": 1, "retain": 2}[rp.action])
+            for rp in ordered:
+                results[rp.rule_id] = self.apply_rule(bound[rp.rule_id], rp)
+        except BaseException:
+            control.finish_run(self.session, self.run_id, "failed", {})
+            raise
+        report = self._report(started, t0, [results[rp.rule_id] for rp in plan.rules], fingerprints, dry=False)
+        control.finish_run(self.session, self.run_id, "succeeded", {
+            "held_fingerprints": fingerprints,
+            "rules": {r.plan.rule_id: {"deleted": r.deleted, "anonymised": r.anonymised} for r in report.rules},
+        })
+        return report
+
+    def _report(self, started, t0, results, fingerprints, dry) -> RunReport:
+        return RunReport(
+            run_id=self.run_id, as_of=self.as_of, store=self.store.describe(), dry_run=dry,
+            policies_sha256=self.policies.digest, key_id=self.key.key_id if self.key else None,
+            started_at=started, seconds=round(time.perf_counter() - t0, 3), rules=tuple(results),
+            held_fingerprints=fingerprints,
+        )
+
+    def _audit(self, b: BoundRule, table: str, action: str, batch: int, seconds: float, **counts: int) -> None:
+        control.append_audit(
+            self.session, run_id=self.run_id, purpose=b.policy.purpose, rule=b.rule.name, table_name=table,
+            action=action, as_of=self.as_of, policy_sha256=b.file.sha256, batch=batch,
+            key_id=self.key.key_id if self.key and action in ("anonymise", "suppress") else None,
+            seconds=round(seconds, 4), **counts)
+
+    def apply_rule(self, b: BoundRule, rp: RulePlan) -> RuleResult:
+        t0 = time.perf_counter()
+        with self.session.transaction():
+            self._audit(b, b.table.name, "plan", 0, 0.0, expired=rp.expired, held=rp.held,
+                        retained=rp.retained)
+        if b.rule.action == "retain":
+            return RuleResult(plan=rp, seconds=time.perf_counter() - t0)
+        counts: dict[str, TableCounts] = {}
+        done = batches = 0
+        journal = b.rule.action == "delete" and bool(b.cascades)
+        if journal:
+            pending = self._pending_table(b)
+            stage = self.session.stage_query("rj_confirmed", sa.select(*(pending.c[k] for k in b.rule.keys))
+                                             .where(pending.c.rule == b.id))
+            n = self.session.scalar(sa.select(sa.func.count()).select_from(stage))
+            if n:
+                done += self._delete_batch(b, stage, counts, batches, resumed=True)
+                batches += 1
+        if rp.to_act:
+            t = alias(b.table)
+            key_cols = [t.c[k] for k in b.rule.keys]
+            staged = self.session.stage_query(
+                "rj_keys", sa.select(*key_cols, sa.func.row_number().over(order_by=key_cols).label("rj_n"))
+                .where(self.pred.actionable(b, t)))
+            total = self.session.scalar(sa.select(sa.func.count()).select_from(staged))
+            size = self.options.batch_size
+            for lo in range(0, total, size):
+                t = alias(b.table)
+                batch = sa.select(*(staged.c[k] for k in b.rule.keys)).where(staged.c.rj_n > lo, staged.c.rj_n <= lo + size)
+                # re-check at the start of each batch: a hold placed or a clock moved since
+                # the run began wins over the staged plan
+                confirmed = self.session.stage_query(
+                    "rj_confirmed", sa.select(*(t.c[k] for k in b.rule.keys))
+                    .where(_in_stage(t, b.rule.keys, batch.subquery()), self.pred.actionable(b, t)))
+                if b.rule.action == "delete":
+                    done += self._delete_batch(b, confirmed, counts, batches)
+                else:
+                    done += self._anonymise_batch(b, confirmed, counts, batches)
+                batches += 1
+                self.progress(b.id, min(lo + size, total), total)
+            self.session.drop_stage("rj_keys")
+        self.session.drop_stage("rj_confirmed")
+        return RuleResult(
+            plan=rp, deleted=done if b.rule.action == "delete" else 0,
+            anonymised=done if b.rule.action == "anonymise" else 0,
+            cascades=tuple(counts.values()), batches=batches, seconds=round(time.perf_counter() - t0, 3))
+
+    # -- delete ---------------------------------------------------------------------------
+
+    def _pending_table(self, b: BoundRule) -> sa.TableClause:
+        name = "pending__" + b.table.name.replace(".", "__")
+        types = self.store.ddl_types()
+        cols = ", ".join(f'"{k}" {control.key_column_type(b.table.columns[k], self.store)}' for k in b.rule.keys)
+        self.session.execute(f'CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}."{name}" ({cols}, rule {types["text"]} NOT NULL)')
+        return sa.table(name, *(sa.column(k, sa_type(b.table.columns[k])) for k in b.rule.keys),
+                        sa.column("rule", sa.String()), schema=CONTROL_SCHEMA)
+
+    def _delete_batch(self, b: BoundRule, confirmed: sa.TableClause, counts: dict[str, TableCounts],
+                      batch_no: int, resumed: bool = False) -> int:
+        keys = b.rule.keys
+        if b.cascades:
+            pending = self._pending_table(b)
+            if not resumed:
+                with self.session.transaction():
+                    self.session.execute(sa.insert(pending).from_select(
+                        [*keys, "rule"], sa.select(*(confirmed.c[k] for k in keys), sa.literal(b.id))))
+            for link, path in link_paths(b):
+                self._cascade_step(b, link, path, confirmed, counts, batch_no)
+        t0 = time.perf_counter()
+        target = sa_table(b.table)
+        t = alias(b.table)
+        # holds always win, even over a journalled batch
+        victims = sa.select(*(t.c[k] for k in keys)).where(
+            _in_stage(t, keys, confirmed), ~self.pred.held(b, t))
+        with self.session.transaction():
+            if b.rule.suppress:
+                self._suppress(b, victims)
+            self._drop_markers(b.table, keys, victims)
+            n = self.session.execute(sa.delete(target).where(_in_stage(target, keys, victims.subquery())))
+            if b.cascades:
+                self.session.execute(sa.delete(pending).where(
+                    pending.c.rule == b.id, _in_stage(pending, keys, confirmed)))
+            self._audit(b, b.table.name, "delete", batch_no, time.perf_counter() - t0, deleted=n)
+        return n
+
+    def _cascade_step(self, b: BoundRule, link: Link, path: list[Link], confirmed: sa.TableClause,
+                      counts: dict[str, TableCounts], batch_no: int) -> None:
+        t0 = time.perf_counter()
+        root = alias(b.table)
+        root_col = path[0].references if path else link.references
+        roots = sa.select(root.c[root_col]).where(_in_stage(root, b.rule.keys, confirmed))
+        values = parent_values(link, path, roots)
+        child = sa_table(link.table)
+        action = link.spec.action
+        with self.session.transaction():
+            if action == "delete":
+                if link.key:
+                    c = alias(link.table)
+                    self._drop_markers(link.table, list(link.key),
+                                       sa.select(*(c.c[k] for k in link.key)).where(c.c[link.on].in_(values)))
+                n = self.session.execute(sa.delete(child).where(child.c[link.on].in_(values)))
+            elif action == "unlink":
+                n = self.session.execute(sa.update(child).where(child.c[link.on].in_(values)).values({link.on: None}))
+            else:
+                c = alias(link.table)
+                rows = sa.select(*(c.c[k] for k in link.key)).where(c.c[link.on].in_(values))
+                n = self._anonymise_rows(b, link.table, list(link.key), link.spec.columns, rows)
+            self._audit(b, link.table.name, f"cascade-{action}", batch_no, time.perf_counter() - t0,
+                        **{_COUNT[action]: n})
+        prev = counts.get(link.table.name, TableCounts(table=link.table.name))
+        counts[link.table.name] = prev.model_copy(update={_COUNT[action]: getattr(prev, _COUNT[action]) + n})
+
+    def _drop_markers(self, info: TableInfo, keys: list[str], rows: sa.Select) -> None:
+        if control.marker_name(info.name) not in self.pred.marker_tables:
+            return
+        m = control.marker_table(info, keys)
+        self.session.execute(sa.delete(m).where(_in_stage(m, keys, rows.subquery())))
+
+    def _suppress(self, b: BoundRule, victims: sa.Select) -> None:
+        t = alias(b.table)
+        cols = b.rule.suppress
+        data = pl.from_arrow(self.session.arrow(
+            sa.select(*(t.c[c] for c in cols)).where(_in_stage(t, b.rule.keys, victims.subquery()))))
+        if not isinstance(data, pl.DataFrame) or data.is_empty():
+            return
+        values = pl.concat([data[c].cast(pl.String).str.strip_chars().str.to_lowercase() for c in cols]).drop_nulls()
+        hashes = keyed_hashes(values, self._key()).unique()
+        staged = self.session.stage("rj_suppress", pl.DataFrame({"identifier_hash": hashes}).to_arrow())
+        s = control.suppression
+        self.session.execute(sa.insert(s).from_select(
+            ["identifier_hash", "key_id", "purpose", "added_at"],
+            sa.select(staged.c.identifier_hash, sa.literal(self._key().key_id), sa.literal(b.policy.purpose),
+                      sa.literal(control.now(), sa.DateTime()))
+            .where(~staged.c.identifier_hash.in_(sa.select(s.c.identifier_hash)))))
+        self.session.drop_stage("rj_suppress")
+
+    def _key(self) -> PseudonymKey:
+        if self.key is None:
+            from retention_jobs.anonymise import key_from_env
+
+            self.key = key_from_env()
+        return self.key
+
+    # -- anonymise ------------------------------------------------------------------------
+
+    def _anonymise_batch(self, b: BoundRule, confirmed: sa.TableClause, counts: dict[str, TableCounts],
+                         batch_no: int) -> int:
+        for link, path in link_paths(b):
+            self._cascade_step(b, link, path, confirmed, counts, batch_no)
+        t0 = time.perf_counter()
+        with self.session.transaction():
+            n = self._anonymise_rows(b, b.table, b.rule.keys, b.rule.columns,
+                                     sa.select(*(confirmed.c[k] for k in b.rule.keys)))
+            self._audit(b, b.table.name, "anonymise", batch_no, time.perf_counter() - t0, anonymised=n)
+        return n
+
+    def _anonymise_rows(self, b: BoundRule, info: TableInfo, keys: list[str], columns: dict,
+                        rows: sa.Select) -> int:
+        """Anonymise `columns` of the rows whose keys `rows` selects; call inside a transaction."""
+        key = self._key()
+        control.ensure_marker_table(self.store, self.session, info, keys)
+        self.pred.marker_tables.add(control.marker_name(info.name))
+        t = alias(info)
+        done_flags = [self.pred.marked(info, keys, t, c).label(f"_done__{c}") for c in columns]
+        data = pl.from_arrow(self.session.arrow(
+            sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
+            .where(_in_stage(t, keys, rows.subquery()))))
+        if data.is_empty():
+            return 0
+        originals = {c: keyed_hashes(data[c], key) for c in columns}
+        out = anonymise_frame(data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale)
+        staged = self.session.stage("rj_anon", out.select(*keys, *columns).to_arrow())
+        target = sa_table(info)
+        self.session.execute(sa.update(target).values({c: staged.c[c] for c in columns})
+                             .where(*(target.c[k] == staged.c[k] for k in keys)))
+        markers = pl.concat([
+            data.select(*keys).with_columns(
+                pl.lit(c).alias("column_name"), pl.lit(b.id).alias("rule"),
+                originals[c].alias("original_hash"), pl.lit(control.now()).alias("anonymised_at"),
+                data[f"_done__{c}"].alias("_done"))
+            for c in columns
+        ]).filter(~pl.col("_done")).drop("_done")
+        if not markers.is_empty():
+            ms = self.session.stage("rj_markers", markers.to_arrow())
+            m = control.marker_table(info, keys)
+            self.session.execute(sa.insert(m).from_select(list(markers.columns), sa.select(*(ms.c[c] for c in markers.columns))))
+            self.session.drop_stage("rj_markers")
+        self.session.drop_stage("rj_anon")
+        return data.height
+
+
+_COUNT = {"delete": "deleted", "unlink": "unlinked", "anonymise": "anonymised"}
+
+
+def run_policies(store: Store, policies: PolicySet, as_of: date, key: PseudonymKey | None,
+                 options: RunOptions = RunOptions(), progress: Progress | None = None) -> RunReport:
+    """Plan and apply on one connection. A dry run only plans."""
+    with store.connect(read_only=options.dry_run) as session:
+        return Applier(store, session, policies, as_of, key, options, progress).run()

@@ -1,0 +1,223 @@
+"""Planning: which rows of which table expire on a date, by which rule, minus holds and retain
+periods. Pure: it only reads (the DuckDB file's bytes are unchanged after a plan). The plan
+holds counts and dates only; the keys to act on are staged inside the store when a run applies
+it, never carried here, never printed."""
+
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from retention_jobs import control
+from retention_jobs.load import PolicySet
+from retention_jobs.periods import expires_on
+from retention_jobs.predicates import Predicates, alias
+from retention_jobs.resolve import BoundRule, Link, resolve
+from retention_jobs.store.base import Catalog, Session, Store
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class CascadePlan(_Frozen):
+    table: str
+    action: str
+    rows: int
+    """Child rows linked to the parent rows the rule acts on."""
+
+
+class RetainNote(_Frozen):
+    rule_id: str
+    """The retain rule (purpose/rule) that keeps the rows."""
+    table: str
+    rows: int
+    free_from: date | None
+    """The day the last of these rows leaves its minimum period; None while a clock is unset."""
+    unset_clock: int = 0
+
+
+class RulePlan(_Frozen):
+    rule_id: str
+    purpose: str
+    rule: str
+    table: str
+    action: str
+    cutoff: date
+    """The latest clock date whose period has run out on the as-of date."""
+    total: int
+    expired: int
+    held: int
+    retained: int
+    superseded: int = 0
+    """Expired rows that a delete rule on the same table removes (deletion wins)."""
+    already_done: int = 0
+    """Rows an earlier run already anonymised."""
+    to_act: int
+    cascades: tuple[CascadePlan, ...] = ()
+    retained_by: tuple[RetainNote, ...] = ()
+
+    @property
+    def kept(self) -> int:
+        return self.total - self.expired
+
+
+class Plan(_Frozen):
+    as_of: date
+    store: str
+    policies_sha256: str
+    created_at: datetime
+    rules: tuple[RulePlan, ...]
+
+    def for_purpose(self, purpose: str) -> list[RulePlan]:
+        return [r for r in self.rules if r.purpose == purpose]
+
+
+def _sum(cond: sa.ColumnElement) -> sa.ColumnElement:
+    return sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0)
+
+
+def parent_values(link: Link, path: list[Link], root_values: sa.Select) -> sa.Select:
+    """Values of the column of `link`'s parent that `link.on` refers to, for the rows reached from
+    the root's acted-on rows along `path` (the links above `link`)."""
+    values = root_values
+    for i, step in enumerate(path):
+        c = alias(step.table)
+        nxt = path[i + 1] if i + 1 < len(path) else link
+        values = sa.select(c.c[nxt.references]).where(c.c[step.on].in_(values))
+    return values
+
+
+def link_paths(b: BoundRule) -> list[tuple[Link, list[Link]]]:
+    """Every link with the chain of links above it, deepest first (children before parents)."""
+    out: list[tuple[Link, list[Link]]] = []
+
+    def walk(link: Link, above: list[Link]) -> None:
+        for child in link.children:
+            walk(child, [*above, link])
+        out.append((link, above))
+
+    for link in b.cascades:
+        walk(link, [])
+    return out
+
+
+class Planner:
+    def __init__(self, store: Store, session: Session, policies: PolicySet, as_of: date):
+        self.store = store
+        self.session = session
+        self.policies = policies
+        self.as_of = as_of
+        self.catalog: Catalog = store.catalog(session)
+        self.bound = resolve(policies, self.catalog, store.kind)
+        has_control = control.control_exists(session)
+        markers = control.marker_tables_present(session, store) if has_control else set()
+        if not has_control:
+            raise_missing_control()
+        self.pred = Predicates(self.bound, as_of, self.catalog, markers)
+
+    def rules(self, purposes: list[str] | None = None) -> list[BoundRule]:
+        return [b for b in self.bound if purposes is None or b.policy.purpose in purposes]
+
+    def plan(self, purposes: list[str] | None = None) -> Plan:
+        return Plan(
+            as_of=self.as_of, store=self.store.describe(), policies_sha256=self.policies.digest,
+            created_at=control.now(), rules=tuple(self.rule_plan(b) for b in self.rules(purposes)),
+        )
+
+    def rule_plan(self, b: BoundRule) -> RulePlan:
+        p = self.pred
+        t = alias(b.table)
+        common = dict(rule_id=b.id, purpose=b.policy.purpose, rule=b.rule.name, table=b.table.name,
+                      action=b.rule.action, cutoff=p.cutoff(b))
+        if b.rule.action == "retain":
+            inside = p.inside_retain(b, t)
+            total, inside_n = self.session.fetchall(
+                sa.select(sa.func.count(), _sum(sa.func.coalesce(inside, sa.false()))).select_from(t))[0]
+            return RulePlan(**common, total=total, expired=total - inside_n, held=0, retained=inside_n, to_act=0)
+        expired, held, retained = p.expired(b, t), p.held(b, t), p.retained(b, t)
+        cols = [
+            sa.func.count(), _sum(expired), _sum(sa.and_(expired, held)),
+            _sum(sa.and_(expired, ~held, retained)),
+        ]
+        if b.rule.action == "anonymise":
+            free = sa.and_(expired, ~held, ~retained)
+            cols += [_sum(sa.and_(free, p.superseded(b, t))),
+                     _sum(sa.and_(free, ~p.superseded(b, t), p.done(b, t)))]
+        cols.append(_sum(p.actionable(b, t)))
+        row = self.session.fetchall(sa.select(*cols).select_from(t))[0]
+        if b.rule.action == "anonymise":
+            total, exp, hld, ret, sup, done, act = row
+        else:
+            (total, exp, hld, ret, act), sup, done = row, 0, 0
+        return RulePlan(**common, total=total, expired=exp, held=hld, retained=ret, superseded=sup,
+                        already_done=done, to_act=act, cascades=self.cascade_plans(b),
+                        retained_by=self.retain_notes(b) if ret else ())
+
+    def acted_keys(self, b: BoundRule, column: str) -> sa.Select:
+        t = alias(b.table)
+        return sa.select(t.c[column]).where(self.pred.actionable(b, t))
+
+    def cascade_plans(self, b: BoundRule) -> tuple[CascadePlan, ...]:
+        out = []
+        for link, path in link_paths(b):
+            root_col = path[0].references if path else link.references
+            values = parent_values(link, path, self.acted_keys(b, root_col))
+            c = alias(link.table)
+            n = self.session.scalar(sa.select(sa.func.count()).select_from(c).where(c.c[link.on].in_(values)))
+            out.append(CascadePlan(table=link.table.name, action=link.spec.action, rows=n))
+        return tuple(out)
+
+    def retain_notes(self, b: BoundRule) -> tuple[RetainNote, ...]:
+        """Which retain rules keep this rule's expired rows, and until when."""
+        p = self.pred
+        notes: list[RetainNote] = []
+        t = alias(b.table)
+        candidates = sa.and_(p.expired(b, t), ~p.held(b, t))
+        for r in p.retain_rules(b.table.name):
+            notes.append(self._note(r, t, sa.and_(candidates, p.inside_retain(r, t))))
+        for link, path in link_paths(b):
+            rules = p.retain_rules(link.table.name)
+            if not rules:
+                continue
+            root_col = path[0].references if path else link.references
+            parents = sa.select(t.c[root_col]).where(candidates)
+            values = parent_values(link, path, parents)
+            for r in rules:
+                c = alias(link.table)
+                notes.append(self._note(r, c, sa.and_(c.c[link.on].in_(values), p.inside_retain(r, c))))
+        return tuple(n for n in notes if n.rows)
+
+    def _note(self, r: BoundRule, t: sa.TableClause, where: sa.ColumnElement) -> RetainNote:
+        clock = self.pred.clock(r, t)
+        n, latest, unset = self.session.fetchall(
+            sa.select(sa.func.count(), sa.func.max(clock), _sum(clock.is_(None))).select_from(t).where(where))[0]
+        free = None
+        if latest is not None and not unset:
+            free = expires_on(clock_date(latest, r.policy.timezone), r.rule.period, r.rule.round_clock_to)
+        return RetainNote(rule_id=r.id, table=r.table.name, rows=n, free_from=free, unset_clock=unset)
+
+
+def clock_date(value: date | datetime, tz: str) -> date:
+    """The calendar date of a clock value in the policy's zone (naive timestamps are UTC)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=ZoneInfo("UTC"))
+        return value.astimezone(ZoneInfo(tz)).date()
+    return value
+
+
+def raise_missing_control() -> None:
+    from retention_jobs.errors import ConfigError
+
+    raise ConfigError(
+        "the store has no retention control schema yet (holds, audit ledger); run "
+        "`retention-jobs init` (or `retention-jobs run`, which creates it) first"
+    )
+
+
+def build_plan(store: Store, policies: PolicySet, as_of: date, purposes: list[str] | None = None) -> Plan:
+    """Plan on a read-only connection: nothing in the store can change."""
+    with store.connect(read_only=True) as session:
+        return Planner(store, session, policies, as_of).plan(purposes)
