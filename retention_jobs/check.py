@@ -1,0 +1,110 @@
+"""Checks after a run: nothing expired is left, nothing held changed, no original value survives
+in an anonymised column, and the audit ledger recorded the run. Counts only: never a value."""
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import polars as pl
+import sqlalchemy as sa
+
+from retention_jobs import control
+from retention_jobs.anonymise import PseudonymKey, keyed_hashes
+from retention_jobs.apply import held_fingerprint
+from retention_jobs.load import PolicySet
+from retention_jobs.plan import Planner
+from retention_jobs.policy import Constant, Generalise
+from retention_jobs.predicates import alias
+from retention_jobs.store.base import Session, Store
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    summary: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def unprocessed(planner: Planner, purposes: list[str] | None) -> CheckResult:
+    """No row past its period is left unprocessed, other than held or retained ones."""
+    plan = planner.plan(purposes)
+    left = {r.rule_id: r.to_act for r in plan.rules if r.action != "retain" and r.to_act}
+    return CheckResult(
+        "nothing_expired_left", not left,
+        "every expired row is deleted, anonymised, held or retained" if not left
+        else f"{sum(left.values())} expired rows are still unprocessed in {len(left)} rules",
+        left)
+
+
+def held_unchanged(planner: Planner, session: Session, before: dict[str, str],
+                   purposes: list[str] | None) -> CheckResult:
+    """Every held row is byte-for-byte what it was before the run."""
+    changed = {}
+    for b in planner.rules(purposes):
+        if b.id in before and held_fingerprint(session, planner, b) != before[b.id]:
+            changed[b.id] = 1
+    return CheckResult(
+        "held_rows_unchanged", not changed,
+        f"held rows of {len(before)} rules are unchanged" if not changed
+        else f"held rows changed in {len(changed)} rules: {', '.join(changed)}", changed)
+
+
+def no_original_values(planner: Planner, session: Session, key: PseudonymKey,
+                       purposes: list[str] | None) -> CheckResult:
+    """No anonymised column still holds the value it had before (generalise and constant are
+    exempt: a date already on the first of January is its own generalisation)."""
+    found: dict[str, int] = {}
+    checked = 0
+    for b in planner.rules(purposes):
+        targets = []
+        if b.rule.action == "anonymise":
+            targets.append((b.table, b.rule.keys, b.rule.columns))
+        targets += [(link.table, list(link.key), link.spec.columns) for link in b.links()
+                    if link.spec.action == "anonymise"]
+        for info, keys, columns in targets:
+            if control.marker_name(info.name) not in planner.pred.marker_tables:
+                continue
+            m = control.marker_table(info, keys)
+            for col, strategy in columns.items():
+                if isinstance(strategy, (Generalise, Constant)):
+                    continue
+                t = alias(info)
+                rows = pl.from_arrow(session.arrow(
+                    sa.select(t.c[col].label("value"), m.c.original_hash)
+                    .select_from(t.join(m, sa.and_(*(m.c[k] == t.c[k] for k in keys))))
+                    .where(m.c.column_name == col, m.c.original_hash.is_not(None))))
+                if rows.is_empty():
+                    continue
+                checked += rows.height
+                same = int((keyed_hashes(rows["value"], key) == rows["original_hash"]).fill_null(False).sum())
+                if same:
+                    found[f"{info.name}.{col}"] = same
+    return CheckResult(
+        "no_original_values", not found,
+        f"{checked} anonymised values checked, none is the original" if not found
+        else f"{sum(found.values())} anonymised values still equal their original", found)
+
+
+def audit_recorded(session: Session, run_id: str, rule_ids: list[str]) -> CheckResult:
+    """The ledger holds the run's rows: a plan row for every rule."""
+    rows = control.audit_rows(session, run_id)
+    seen = {f"{r['purpose']}/{r['rule']}" for r in rows if r["action"] == "plan"}
+    missing = [r for r in rule_ids if r not in seen]
+    return CheckResult(
+        "audit_recorded", bool(rows) and not missing,
+        f"{len(rows)} ledger rows for run {run_id}" if not missing
+        else f"no ledger rows for {', '.join(missing)} in run {run_id}",
+        {"rows": len(rows), "missing": len(missing)})
+
+
+def run_checks(store: Store, policies: PolicySet, as_of: date, key: PseudonymKey,
+               run_id: str | None = None, held_before: dict[str, str] | None = None,
+               purposes: list[str] | None = None) -> list[CheckResult]:
+    with store.connect(read_only=True) as session:
+        planner = Planner(store, session, policies, as_of)
+        results = [unprocessed(planner, purposes), no_original_values(planner, session, key, purposes)]
+        if held_before is not None:
+            results.append(held_unchanged(planner, session, held_before, purposes))
+        if run_id:
+            results.append(audit_recorded(session, run_id, [b.id for b in planner.rules(purposes)]))
+        return results

@@ -1,0 +1,328 @@
+"""`retention-jobs`: validate, plan and run policies; manage holds; build the demo.
+
+Exit codes: 0 done; 2 bad input (policy, option, environment), nothing changed; 3 approval
+needed (a run would delete more than the allowed share), nothing changed; 4 the store could not
+be reached (retry later); 1 anything else.
+"""
+
+import json
+import re
+import sys
+import time
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from retention_jobs import control
+from retention_jobs.anonymise import key_from_env
+from retention_jobs.apply import RunOptions, run_policies
+from retention_jobs.errors import (
+    ApprovalRequired,
+    ConfigError,
+    PolicyError,
+    RetentionError,
+    StoreUnavailable,
+)
+from retention_jobs.explain import render, to_json
+from retention_jobs.load import PolicySet, load_policies
+from retention_jobs.store import mask_url, open_store, store_location
+
+out = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True)
+
+DEFAULT_POLICIES = "policies"
+
+
+def _safe(exc: BaseException) -> str:
+    """An unexpected error's message without quoted values (a database error can quote a key)."""
+    text = re.sub(r"\"[^\"]*\"|'[^']*'", "<value>", str(exc))
+    return mask_url(f"{type(exc).__name__}: {text}")
+
+
+def _fail(exc: BaseException) -> None:
+    if isinstance(exc, PolicyError):
+        err.print(str(exc), markup=False, highlight=False)
+        err.print(f"{len(exc.problems)} problem(s); nothing was changed", style="red")
+        sys.exit(2)
+    if isinstance(exc, ApprovalRequired):
+        err.print(str(exc), markup=False, highlight=False)
+        sys.exit(3)
+    if isinstance(exc, StoreUnavailable):
+        err.print(mask_url(str(exc)), markup=False, highlight=False)
+        sys.exit(4)
+    if isinstance(exc, (ConfigError, RetentionError)):
+        err.print(f"error: {mask_url(str(exc))}", markup=False, highlight=False)
+        sys.exit(2)
+    err.print(f"unexpected error: {_safe(exc)}", markup=False, highlight=False)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # every error leaves through one door, sanitised
+            _fail(exc)
+
+
+def _as_of(value: str | None, policies: PolicySet) -> date:
+    if value is None:
+        zones = {f.policy.timezone for f in policies.files}
+        zone = zones.pop() if len(zones) == 1 else "UTC"
+        return datetime.now(ZoneInfo(zone)).date()
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--as-of {value!r} is not a date; write YYYY-MM-DD") from None
+
+
+store_option = click.option("--store", "store", default=None, envvar="RETENTION_STORE",
+                            help="DuckDB file or SQLAlchemy URL [env RETENTION_STORE; default .retention/warehouse.duckdb].")
+policies_option = click.option("--policies", "policy_dir", default=DEFAULT_POLICIES, show_default=True,
+                               help="Policy directory or file.")
+purpose_option = click.option("--purpose", "purposes", multiple=True, help="Only these purposes (repeatable).")
+format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="retention-jobs")
+def main() -> None:
+    """Keep privacy promises automatically: retention policies planned and applied to your data."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@store_option
+def validate(paths: tuple[str, ...], store: str | None) -> None:
+    """Check policy files; with a store, check them against its real schema too."""
+    policies = load_policies(paths or [DEFAULT_POLICIES])
+    location = store_location(store)
+    s = open_store(store)
+    if s.kind == "duckdb" and not Path(location).exists():
+        out.print(f"{len(policies.files)} policy files are well-formed (no store at {location}: schema not checked)")
+        return
+    from retention_jobs.resolve import resolve
+
+    with s.connect(read_only=True) as session:
+        bound = resolve(policies, s.catalog(session), s.kind)
+    out.print(f"{len(policies.files)} policy files, {len(bound)} rules: valid against {s.describe()}")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of policy files (for editors)."""
+    from retention_jobs.policy import Policy
+
+    click.echo(json.dumps(Policy.model_json_schema(), indent=2))
+
+
+def _progress():
+    if not err.is_terminal:
+        return None, None
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), console=err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def update(rule_id: str, done: int, total: int) -> None:
+        if rule_id not in tasks:
+            tasks[rule_id] = bar.add_task(rule_id, total=total)
+        bar.update(tasks[rule_id], completed=done)
+
+    return bar, update
+
+
+def _execute(store, policy_dir, as_of, purposes, fmt, options: RunOptions, allow_demo_key=False):
+    policies = load_policies([policy_dir])
+    day = _as_of(as_of, policies)
+    s = open_store(store)
+    key = None if options.dry_run else key_from_env(allow_demo=allow_demo_key)
+    bar, update = _progress() if fmt == "table" and not options.dry_run else (None, None)
+    if bar:
+        with bar:
+            report = run_policies(s, policies, day, key, options, update)
+    else:
+        report = run_policies(s, policies, day, key, options, update)
+    if fmt == "json":
+        click.echo(to_json(report))
+    else:
+        render(report, out)
+    return report
+
+
+@main.command()
+@store_option
+@policies_option
+@purpose_option
+@format_option
+@click.option("--as-of", "as_of", default=None, help="Date the plan is for (YYYY-MM-DD); default today.")
+def plan(store, policy_dir, purposes, fmt, as_of) -> None:
+    """Show what a run would do (changes nothing)."""
+    _execute(store, policy_dir, as_of, purposes, fmt, RunOptions(dry_run=True, purposes=purposes or None))
+
+
+@main.command()
+@store_option
+@policies_option
+@purpose_option
+@format_option
+@click.option("--as-of", "as_of", default=None, help="Date the run is for (YYYY-MM-DD); default today.")
+@click.option("--batch-size", default=50_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-delete-fraction", default=0.25, show_default=True, type=click.FloatRange(0, 1),
+              help="Refuse to delete more than this share of any table (exit 3, nothing changed).")
+def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction) -> None:
+    """Apply the policies: delete and anonymise expired rows, record the audit trail."""
+    _execute(store, policy_dir, as_of, purposes, fmt,
+             RunOptions(batch_size=batch_size, max_delete_fraction=max_delete_fraction, purposes=purposes or None))
+
+
+@main.command()
+@store_option
+@policies_option
+@purpose_option
+@click.option("--as-of", "as_of", default=None)
+@click.option("--run-id", default=None, help="Also check that the ledger holds this run.")
+def check(store, policy_dir, purposes, as_of, run_id) -> None:
+    """Check the store: nothing expired left, no original value in anonymised columns."""
+    from retention_jobs.check import run_checks
+
+    policies = load_policies([policy_dir])
+    results = run_checks(open_store(store), policies, _as_of(as_of, policies), key_from_env(allow_demo=False),
+                         run_id=run_id, purposes=list(purposes) or None)
+    for r in results:
+        out.print(f"{'PASS' if r.passed else 'FAIL'} {r.name}: {r.summary}", markup=False)
+    if not all(r.passed for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@store_option
+def init(store) -> None:
+    """Create the control schema (holds, audit ledger, runs) in the store."""
+    s = open_store(store)
+    with s.connect() as session:
+        control.ensure_control_schema(s, session)
+    out.print(f"control schema ready in {s.describe()}")
+
+
+@main.command()
+@store_option
+def tables(store) -> None:
+    """List the store's tables and columns (to write policies against)."""
+    s = open_store(store)
+    with s.connect(read_only=True) as session:
+        for t in s.catalog(session).tables.values():
+            out.print(f"{t.name}: " + ", ".join(f"{c.name} {c.raw_type}" for c in t.columns.values()), markup=False)
+
+
+# --- holds -----------------------------------------------------------------------------------
+
+
+@main.group()
+def holds() -> None:
+    """Legal holds: held rows are never deleted or changed."""
+
+
+@holds.command("add")
+@store_option
+@click.option("--subject", default=None, help="KIND:ID, e.g. customer:1042")
+@click.option("--table", default=None, help="schema.table")
+@click.option("--purpose", default=None)
+@click.option("--case", "case_ref", required=True, help="Case reference, e.g. LIT-2026-17.")
+@click.option("--reason", required=True)
+@click.option("--placed-by", default=None)
+@click.option("--review", default=None, help="Review date YYYY-MM-DD.")
+def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, review) -> None:
+    """Place a hold on a subject, a table or a purpose."""
+    given = [x for x in (subject, table, purpose) if x]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --subject KIND:ID, --table SCHEMA.TABLE, --purpose NAME")
+    scope = "subject" if subject else "table" if table else "purpose"
+    if table and not re.match(r"^\w+\.\w+$", table):
+        raise ConfigError(f"--table {table!r}: write schema.table")
+    review_at = None
+    if review:
+        try:
+            review_at = date.fromisoformat(review)
+        except ValueError:
+            raise ConfigError(f"--review {review!r} is not a date; write YYYY-MM-DD") from None
+    s = open_store(store)
+    with s.connect() as session:
+        control.ensure_control_schema(s, session)
+        hold_id = control.add_hold(session, scope=scope, subject=subject, table=table, purpose=purpose,
+                                   case_ref=case_ref, reason=reason, placed_by=placed_by, review_at=review_at)
+    out.print(f"hold {hold_id} placed ({scope}, case {case_ref})", markup=False)
+
+
+@holds.command("release")
+@store_option
+@click.argument("hold_id")
+@click.option("--by", "released_by", default=None)
+def holds_release(store, hold_id, released_by) -> None:
+    """Release a hold; its rows become eligible at the next run."""
+    s = open_store(store)
+    with s.connect() as session:
+        if not control.release_hold(session, hold_id, released_by):
+            raise ConfigError(f"no active hold {hold_id!r}; see `retention-jobs holds list`")
+    out.print(f"hold {hold_id} released", markup=False)
+
+
+@holds.command("list")
+@store_option
+@click.option("--all", "include_released", is_flag=True, help="Include released holds.")
+@format_option
+def holds_list(store, include_released, fmt) -> None:
+    """List holds (they name people: the output is for authorised operators)."""
+    s = open_store(store)
+    with s.connect(read_only=True) as session:
+        rows = control.list_holds(session, include_released)
+    if fmt == "json":
+        click.echo(json.dumps([r.__dict__ for r in rows], default=str, indent=2))
+        return
+    for h in rows:
+        state = f"released {h.released_at:%Y-%m-%d}" if h.released_at else "active"
+        out.print(f"{h.hold_id}  {h.target}  case {h.case_ref}  ({h.reason})  placed {h.placed_at:%Y-%m-%d}  {state}",
+                  markup=False)
+    if not rows:
+        out.print("no holds")
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+@main.command()
+@store_option
+@policies_option
+@click.option("--rows", default=20_000, show_default=True, type=click.IntRange(min=100))
+@click.option("--as-of", "as_of", default=None, help="Date the demo data and run are built for; default today.")
+@format_option
+def demo(store, policy_dir, rows, as_of, fmt) -> None:
+    """Build the demo warehouse (deterministic, Faker), place demo holds, run the nightly retention."""
+    from retention_jobs import demo as demo_mod
+
+    policies = load_policies([policy_dir])
+    day = _as_of(as_of, policies)
+    s = open_store(store)
+    t0 = time.perf_counter()
+    counts = demo_mod.build(s, rows, day)
+    built = time.perf_counter() - t0
+    with s.connect() as session:
+        control.ensure_control_schema(s, session)
+        for h in demo_mod.demo_holds_for(s, session):
+            control.add_hold(session, **h)
+    if fmt == "table":
+        out.print(f"demo warehouse: {sum(counts.values())} rows in {len(counts)} tables, built in {built:.1f} s "
+                  f"at {s.describe()}")
+    _execute(store, policy_dir, day.isoformat(), (), fmt, RunOptions(max_delete_fraction=None), allow_demo_key=True)
+    if fmt == "table":
+        out.print(f"demo done in {time.perf_counter() - t0:.1f} s; try `retention-jobs plan` (nothing left to do) "
+                  "or `retention-jobs holds list`")
+
+
+if __name__ == "__main__":
+    main()

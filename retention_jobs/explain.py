@@ -1,0 +1,90 @@
+"""Explain a plan or a run for people (a table) and machines (JSON). Counts and dates only."""
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from retention_jobs.apply import RunReport
+from retention_jobs.plan import RulePlan
+
+
+def rule_row(rp: RulePlan, deleted: int | None = None, anonymised: int | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "rule": rp.rule_id, "table": rp.table, "action": rp.action, "cutoff": rp.cutoff.isoformat(),
+        "total": rp.total, "expired": rp.expired, "held": rp.held, "retained": rp.retained,
+        "superseded": rp.superseded, "already_done": rp.already_done, "to_act": rp.to_act,
+        "kept": rp.kept if rp.action != "retain" else rp.retained,
+    }
+    if deleted is not None:
+        row["deleted"] = deleted
+        row["anonymised"] = anonymised
+    row["cascades"] = [c.model_dump() for c in rp.cascades]
+    row["retained_by"] = [
+        {"rule": n.rule_id, "table": n.table, "rows": n.rows,
+         "free_from": n.free_from.isoformat() if n.free_from else None, "unset_clock": n.unset_clock}
+        for n in rp.retained_by
+    ]
+    return row
+
+
+def report_dict(report: RunReport) -> dict[str, Any]:
+    rules = []
+    for r in report.rules:
+        row = rule_row(r.plan, None if report.dry_run else r.deleted, None if report.dry_run else r.anonymised)
+        if not report.dry_run:
+            row["cascade_results"] = [c.model_dump() for c in r.cascades]
+            row["batches"] = r.batches
+            row["seconds"] = r.seconds
+        rules.append(row)
+    return {
+        "run_id": report.run_id, "as_of": report.as_of.isoformat(), "store": report.store,
+        "dry_run": report.dry_run, "policies_sha256": report.policies_sha256, "key_id": report.key_id,
+        "seconds": report.seconds, "changed": report.changed, "rules": rules,
+    }
+
+
+def to_json(report: RunReport) -> str:
+    return json.dumps(report_dict(report), indent=2)
+
+
+def render(report: RunReport, console: Console) -> None:
+    title = ("Plan" if report.dry_run else "Run") + f" as of {report.as_of} on {report.store}"
+    table = Table(title=title, title_justify="left")
+    for name, justify in [("rule", "left"), ("table", "left"), ("action", "left"), ("expired", "right"),
+                          ("held", "right"), ("retained", "right"),
+                          ("to act" if report.dry_run else "done", "right"), ("kept", "right")]:
+        table.add_column(name, justify=justify)
+    notes: list[str] = []
+    for r in report.rules:
+        rp = r.plan
+        if rp.action == "retain":
+            done = "-"
+        elif report.dry_run:
+            done = f"{rp.to_act}"
+        else:
+            done = f"{r.deleted or r.anonymised}"
+        extra = []
+        if rp.superseded:
+            extra.append(f"{rp.superseded} deleted by another rule")
+        if rp.already_done:
+            extra.append(f"{rp.already_done} anonymised before")
+        table.add_row(rp.rule_id, rp.table, rp.action, str(rp.expired), str(rp.held), str(rp.retained),
+                      done, str(rp.kept if rp.action != "retain" else rp.retained))
+        cascade_done = {c.table: c for c in r.cascades}
+        for c in rp.cascades:
+            got = cascade_done.get(c.table)
+            n = c.rows if report.dry_run or got is None else (got.deleted or got.anonymised or got.unlinked)
+            table.add_row("  ↳ cascade", c.table, c.action, "", "", "", str(n), "")
+        for n in rp.retained_by:
+            until = n.free_from.isoformat() if n.free_from else "a clock is set"
+            notes.append(f"{rp.rule_id}: {n.rows} rows kept by {n.rule_id} ({n.table}) until {until}")
+        if extra:
+            notes.append(f"{rp.rule_id}: " + "; ".join(extra))
+    console.print(table)
+    for note in notes:
+        console.print(f"  retained/info: {note}")
+    if not report.dry_run:
+        verdict = "changed rows" if report.changed else "nothing to do: no row changed"
+        console.print(f"run {report.run_id}: {verdict} in {report.seconds:.2f} s (policies {report.policies_sha256[:12]})")
