@@ -60,7 +60,7 @@ def keyed_hashes(values: pl.Series, key: PseudonymKey) -> pl.Series:
     text = values.cast(pl.String)
     uniq = text.drop_nulls().unique()
     secret = key.secret
-    digests = [hashlib.blake2b(v.encode(), key=secret, digest_size=32).hexdigest() for v in uniq.to_list()]
+    digests = [hashlib.blake2b(v.encode(), key=secret, digest_size=16).hexdigest() for v in uniq.to_list()]
     if not digests:
         return pl.Series(values.name, [None] * len(values), dtype=pl.String)
     return text.replace_strict(uniq, pl.Series(digests, dtype=pl.String), default=None, return_dtype=pl.String)
@@ -155,14 +155,23 @@ def strategy_expr(name: str, s: Strategy, col: ColumnInfo, dtype: pl.DataType, d
     raise TypeError(s)
 
 
+def needs_digest(s: Strategy) -> bool:
+    """Strategies whose output or check needs the keyed hash of the original value."""
+    return not isinstance(s, (Generalise, Constant))
+
+
 def anonymise_frame(df: pl.DataFrame, columns: dict[str, Strategy], infos: dict[str, ColumnInfo],
-                    key: PseudonymKey, locale: str) -> pl.DataFrame:
+                    key: PseudonymKey, locale: str, digests: dict[str, pl.Series] | None = None) -> pl.DataFrame:
     """Replace each listed column with its anonymised value, except where `_done__<col>` is true
-    (already anonymised by an earlier run: anonymising twice would hash a hash)."""
-    digests = {name: keyed_hashes(df[name], key) for name in columns}
+    (already anonymised by an earlier run: anonymising twice would hash a hash). `digests` are
+    the keyed hashes of the originals, if the caller has them already."""
+    digests = dict(digests or {})
+    for name, s in columns.items():
+        if name not in digests and needs_digest(s):
+            digests[name] = keyed_hashes(df[name], key)
     exprs = []
     for name, s in columns.items():
-        digest = pl.lit(digests[name])
+        digest = pl.lit(digests[name]) if name in digests else pl.lit(None, dtype=pl.String)
         new = strategy_expr(name, s, infos[name], df.schema[name], digest, locale)
         done = f"_done__{name}"
         if done in df.columns:
@@ -171,5 +180,4 @@ def anonymise_frame(df: pl.DataFrame, columns: dict[str, Strategy], infos: dict[
     return df.with_columns(exprs)
 
 
-def original_hashes(df: pl.DataFrame, columns: list[str], key: PseudonymKey) -> dict[str, pl.Series]:
-    return {name: keyed_hashes(df[name], key) for name in columns}
+ORIGINAL_HASH_CHARS = 16

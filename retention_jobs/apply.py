@@ -20,7 +20,13 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
 from retention_jobs import control
-from retention_jobs.anonymise import PseudonymKey, anonymise_frame, keyed_hashes
+from retention_jobs.anonymise import (
+    ORIGINAL_HASH_CHARS,
+    PseudonymKey,
+    anonymise_frame,
+    keyed_hashes,
+    needs_digest,
+)
 from retention_jobs.errors import ApprovalRequired
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
@@ -352,19 +358,21 @@ class Applier:
             .where(_in_stage(t, keys, rows.subquery()))))
         if data.is_empty():
             return 0
-        originals = {c: keyed_hashes(data[c], key) for c in columns}
-        out = anonymise_frame(data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale)
+        digests = {c: keyed_hashes(data[c], key) for c, s in columns.items() if needs_digest(s)}
+        out = anonymise_frame(data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale, digests)
         staged = self.session.stage("rj_anon", out.select(*keys, *columns).to_arrow())
         target = sa_table(info)
         self.session.execute(sa.update(target).values({c: staged.c[c] for c in columns})
                              .where(*(target.c[k] == staged.c[k] for k in keys)))
-        markers = pl.concat([
-            data.select(*keys).with_columns(
-                pl.lit(c).alias("column_name"), pl.lit(b.id).alias("rule"),
-                originals[c].alias("original_hash"), pl.lit(control.now()).alias("anonymised_at"),
-                data[f"_done__{c}"].alias("_done"))
-            for c in columns
-        ]).filter(~pl.col("_done")).drop("_done")
+        fresh = {c: ~pl.col(f"_done__{c}") for c in columns}
+        markers = data.with_columns(
+            pl.concat_str([pl.lit(","), *(pl.when(fresh[c]).then(pl.lit(f"{c},")).otherwise(pl.lit("")) for c in columns)])
+            .alias("columns"),
+            pl.concat_str([pl.when(fresh[c]).then(pl.concat_str([pl.lit(f"{c}="), pl.lit(digests[c]).str.slice(
+                0, ORIGINAL_HASH_CHARS).fill_null("null"), pl.lit(";")])).otherwise(pl.lit(""))
+                for c in columns if c in digests] or [pl.lit("")]).alias("original_hashes"),
+            pl.lit(b.id).alias("rule"), pl.lit(control.now()).alias("anonymised_at"),
+        ).select(*keys, "columns", "rule", "original_hashes", "anonymised_at").filter(pl.col("columns") != ",")
         if not markers.is_empty():
             ms = self.session.stage("rj_markers", markers.to_arrow())
             m = control.marker_table(info, keys)

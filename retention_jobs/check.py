@@ -8,7 +8,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from retention_jobs import control
-from retention_jobs.anonymise import PseudonymKey, keyed_hashes
+from retention_jobs.anonymise import ORIGINAL_HASH_CHARS, PseudonymKey, keyed_hashes
 from retention_jobs.apply import held_fingerprint
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Planner
@@ -70,13 +70,15 @@ def no_original_values(planner: Planner, session: Session, key: PseudonymKey,
                     continue
                 t = alias(info)
                 rows = pl.from_arrow(session.arrow(
-                    sa.select(t.c[col].label("value"), m.c.original_hash)
+                    sa.select(t.c[col].label("value"), m.c.original_hashes)
                     .select_from(t.join(m, sa.and_(*(m.c[k] == t.c[k] for k in keys))))
-                    .where(m.c.column_name == col, m.c.original_hash.is_not(None))))
+                    .where(m.c.columns.like(f"%,{col},%"))))
                 if rows.is_empty():
                     continue
-                checked += rows.height
-                same = int((keyed_hashes(rows["value"], key) == rows["original_hash"]).fill_null(False).sum())
+                original = rows["original_hashes"].str.extract(rf"(?:^|;){col}=([0-9a-f]+);", 1)
+                now_hash = keyed_hashes(rows["value"], key).str.slice(0, ORIGINAL_HASH_CHARS)
+                checked += int(original.is_not_null().sum())
+                same = int((now_hash == original).fill_null(False).sum())
                 if same:
                     found[f"{info.name}.{col}"] = same
     return CheckResult(

@@ -85,20 +85,21 @@ def marker_name(table: str) -> str:
 
 
 def marker_table(info: TableInfo, key: list[str]) -> sa.TableClause:
+    """One row per anonymised row and application: `columns` lists the columns anonymised
+    (",email,phone,"), `original_hashes` a short keyed hash of each original value
+    ("email=ab12...;phone=..."), so a later check can prove no original value came back."""
     cols = [sa.column(k, sa_type(info.columns[k])) for k in key]
-    return sa.table(marker_name(info.name), *cols, sa.column("column_name", sa.String()),
-                    sa.column("rule", sa.String()), sa.column("original_hash", sa.String()),
+    return sa.table(marker_name(info.name), *cols, sa.column("columns", sa.String()),
+                    sa.column("rule", sa.String()), sa.column("original_hashes", sa.String()),
                     sa.column("anonymised_at", sa.DateTime()), schema=C)
 
 
 def ensure_marker_table(store: Store, session: Session, info: TableInfo, key: list[str]) -> None:
     types = store.ddl_types()
     keycols = ", ".join(f'"{k}" {key_column_type(info.columns[k], store)}' for k in key)
-    pk = ", ".join(f'"{k}"' for k in key)
     session.execute(
-        f'CREATE TABLE IF NOT EXISTS {C}."{marker_name(info.name)}" ({keycols}, column_name {types["text"]} NOT NULL, '
-        f'rule {types["text"]}, original_hash {types["text"]}, anonymised_at {types["ts"]}, '
-        f"PRIMARY KEY ({pk}, column_name))"
+        f'CREATE TABLE IF NOT EXISTS {C}."{marker_name(info.name)}" ({keycols}, columns {types["text"]} NOT NULL, '
+        f'rule {types["text"]}, original_hashes {types["text"]}, anonymised_at {types["ts"]})'
     )
 
 

@@ -49,7 +49,7 @@ class Redact(_Model):
 
 class Hash(_Model):
     kind: Literal["hash"] = "hash"
-    length: int | None = Field(default=None, ge=16, le=64)
+    length: int | None = Field(default=None, ge=16, le=32)
     """Hex characters kept of the keyed BLAKE2b digest (default: 32, or what the column fits)."""
 
 

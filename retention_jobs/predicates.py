@@ -180,7 +180,7 @@ class Predicates:
         if control.marker_name(info.name) not in self.marker_tables:
             return sa.false()
         m = control.marker_table(info, list(key))
-        return sa.exists().where(m.c.column_name == column, *(m.c[k] == t.c[k] for k in key))
+        return sa.exists().where(m.c.columns.like(f"%,{column},%"), *(m.c[k] == t.c[k] for k in key))
 
     def done(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
         """Every column the rule anonymises is already anonymised."""

@@ -26,6 +26,7 @@ from retention_jobs.store.base import (
 )
 
 _DIALECT = postgresql.dialect(paramstyle="numeric_dollar")
+CATALOG = "rj_store"
 
 
 def compile_for_duckdb(stmt: sa.Executable) -> tuple[str, list[Any]]:
@@ -141,9 +142,14 @@ class DuckDBStore(Store):
                 "the demo warehouse, or pass --store"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Attach under a fixed catalog name: a file named like one of its schemas
+        # (billing.duckdb holding schema billing) would make `billing.customers` ambiguous.
+        con = duckdb.connect(":memory:")
         try:
-            con = duckdb.connect(str(self.path), read_only=read_only)
+            con.execute(f"ATTACH ? AS {CATALOG} {'(READ_ONLY)' if read_only else ''}", [str(self.path)])
+            con.execute(f"USE {CATALOG}")
         except duckdb.IOException as e:
+            con.close()
             raise StoreUnavailable(f"cannot open {self.path}: {e}") from e
         return DuckDBSession(con)
 
