@@ -1,0 +1,282 @@
+"""Engine behaviour on a small real DuckDB file: holds, retain periods, cascades, idempotence,
+the delete guard, crash recovery through the journal, and a ledger free of personal data."""
+
+import hashlib
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pytest
+import sqlalchemy as sa
+
+from retention_jobs import control
+from retention_jobs.anonymise import PseudonymKey
+from retention_jobs.apply import RunOptions, run_policies
+from retention_jobs.errors import ApprovalRequired
+from retention_jobs.load import PolicySet, load_text
+from retention_jobs.plan import build_plan
+from retention_jobs.store.duckdb_store import DuckDBStore
+
+AS_OF = date(2026, 11, 22)
+KEY = PseudonymKey.from_text("test-key-0123456789abcdef")
+
+SHOP = """
+purpose: shop
+title: Shop customers
+legal_basis: contract
+owner: ops
+timezone: Europe/Oslo
+rules:
+  - name: ended
+    table: s.customers
+    key: id
+    subject: {kind: customer, column: id}
+    clock: ended_at
+    round_clock_to: year_end
+    keep_for: P5Y
+    action: delete
+    cascade:
+      - {table: s.orders, on: customer_id, action: delete}
+  - name: inactive
+    table: s.customers
+    key: id
+    subject: {kind: customer, column: id}
+    clock: last_seen
+    keep_for: P3Y
+    action: anonymise
+    columns: {email: hash, name: {fake: name}, phone: {mask: {keep_last: 2}}, born: {generalise: year}}
+"""
+
+BOOKS = """
+purpose: bookkeeping
+title: Bookkeeping
+legal_basis: legal_obligation
+owner: finance
+rules:
+  - name: orders-5y
+    table: s.orders
+    key: order_id
+    clock: placed_at
+    round_clock_to: year_end
+    keep_for: P5Y
+    action: retain
+"""
+
+NEWSLETTER = """
+purpose: newsletter
+title: Newsletter
+legal_basis: consent
+owner: marketing
+rules:
+  - name: unsubscribed
+    table: s.subscribers
+    key: subscriber_id
+    clock: {table: s.list_subs, on: subscriber_id, column: changed_at, aggregate: max}
+    related:
+      - {table: s.list_subs, on: subscriber_id, all: {status: unsubscribed}}
+    keep_for: P0D
+    action: delete
+    cascade:
+      - {table: s.list_subs, on: subscriber_id, action: delete}
+"""
+
+
+def build_world(path: Path) -> None:
+    con = duckdb.connect(str(path))
+    con.execute("""
+        CREATE SCHEMA s;
+        CREATE TABLE s.customers(id BIGINT PRIMARY KEY, email VARCHAR, name VARCHAR, phone VARCHAR,
+                                 born DATE, ended_at DATE, last_seen TIMESTAMP);
+        CREATE TABLE s.orders(order_id BIGINT PRIMARY KEY, customer_id BIGINT REFERENCES s.customers(id),
+                              placed_at DATE);
+        INSERT INTO s.customers
+          SELECT i, 'person' || i || '@example.no', 'Person ' || i, '+47 4000' || lpad(i::VARCHAR, 4, '0'),
+                 DATE '1970-01-01' + (i * 37)::INTEGER,
+                 CASE WHEN i % 3 = 0 THEN DATE '2015-01-01' + i::INTEGER
+                      WHEN i % 3 = 1 THEN DATE '2024-06-01' END,
+                 TIMESTAMP '2019-01-01' + to_days(i::INTEGER * 3)
+          FROM range(1, 301) t(i);
+        INSERT INTO s.orders SELECT i, 1 + (i % 300), DATE '2014-01-01' + ((i * 11) % 4000)::INTEGER FROM range(1, 901) t(i);
+        CREATE TABLE s.subscribers(subscriber_id BIGINT PRIMARY KEY, email VARCHAR);
+        CREATE TABLE s.list_subs(id BIGINT PRIMARY KEY, subscriber_id BIGINT REFERENCES s.subscribers(subscriber_id),
+                                 status VARCHAR, changed_at TIMESTAMP);
+        INSERT INTO s.subscribers SELECT i, 'sub' || i || '@example.se' FROM range(1, 101) t(i);
+        INSERT INTO s.list_subs SELECT i, 1 + (i % 100),
+               CASE WHEN (1 + (i % 100)) % 4 = 0 THEN 'subscribed' ELSE 'unsubscribed' END,
+               TIMESTAMP '2026-01-01' + to_days(i::INTEGER) FROM range(1, 301) t(i);
+    """)
+    con.close()
+
+
+@pytest.fixture
+def world(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    build_world(path)
+    store = DuckDBStore(path)
+    with store.connect() as s:
+        control.ensure_control_schema(store, s)
+    return store
+
+
+def policies(*texts: str) -> PolicySet:
+    return PolicySet(tuple(load_text(t, f"p{i}.yaml") for i, t in enumerate(texts)))
+
+
+def rows(store, sql: str) -> list[tuple]:
+    with store.connect(read_only=True) as s:
+        return s.fetchall(sa.text(sql))
+
+
+def run(store, ps, **kw):
+    opts = dict(max_delete_fraction=None, batch_size=37)
+    opts.update(kw)
+    return run_policies(store, ps, AS_OF, KEY, RunOptions(**opts))
+
+
+def by_rule(report):
+    return {r.plan.rule_id: r for r in report.rules}
+
+
+def test_plan_changes_no_byte(world):
+    before = hashlib.sha256(world.path.read_bytes()).hexdigest()
+    plan = build_plan(world, policies(SHOP, BOOKS), AS_OF)
+    assert {r.rule_id for r in plan.rules} == {"shop/ended", "shop/inactive", "bookkeeping/orders-5y"}
+    assert hashlib.sha256(world.path.read_bytes()).hexdigest() == before
+
+
+def test_delete_respects_retain_of_children_and_cascades(world):
+    ps = policies(SHOP, BOOKS)
+    # oracle, written as plain SQL: ended customers (year end + 5y <= as-of) whose orders are
+    # all past their own 5-year bookkeeping minimum
+    expect = {r[0] for r in rows(world, """
+        SELECT id FROM s.customers c WHERE ended_at IS NOT NULL
+          AND make_date(year(ended_at), 12, 31) + INTERVAL 5 YEAR <= DATE '2026-11-22'
+          AND NOT EXISTS (SELECT 1 FROM s.orders o WHERE o.customer_id = c.id
+                          AND make_date(year(o.placed_at), 12, 31) + INTERVAL 5 YEAR > DATE '2026-11-22')""")}
+    assert expect, "the fixture must have deletable customers"
+    report = by_rule(run(world, ps))
+    assert report["shop/ended"].deleted == len(expect)
+    left = {r[0] for r in rows(world, "SELECT id FROM s.customers")}
+    assert not (expect & left)
+    assert not rows(world, "SELECT 1 FROM s.orders o WHERE NOT EXISTS (SELECT 1 FROM s.customers c WHERE c.id = o.customer_id)")
+    notes = report["shop/ended"].plan.retained_by
+    assert notes and notes[0].rule_id == "bookkeeping/orders-5y" and notes[0].free_from is not None
+
+
+def test_subject_hold_protects_every_path(world):
+    ps = policies(SHOP, BOOKS)
+    victim = rows(world, "SELECT min(id) FROM s.customers WHERE id % 3 = 0 AND NOT EXISTS "
+                         "(SELECT 1 FROM s.orders o WHERE o.customer_id = s.customers.id AND placed_at > DATE '2021-01-01')")[0][0]
+    before = rows(world, f"SELECT * FROM s.customers WHERE id = {victim}")
+    orders_before = rows(world, f"SELECT * FROM s.orders WHERE customer_id = {victim} ORDER BY 1")
+    with world.connect() as s:
+        control.add_hold(s, scope="subject", subject=f"customer:{victim}", case_ref="LIT-1",
+                         reason="litigation", placed_by="test")
+    report = by_rule(run(world, ps))
+    assert report["shop/ended"].plan.held >= 1
+    assert rows(world, f"SELECT * FROM s.customers WHERE id = {victim}") == before
+    assert rows(world, f"SELECT * FROM s.orders WHERE customer_id = {victim} ORDER BY 1") == orders_before
+
+
+def test_table_hold_on_child_blocks_parent_and_release_frees_it(world):
+    ps = policies(SHOP)
+    with world.connect() as s:
+        hold = control.add_hold(s, scope="table", table="s.orders", case_ref="AUTH-9",
+                                reason="authority_order", placed_by="test")
+    first = by_rule(run(world, ps))
+    assert first["shop/ended"].deleted == 0 and first["shop/ended"].plan.held > 0
+    n_orders = rows(world, "SELECT count(*) FROM s.orders")[0][0]
+    assert n_orders == 900
+    with world.connect() as s:
+        assert control.release_hold(s, hold, "test")
+    second = by_rule(run(world, ps))
+    assert second["shop/ended"].deleted == first["shop/ended"].plan.held - second["shop/ended"].plan.held
+
+
+def test_anonymise_is_idempotent_and_deletion_wins(world):
+    ps = policies(SHOP, BOOKS)
+    first = by_rule(run(world, ps))
+    anon = first["shop/inactive"]
+    assert anon.anonymised > 0
+    assert anon.plan.superseded == first["shop/ended"].plan.to_act
+    snapshot = rows(world, "SELECT * FROM s.customers ORDER BY id")
+    second = by_rule(run(world, ps))
+    assert all(r.deleted == 0 and r.anonymised == 0 for r in second.values())
+    assert second["shop/inactive"].plan.already_done == anon.anonymised
+    assert rows(world, "SELECT * FROM s.customers ORDER BY id") == snapshot
+
+
+def test_anonymised_values_keep_types_and_lose_originals(world):
+    run(world, policies(SHOP))
+    changed = rows(world, "SELECT id, email, name, phone, born FROM s.customers WHERE email NOT LIKE 'person%'")
+    assert changed
+    for cid, email, name, phone, born in changed:
+        assert len(email) == 32 and all(ch in "0123456789abcdef" for ch in email)
+        assert name != f"Person {cid}"
+        assert phone.startswith("*") and phone[-2:] == f"{cid:04d}"[-2:]
+        assert born.month == 1 and born.day == 1
+
+
+def test_same_value_gets_same_pseudonym_across_runs(world, tmp_path):
+    other = tmp_path / "other.duckdb"
+    build_world(other)
+    store2 = DuckDBStore(other)
+    with store2.connect() as s:
+        control.ensure_control_schema(store2, s)
+    run(world, policies(SHOP))
+    run(store2, policies(SHOP), batch_size=1000)
+    q = "SELECT id, email, name FROM s.customers ORDER BY id"
+    assert rows(world, q) == rows(store2, q)
+
+
+def test_delete_guard_refuses_before_changing_anything(world):
+    before = rows(world, "SELECT count(*) FROM s.subscribers")[0][0]
+    with pytest.raises(ApprovalRequired, match=r"s\.subscribers: \d+ of 100 rows"):
+        run(world, policies(NEWSLETTER), max_delete_fraction=0.25)
+    assert rows(world, "SELECT count(*) FROM s.subscribers")[0][0] == before
+    assert rows(world, "SELECT count(*) FROM retention_control.audit")[0][0] == 0
+
+
+def test_related_clock_and_all_filter(world):
+    expect = {r[0] for r in rows(world, """
+        SELECT s.subscriber_id FROM s.subscribers s
+        WHERE NOT EXISTS (SELECT 1 FROM s.list_subs l WHERE l.subscriber_id = s.subscriber_id AND l.status <> 'unsubscribed')
+          AND (SELECT max(changed_at) FROM s.list_subs l WHERE l.subscriber_id = s.subscriber_id) < TIMESTAMP '2026-11-23'""")}
+    report = by_rule(run(world, policies(NEWSLETTER)))
+    assert report["newsletter/unsubscribed"].deleted == len(expect) == 75
+    assert {r[0] for r in rows(world, "SELECT subscriber_id FROM s.subscribers")}.isdisjoint(expect)
+
+
+def test_crash_between_children_and_parent_is_finished_by_next_run(world, monkeypatch):
+    """The clock lives in the children: after they are gone the parent no longer looks expired.
+    The journal makes the next run finish the batch anyway."""
+    real = control.append_audit
+    crashed = []
+
+    def crash_on_parent(session, **row):
+        if row["action"] == "delete" and not crashed:
+            crashed.append(True)
+            raise RuntimeError("simulated crash inside the parent's transaction")
+        return real(session, **row)
+
+    monkeypatch.setattr(control, "append_audit", crash_on_parent)
+    with pytest.raises(RuntimeError):
+        run(world, policies(NEWSLETTER), batch_size=1000)
+    monkeypatch.setattr(control, "append_audit", real)
+    assert rows(world, "SELECT count(*) FROM s.subscribers")[0][0] == 100  # parent rolled back
+    assert rows(world, "SELECT count(*) FROM retention_control.pending__s__subscribers")[0][0] == 75
+    report = by_rule(run(world, policies(NEWSLETTER)))
+    assert report["newsletter/unsubscribed"].deleted == 75
+    assert rows(world, "SELECT count(*) FROM s.subscribers")[0][0] == 25
+    assert rows(world, "SELECT count(*) FROM retention_control.pending__s__subscribers")[0][0] == 0
+
+
+def test_audit_ledger_holds_no_personal_data(world):
+    run(world, policies(SHOP, BOOKS, NEWSLETTER))
+    ledger = rows(world, "SELECT * FROM retention_control.audit")
+    runs = rows(world, "SELECT * FROM retention_control.runs")
+    text = repr(ledger) + repr(runs)
+    for needle in ("@example", "Person ", "+47"):
+        assert needle not in text
+    assert {r[5] for r in ledger} >= {"s.customers", "s.orders", "s.subscribers", "s.list_subs"}
+    assert sum(r[13] or 0 for r in ledger if r[6] == "delete") > 0
