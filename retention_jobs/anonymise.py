@@ -88,10 +88,17 @@ def fake_pool(provider: str, locale: str) -> tuple[str, ...]:
     return tuple(str(make()) for _ in range(POOL_SIZE))
 
 
+@lru_cache(maxsize=256)
 def check_provider(provider: str, locale: str) -> str | None:
     """Why this provider cannot be used, or None."""
+    if provider.startswith("_") or provider in ("seed", "seed_instance", "seed_locale"):
+        return f"{provider!r} is not a Faker provider"
     try:
-        value = getattr(faker_for(locale), provider)()
+        faker = faker_for(locale)
+    except AttributeError:
+        return f"Faker has no locale {locale!r}; use e.g. nb_NO, sv_SE, da_DK, fi_FI"
+    try:
+        value = getattr(faker, provider)()
     except AttributeError:
         return f"Faker has no provider {provider!r}"
     except TypeError:

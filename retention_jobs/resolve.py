@@ -5,6 +5,7 @@ import difflib
 from dataclasses import dataclass, field
 from datetime import date
 
+from retention_jobs.anonymise import check_provider
 from retention_jobs.errors import PolicyError, Problem
 from retention_jobs.load import Loc, PolicyFile, PolicySet
 from retention_jobs.policy import (
@@ -180,6 +181,9 @@ class _Resolver:
             if col is None:
                 continue
             problem = strategy_problem(s, col)
+            if problem is None and isinstance(s, Fake):
+                why = check_provider(s.provider, s.locale or f.policy.locale)
+                problem = (why, "see the Faker provider list: name, email, phone_number, address, ...") if why else None
             if problem:
                 self.err(f, (*loc, name), problem[0], problem[1])
             elif self.store_kind == "duckdb" and col.unique and referenced:
