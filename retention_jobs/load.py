@@ -1,5 +1,6 @@
 """Load policy files: YAML -> typed models, every problem located as file:line:col."""
 
+import difflib
 import hashlib
 import re
 from collections.abc import Iterable
@@ -10,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from retention_jobs import policy as P
 from retention_jobs.errors import PolicyError, Problem
 from retention_jobs.policy import Policy
 
@@ -107,9 +109,17 @@ def _to_python(node: yaml.Node, loc: Loc, marks: dict, problems: list, path: str
     return loader.construct_object(node, deep=True)
 
 
+_FIELD_NAMES = sorted({
+    n for m in (P.Policy, P.Rule, P.Subject, P.RelatedClock, P.RelatedFilter, P.Cascade, P.Hash, P.Fake,
+                P.Mask, P.Generalise) for n in m.model_fields} - {"kind"})
+
+
 def _hint(err: dict) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
+        close = difflib.get_close_matches(str(err["loc"][-1]), _FIELD_NAMES, n=1, cutoff=0.8)
+        if close:
+            return f"did you mean {close[0]!r}?"
         return "remove it or check its spelling against docs/policies.md"
     if kind == "missing":
         return "add it (see docs/policies.md)"
@@ -175,6 +185,7 @@ def load_text(text: str, path: str) -> PolicyFile:
         policy = Policy.model_validate(data)
     except ValidationError as e:
         for loc, err in _errors(e):
+            loc = (*loc, *getattr((err.get("ctx") or {}).get("error"), "loc", ()))
             line, col = _locate(marks, loc)
             problems.append(Problem(path, line, col, format_loc(loc), _clean(err["msg"]), _hint(err)))
         raise PolicyError(problems) from None

@@ -9,7 +9,15 @@ from datetime import date
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from retention_jobs.periods import Period
 
@@ -33,6 +41,14 @@ LegalBasis = Literal[
 ]
 Operator = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "is_null"]
 FAKE_LOCALES = ("nb_NO", "sv_SE", "da_DK", "fi_FI", "en_GB", "en_US")
+
+
+class Located(ValueError):
+    """A validation error that points below the model it was raised in."""
+
+    def __init__(self, message: str, loc: tuple = ()):
+        super().__init__(message)
+        self.loc = loc
 
 
 class _Model(BaseModel):
@@ -135,10 +151,18 @@ def _mapping(arg: Any, name: str) -> dict:
     return arg
 
 
-def _parse_columns(raw: Any) -> Any:
-    if not isinstance(raw, dict):
-        return raw
-    return {col: parse_strategy(v) for col, v in raw.items()}
+def _strategy(raw: Any) -> Any:
+    """Parse one column's strategy, so that an error lands on that column's line."""
+    try:
+        return parse_strategy(raw)
+    except ValidationError as e:
+        name = next(iter(raw)) if isinstance(raw, dict) else raw
+        raise ValueError("; ".join(
+            f"{name}: {'.'.join(map(str, err['loc'])) + ': ' if err['loc'] else ''}"
+            f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())) from None
+
+
+StrategyField = Annotated[Strategy, BeforeValidator(_strategy)]
 
 
 # --- filters and clocks -------------------------------------------------------------------
@@ -154,10 +178,14 @@ class Condition(_Model):
 
 def parse_where(raw: Any) -> Any:
     """`{status: closed}`, `{status: [a, b]}`, `{amount: {gt: 10}}`, `{ended_at: {is_null: false}}`."""
+    if isinstance(raw, list):
+        raise ValueError("a filter is a mapping column: value | [values] | {op: value}, not a list")
     if not isinstance(raw, dict):
         return raw
     conditions: list[Condition] = []
     for column, spec in raw.items():
+        if not isinstance(column, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", column):
+            raise ValueError(f"{column!r} is not a column name (letters, digits, _)")
         if isinstance(spec, dict):
             if not spec:
                 raise ValueError(f"{column}: an empty operator mapping")
@@ -243,12 +271,11 @@ class Cascade(_Model):
     """The child's primary key; default: read from the store."""
     action: Literal["delete", "anonymise", "unlink"]
     """delete the child rows; anonymise their `columns`; unlink: set `on` to NULL, keep the row."""
-    columns: dict[Identifier, Strategy] = Field(default_factory=dict)
+    columns: dict[Identifier, StrategyField] = Field(default_factory=dict)
     """With action anonymise: column -> strategy."""
     cascade: list["Cascade"] = Field(default_factory=list)
     """Grandchildren, handled before this child."""
 
-    _cols = field_validator("columns", mode="before")(classmethod(lambda cls, v: _parse_columns(v)))
 
     @model_validator(mode="after")
     def _columns_match_action(self) -> "Cascade":
@@ -285,7 +312,7 @@ class Rule(_Model):
     """Conditions on related rows (e.g. every list subscription is unsubscribed)."""
     action: Literal["delete", "anonymise", "retain"]
     """delete the rows; anonymise `columns`; retain: a minimum period nothing may cut short."""
-    columns: dict[Identifier, Strategy] = Field(default_factory=dict)
+    columns: dict[Identifier, StrategyField] = Field(default_factory=dict)
     """With action anonymise: column -> strategy. Columns not listed are kept."""
     cascade: list[Cascade] = Field(default_factory=list)
     """Foreign-key children handled before the parent (deletes only)."""
@@ -293,7 +320,6 @@ class Rule(_Model):
     """Columns whose keyed hashes go to the suppression list before the row is erased."""
 
     _where = field_validator("where", mode="before")(classmethod(lambda cls, v: parse_where(v)))
-    _cols = field_validator("columns", mode="before")(classmethod(lambda cls, v: _parse_columns(v)))
 
     @field_validator("keep_for")
     @classmethod
@@ -365,8 +391,8 @@ class Policy(_Model):
     @model_validator(mode="after")
     def _unique_rule_names(self) -> "Policy":
         seen: set[str] = set()
-        for r in self.rules:
+        for i, r in enumerate(self.rules):
             if r.name in seen:
-                raise ValueError(f"two rules are named {r.name!r}; rule names must be unique")
+                raise Located(f"two rules are named {r.name!r}; rule names must be unique", ("rules", i, "name"))
             seen.add(r.name)
         return self

@@ -93,7 +93,12 @@ class _Resolver:
     def table(self, f: PolicyFile, loc: Loc, name: str) -> TableInfo | None:
         info = self.catalog.tables.get(name)
         if info is None:
-            hint = _suggest(name, list(self.catalog.tables)) or "check schema.table against the store (retention-jobs tables)"
+            schema, _, short = name.partition(".")
+            same = [t.split(".", 1)[1] for t in self.catalog.tables if t.startswith(schema + ".")]
+            close = _suggest(short, same).replace("'", f"'{schema}.", 1) if same else ""
+            if not same:  # the schema itself may be misspelt
+                close = _suggest(name, list(self.catalog.tables))
+            hint = close or "check schema.table against the store (retention-jobs tables)"
             self.err(f, loc, f"table {name!r} is not in the store", hint)
         return info
 

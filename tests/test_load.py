@@ -2,8 +2,7 @@
 
 Each case is a small policy file and the complete list of problems it must produce, as
 (line:col, field path, message fragment). A case listing several problems also checks that
-they are all reported at once. Cases marked xfail describe how the loader should behave and
-does not yet (see the reason on each).
+they are all reported at once.
 """
 
 import re
@@ -79,12 +78,6 @@ def assert_problems(problems: list[Problem], expected: list[tuple[str, str, str]
         remaining.remove(hit)
 
 
-STRATEGY_COLUMN = pytest.mark.xfail(
-    strict=True,
-    reason="strategy errors are located at `columns` (or at a made-up path such as "
-           "columns.keep_end) instead of at the column whose strategy is wrong",
-)
-
 CASES = [
     # --- not a policy document at all ------------------------------------------------------
     pytest.param("purpose: [shop\ntitle: Shop\n", [("2:6", "", "not valid YAML: expected ',' or ']'")],
@@ -141,9 +134,7 @@ CASES = [
                  id="duplicate-key-in-flow-mapping"),
     pytest.param(doc() + "  - name: old\n" + textwrap.indent(BODY, "    "),
                  [("12:5", "rules[1].name", "two rules are named 'old'")],
-                 id="duplicate-rule-names",
-                 marks=pytest.mark.xfail(strict=True, reason="reported at 1:1 with no field; should point "
-                                                             "at the second rule's name")),
+                 id="duplicate-rule-names"),
     # --- rule fields -----------------------------------------------------------------------
     pytest.param(doc(BODY.replace("table: shop.customers", "table: customers")),
                  [("7:5", "rules[0].table", "String should match pattern")], id="table-without-schema"),
@@ -185,31 +176,31 @@ CASES = [
     # --- strategies ------------------------------------------------------------------------
     pytest.param(anonymise("email: scramble\n"),
                  [("13:7", "rules[0].columns.email", "unknown strategy 'scramble'; use one of: redact, hash")],
-                 id="unknown-strategy", marks=STRATEGY_COLUMN),
+                 id="unknown-strategy"),
     pytest.param(anonymise("email: {fake: email, hash: 16}\n"),
                  [("13:7", "rules[0].columns.email", "a mapping with exactly one key")],
-                 id="strategy-with-two-keys", marks=STRATEGY_COLUMN),
+                 id="strategy-with-two-keys"),
     pytest.param(anonymise("born: {generalise: {to: year, band: 10}}\n"),
                  [("13:7", "rules[0].columns.born", "generalise takes either a date unit (year | month) or {band: N}")],
-                 id="generalise-both", marks=STRATEGY_COLUMN),
+                 id="generalise-both"),
     pytest.param(anonymise("born: {generalise: {}}\n"),
                  [("13:7", "rules[0].columns.born", "generalise takes either a date unit")],
-                 id="generalise-neither", marks=STRATEGY_COLUMN),
+                 id="generalise-neither"),
     pytest.param(anonymise("born: {generalise: week}\n"),
                  [("13:7", "rules[0].columns.born", "Input should be 'year' or 'month'")],
-                 id="generalise-bad-unit", marks=STRATEGY_COLUMN),
+                 id="generalise-bad-unit"),
     pytest.param(anonymise("phone: {mask: {keep_end: 2}}\n"),
                  [("13:7", "rules[0].columns.phone", "keep_end: Extra inputs are not permitted")],
-                 id="mask-unknown-option", marks=STRATEGY_COLUMN),
+                 id="mask-unknown-option"),
     pytest.param(anonymise("phone: {mask: {char: '##'}}\n"),
                  [("13:7", "rules[0].columns.phone", "String should have at most 1 character")],
-                 id="mask-char-too-long", marks=STRATEGY_COLUMN),
+                 id="mask-char-too-long"),
     pytest.param(anonymise("phone: {mask: 3}\n"),
                  [("13:7", "rules[0].columns.phone", "mask takes a mapping of options, got int")],
-                 id="mask-not-a-mapping", marks=STRATEGY_COLUMN),
+                 id="mask-not-a-mapping"),
     pytest.param(anonymise("email: {hash: 8}\n"),
                  [("13:7", "rules[0].columns.email", "greater than or equal to 16")],
-                 id="hash-too-short", marks=STRATEGY_COLUMN),
+                 id="hash-too-short"),
     # --- where -----------------------------------------------------------------------------
     pytest.param(doc(BODY + "where:\n  status: {like: closed}\n"),
                  [("12:5", "rules[0].where", "status: unknown operator 'like'; use one of: eq, ne")],
@@ -226,14 +217,10 @@ CASES = [
                  [("12:5", "rules[0].where", "status: an empty operator mapping")], id="where-empty-operator"),
     pytest.param(doc(BODY + "where:\n  1st_status: closed\n"),
                  [("12:5", "rules[0].where", "'1st_status' is not a column name")],
-                 id="where-bad-column-name",
-                 marks=pytest.mark.xfail(strict=True, reason="reported as `where.column: String should match "
-                                                             "pattern`, which names neither the column nor a real path")),
+                 id="where-bad-column-name"),
     pytest.param(doc(BODY + "where:\n  - status: closed\n"),
                  [("12:5", "rules[0].where", "a filter is a mapping column: value")],
-                 id="where-given-as-list",
-                 marks=pytest.mark.xfail(strict=True, reason="reported as four errors about the internal fields "
-                                                             "column/op/value that the policy author never writes")),
+                 id="where-given-as-list"),
     # --- related filters and clocks --------------------------------------------------------
     pytest.param(doc(BODY + "related:\n  - table: shop.orders\n    on: customer_id\n"
                             "    all: {status: paid}\n    none: {status: open}\n"),
@@ -285,8 +272,6 @@ def test_printed_format_is_file_line_col_field_message_hint(tmp_path, monkeypatc
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="an unknown key gets a generic hint; a close match to a real field "
-                                       "should be suggested, as the resolver does for columns")
 def test_typo_in_field_name_suggests_the_field(tmp_path, monkeypatch):
     problems = problems_of(tmp_path, monkeypatch, {"shop.yaml": doc().replace("legal_basis", "legal_bassis")})
     extra = next(p for p in problems if p.field == "legal_bassis")

@@ -304,8 +304,6 @@ def test_fk_names_are_the_ones_duckdb_reports(warehouse):
     assert all(name for name in warehouse.fk.values())
 
 
-@pytest.mark.xfail(strict=True, reason="the suggestion compares whole schema.table names, so the shared "
-                                       "'shop.' prefix makes any table of the schema look close")
 def test_no_far_fetched_table_suggestion(tmp_path, monkeypatch, warehouse):
     text = doc(BODY + "related:\n  - table: shop.payments\n    on: customer_id\n    none: {status: open}\n")
     (problem,) = problems_of(tmp_path, monkeypatch, warehouse, {"shop.yaml": text})

@@ -1,0 +1,494 @@
+"""A store behind a SQLAlchemy URL: PostgreSQL (psycopg 3) for now.
+
+Same interface as the DuckDB store. Statements are SQLAlchemy Core, compiled by the
+connection's own dialect with bound values. A session is one connection in "commit as you go"
+mode: outside `begin()` each operation commits on its own (as DuckDB autocommits), inside it
+nothing commits until `commit()`. Keys travel as Arrow: `stage` loads an Arrow table into a
+temporary table with `COPY ... FROM STDIN` (CSV written by Arrow, no per-row INSERTs), and
+`arrow` reads a query through a server-side cursor in chunks.
+
+No message raised from here carries the password of the URL: connection errors are wrapped
+into `StoreUnavailable` with the masked URL, and bound parameters (which may be personal data)
+are hidden from SQLAlchemy's error texts.
+"""
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine.reflection import ObjectKind
+from sqlalchemy.pool import NullPool
+
+from retention_jobs.errors import ConfigError, StoreUnavailable
+from retention_jobs.store import mask_url
+from retention_jobs.store.base import (
+    SYSTEM_SCHEMAS,
+    Catalog,
+    ColumnInfo,
+    ForeignKey,
+    Session,
+    Store,
+    TableInfo,
+)
+
+FETCH_ROWS = 10_000
+"""Rows per round trip of a server-side cursor (and per chunk of the Arrow result)."""
+
+COPY_ROWS = 50_000
+"""Rows per CSV chunk written to COPY."""
+
+CONNECT_TIMEOUT = 10
+
+
+# --- passwords -------------------------------------------------------------------------------
+
+
+def masked(url: str) -> str:
+    """`mask_url`, plus a `password=` query argument; checked against SQLAlchemy's own parse so
+    an unusual password (one with an `@`) cannot slip through the pattern."""
+    text = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", mask_url(url))
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception:
+        return re.sub(r"://[^/]*@", "://***@", text)
+    pw = parsed.password
+    if pw and (str(pw) in text.split("://", 1)[-1].split("/", 1)[0]):
+        return parsed.set(query={k: ("***" if k.lower() == "password" else v)
+                                 for k, v in parsed.query.items()}).render_as_string(hide_password=True)
+    return text
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's message of a database error, without SQLAlchemy's statement/parameter text."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(orig).strip().splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(orig).__name__
+
+
+# --- types -----------------------------------------------------------------------------------
+
+
+def normalise_type(t: sa.types.TypeEngine) -> str:
+    """integer, float, decimal, string, date, timestamp, timestamptz, boolean, binary or other."""
+    if isinstance(t, sa.Boolean):
+        return "boolean"
+    if isinstance(t, sa.Integer):
+        return "integer"
+    if isinstance(t, sa.Float):  # before Numeric: Float is a Numeric
+        return "float"
+    if isinstance(t, sa.Numeric):
+        return "decimal"
+    if isinstance(t, sa.DateTime):
+        return "timestamptz" if t.timezone else "timestamp"
+    if isinstance(t, sa.Date):
+        return "date"
+    if isinstance(t, sa.Enum):
+        return "other"
+    if isinstance(t, sa.String):
+        return "string"
+    if isinstance(t, sa.LargeBinary):
+        return "binary"
+    return "other"
+
+
+def pg_type_for_arrow(t: pa.DataType) -> str:
+    """The PostgreSQL column type that holds an Arrow column of type `t`."""
+    if pa.types.is_dictionary(t):
+        return pg_type_for_arrow(t.value_type)
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_int8(t) or pa.types.is_int16(t) or pa.types.is_uint8(t):
+        return "SMALLINT"
+    if pa.types.is_int32(t) or pa.types.is_uint16(t):
+        return "INTEGER"
+    if pa.types.is_int64(t) or pa.types.is_uint32(t):
+        return "BIGINT"
+    if pa.types.is_uint64(t):
+        return "NUMERIC(20)"
+    if pa.types.is_float16(t) or pa.types.is_float32(t):
+        return "REAL"
+    if pa.types.is_float64(t):
+        return "DOUBLE PRECISION"
+    if pa.types.is_decimal(t):
+        return f"NUMERIC({t.precision}, {t.scale})"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_null(t):
+        return "TEXT"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t) \
+            or pa.types.is_fixed_size_binary(t):
+        return "BYTEA"
+    if pa.types.is_date(t):
+        return "DATE"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP WITH TIME ZONE" if t.tz else "TIMESTAMP WITHOUT TIME ZONE"
+    if pa.types.is_time(t):
+        return "TIME"
+    raise TypeError(f"cannot stage an Arrow column of type {t} in PostgreSQL")
+
+
+def sa_type_for_arrow(t: pa.DataType) -> sa.types.TypeEngine:
+    pg = pg_type_for_arrow(t)
+    if pg in ("SMALLINT", "INTEGER", "BIGINT"):
+        return sa.BigInteger()
+    return {
+        "BOOLEAN": sa.Boolean(), "REAL": sa.Float(), "DOUBLE PRECISION": sa.Float(), "TEXT": sa.String(),
+        "BYTEA": sa.LargeBinary(), "DATE": sa.Date(), "TIME": sa.Time(),
+        "TIMESTAMP WITH TIME ZONE": sa.DateTime(timezone=True), "TIMESTAMP WITHOUT TIME ZONE": sa.DateTime(),
+    }.get(pg, sa.Numeric())
+
+
+def _csv_ready(table: pa.Table) -> pa.Table:
+    """Columns the Arrow CSV writer can write in a form PostgreSQL's CSV COPY reads back."""
+    cols, names = [], []
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        t = col.type
+        if pa.types.is_dictionary(t):
+            col, t = col.cast(t.value_type), t.value_type
+        if pa.types.is_string_view(t):
+            col = col.cast(pa.large_string())
+        elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t) \
+                or pa.types.is_fixed_size_binary(t):
+            col = pa.array([None if v is None else "\\x" + v.hex() for v in col.to_pylist()], pa.large_string())
+        elif pa.types.is_uint64(t):
+            col = col.cast(pa.decimal128(20, 0))
+        cols.append(col)
+        names.append(name)
+    return pa.table(cols, names=names)
+
+
+# Arrow types of the columns of a result, from the PostgreSQL type OIDs in the cursor
+# description (so an all-NULL column still gets its real type). Others are inferred per chunk.
+_ARROW_BY_OID: dict[int, pa.DataType] = {
+    16: pa.bool_(), 17: pa.binary(), 18: pa.string(), 19: pa.string(), 20: pa.int64(), 21: pa.int16(),
+    23: pa.int32(), 25: pa.string(), 26: pa.int64(), 700: pa.float32(), 701: pa.float64(),
+    1042: pa.string(), 1043: pa.string(), 1082: pa.date32(), 1083: pa.time64("us"),
+    1114: pa.timestamp("us"), 1184: pa.timestamp("us", tz="UTC"), 1186: pa.duration("us"),
+}
+_JSON_OIDS = {114, 3802}
+_UUID_OID = 2950
+_NUMERIC_OID = 1700
+
+
+def _arrow_type(col: Any) -> pa.DataType | None:
+    oid = getattr(col, "type_code", None)
+    if oid in _ARROW_BY_OID:
+        return _ARROW_BY_OID[oid]
+    if oid in _JSON_OIDS or oid == _UUID_OID:
+        return pa.string()
+    if oid == _NUMERIC_OID:
+        precision, scale = getattr(col, "precision", None), getattr(col, "scale", None)
+        if precision:
+            return pa.decimal128(precision, scale or 0) if precision <= 38 else pa.decimal256(precision, scale or 0)
+    return None
+
+
+def _to_arrow(values: list, t: pa.DataType | None, oid: int | None) -> pa.Array:
+    if oid in _JSON_OIDS:
+        values = [None if v is None else json.dumps(v, default=str, sort_keys=True) for v in values]
+    elif oid == _UUID_OID:
+        values = [None if v is None else str(v) for v in values]
+    try:
+        return pa.array(values, type=t, from_pandas=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        if t is not None and pa.types.is_decimal(t):
+            return pa.array(values)
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def _unify(chunks: list[pa.Array]) -> pa.ChunkedArray:
+    types = {c.type for c in chunks if not pa.types.is_null(c.type)}
+    if not types:
+        return pa.chunked_array(chunks, pa.null()) if chunks else pa.chunked_array([], pa.null())
+    if len(types) == 1:
+        t = types.pop()
+        return pa.chunked_array([c.cast(t) if pa.types.is_null(c.type) else c for c in chunks], t)
+    if all(pa.types.is_decimal(t) for t in types):
+        scale = max(t.scale for t in types)
+        digits = max(t.precision - t.scale for t in types)
+        wide = pa.decimal128(digits + scale, scale) if digits + scale <= 38 else pa.decimal256(min(76, digits + scale), scale)
+        return pa.chunked_array([c.cast(wide) for c in chunks], wide)
+    return pa.chunked_array([pa.array([None if v is None else str(v) for v in c.to_pylist()], pa.string())
+                             for c in chunks], pa.string())
+
+
+# --- session ---------------------------------------------------------------------------------
+
+
+class SqlSession(Session):
+    def __init__(self, store: "SqlStore", conn: Connection, read_only: bool):
+        self.store = store
+        self.conn = conn
+        self.read_only = read_only
+        self._explicit = False
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _op(self) -> Iterator[Connection]:
+        """Run one operation: outside `begin()` it commits (or rolls back) on its own."""
+        try:
+            yield self.conn
+        except sa.exc.DBAPIError as e:
+            self._after_error()
+            if isinstance(e, sa.exc.OperationalError) or e.connection_invalidated:
+                raise StoreUnavailable(
+                    f"lost the connection to {self.store.describe()}: {self.store.scrub(_first_line(e))}") from None
+            raise
+        except BaseException:
+            self._after_error()
+            raise
+        if not self._explicit and self.conn.in_transaction():
+            self.conn.commit()
+
+    def _after_error(self) -> None:
+        if not self._explicit:
+            with contextlib.suppress(Exception):
+                self.conn.rollback()
+
+    def _exec(self, stmt: sa.Executable | str, params: Any = None, **options: Any) -> sa.CursorResult:
+        if isinstance(stmt, str):
+            return self.conn.exec_driver_sql(stmt, params if params is not None else {}, options or None)
+        return self.conn.execute(stmt, params, execution_options=options or None)
+
+    # -- the interface -------------------------------------------------------------------
+
+    def execute(self, stmt: sa.Executable | str, params: Any = None) -> int:
+        """Run a statement; a string runs as is with the driver's `%(name)s` parameters."""
+        with self._op():
+            return self._exec(stmt, params, preserve_rowcount=True).rowcount
+
+    def fetchall(self, stmt: sa.Executable) -> list[tuple]:
+        with self._op():
+            return [tuple(r) for r in self._exec(stmt).all()]
+
+    def arrow(self, stmt: sa.Executable) -> pa.Table:
+        """The result as Arrow, read through a server-side cursor `FETCH_ROWS` rows at a time
+        (the driver never holds more than one chunk of Python rows)."""
+        with self._op():
+            result = self._exec(stmt, stream_results=True, yield_per=FETCH_ROWS)
+            names = list(result.keys())
+            description = result.cursor.description or []
+            oids = [getattr(d, "type_code", None) for d in description]
+            types = [_arrow_type(d) for d in description]
+            chunks: list[list[pa.Array]] = [[] for _ in names]
+            for part in result.partitions():
+                columns = list(zip(*part, strict=True)) if part else [()] * len(names)
+                for i, values in enumerate(columns):
+                    chunks[i].append(_to_arrow(list(values), types[i], oids[i]))
+            result.close()
+        if not any(chunks):
+            return pa.table({n: pa.array([], t or pa.null()) for n, t in zip(names, types, strict=True)})
+        return pa.table([_unify(c) if c else pa.chunked_array([], types[i] or pa.null())
+                         for i, c in enumerate(chunks)], names=names)
+
+    def stage(self, name: str, data: pa.Table) -> sa.TableClause:
+        """A temporary table holding `data`, filled with one `COPY ... FROM STDIN` (CSV)."""
+        ident = _ident(name)
+        quote = self.conn.dialect.identifier_preparer.quote
+        cols = ", ".join(f"{quote(c)} {pg_type_for_arrow(t)}" for c, t in zip(data.column_names, data.schema.types, strict=True))
+        col_list = ", ".join(quote(c) for c in data.column_names)
+        ready = _csv_ready(data)
+        options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+        with self._op():
+            self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(ident)}")
+            self._exec(f"CREATE TEMP TABLE {quote(ident)} ({cols}) ON COMMIT PRESERVE ROWS")
+            if data.num_rows:
+                raw = self.conn.connection.driver_connection
+                with raw.cursor() as cur, cur.copy(
+                        f"COPY pg_temp.{quote(ident)} ({col_list}) FROM STDIN WITH (FORMAT csv)") as copy:
+                    for batch in ready.to_batches(max_chunksize=COPY_ROWS):
+                        sink = pa.BufferOutputStream()
+                        pacsv.write_csv(pa.Table.from_batches([batch], ready.schema), sink, options)
+                        copy.write(sink.getvalue().to_pybytes())
+        return sa.table(name, *(sa.column(c, sa_type_for_arrow(t))
+                                 for c, t in zip(data.column_names, data.schema.types, strict=True)))
+
+    def stage_query(self, name: str, query: sa.Select) -> sa.TableClause:
+        """A temporary table from a query that runs inside the database (values stay bound)."""
+        ident = _ident(name)
+        quote = self.conn.dialect.identifier_preparer.quote
+        compiled = query.compile(dialect=self.conn.dialect, compile_kwargs={"render_postcompile": True})
+        with self._op():
+            self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(ident)}")
+            self._exec(f"CREATE TEMP TABLE {quote(ident)} ON COMMIT PRESERVE ROWS AS {compiled}",
+                       dict(compiled.params))
+        return sa.table(name, *(sa.column(c.name, c.type) for c in query.selected_columns))
+
+    def drop_stage(self, name: str) -> None:
+        quote = self.conn.dialect.identifier_preparer.quote
+        with self._op():
+            self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(_ident(name))}")
+
+    def begin(self) -> None:
+        if self._explicit:
+            raise RuntimeError("a transaction is already open on this session")
+        if self.conn.in_transaction():
+            self.conn.commit()
+        with self._op():
+            self.conn.begin()
+        self._explicit = True
+
+    def commit(self) -> None:
+        self._explicit = False
+        with self._op():
+            self.conn.commit()
+
+    def rollback(self) -> None:
+        self._explicit = False
+        with contextlib.suppress(Exception):
+            self.conn.rollback()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.rollback()
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def _ident(name: str) -> str:
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        raise ValueError(f"not a safe identifier: {name!r}")
+    return name
+
+
+# --- store -----------------------------------------------------------------------------------
+
+
+class SqlStore(Store):
+    """A database behind a SQLAlchemy URL, e.g. `postgresql+psycopg://user@host:5432/db`."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str):
+        self._masked = masked(url)
+        try:
+            parsed = sa.engine.make_url(url)
+        except Exception:
+            raise ConfigError(f"not a database URL: {self._masked}") from None
+        self._secrets = tuple(s for s in (parsed.password and str(parsed.password),
+                                          parsed.query.get("password")) if isinstance(s, str) and s)
+        if parsed.get_backend_name() != "postgresql":
+            raise ConfigError(
+                f"SQL stores support PostgreSQL only so far (postgresql+psycopg://user@host/db), not "
+                f"{parsed.get_backend_name()}: {self._masked}")
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we ship
+        elif parsed.drivername != "postgresql+psycopg":
+            raise ConfigError(f"use the psycopg 3 driver (postgresql+psycopg://...), not {parsed.drivername}: "
+                              f"{self._masked}")
+        connect_args: dict[str, Any] = {}
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT
+        if "application_name" not in parsed.query:
+            connect_args["application_name"] = "retention-jobs"
+        try:
+            # NullPool: a session is a connection of its own, closed with it (temp tables and
+            # session settings never leak into the next session)
+            self.engine = sa.create_engine(parsed, poolclass=NullPool, hide_parameters=True,
+                                           connect_args=connect_args)
+        except ImportError as e:
+            raise ConfigError(f"the database driver is not installed ({e.name}): {self._masked}") from None
+        except Exception as e:
+            raise ConfigError(f"cannot use {self._masked}: {self.scrub(_first_line(e))}") from None
+        self.kind = self.engine.dialect.name
+
+    def describe(self) -> str:
+        return self._masked
+
+    def scrub(self, text: str) -> str:
+        """`text` with the password (if it appears at all) replaced."""
+        return _scrub(text, self._secrets)
+
+    def session(self, read_only: bool = False) -> SqlSession:
+        try:
+            conn = self.engine.connect()
+        except sa.exc.DBAPIError as e:
+            raise StoreUnavailable(f"cannot connect to {self.describe()}: {self.scrub(_first_line(e))}") from None
+        except Exception as e:
+            raise StoreUnavailable(
+                f"cannot connect to {self.describe()}: {type(e).__name__}: {self.scrub(_first_line(e))}") from None
+        session = SqlSession(self, conn, read_only)
+        if read_only:
+            session.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        return session
+
+    def ddl_types(self) -> dict[str, str]:
+        return {"text": "TEXT", "int": "BIGINT", "ts": "TIMESTAMP", "bool": "BOOLEAN", "date": "DATE",
+                "float": "DOUBLE PRECISION"}
+
+    def vacuum(self, session: Session, tables: list[str], full: bool = False) -> None:
+        """`VACUUM` (or `VACUUM FULL`, which rewrites the table into new files and gives the old
+        ones back to the operating system) each table; runs outside any transaction."""
+        s: SqlSession = session  # type: ignore[assignment]
+        if s._explicit:
+            raise RuntimeError("VACUUM cannot run inside a transaction; commit first")
+        if s.conn.in_transaction():
+            s.conn.commit()
+        quote = s.conn.dialect.identifier_preparer.quote
+        previous = s.conn.get_isolation_level()
+        s.conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            for table in tables:
+                schema, _, short = table.rpartition(".")
+                name = f"{quote(schema)}.{quote(short)}" if schema else quote(short)
+                with s._op():
+                    s._exec(f"VACUUM {'(FULL, ANALYZE)' if full else '(ANALYZE)'} {name}")
+        finally:
+            s.conn.execution_options(isolation_level=previous)
+
+    def catalog(self, session: Session) -> Catalog:
+        s: SqlSession = session  # type: ignore[assignment]
+        with s._op() as conn:
+            insp = sa.inspect(conn)
+            default_schema = insp.default_schema_name
+            tables: dict[str, TableInfo] = {}
+            for schema in insp.get_schema_names():
+                if schema in SYSTEM_SCHEMAS or schema.startswith("pg_"):
+                    continue
+                kind = ObjectKind.TABLE
+                columns = insp.get_multi_columns(schema=schema, kind=kind)
+                if not columns:
+                    continue
+                pks = insp.get_multi_pk_constraint(schema=schema, kind=kind)
+                uniques = insp.get_multi_unique_constraints(schema=schema, kind=kind)
+                indexes = insp.get_multi_indexes(schema=schema, kind=kind)
+                fks = insp.get_multi_foreign_keys(schema=schema, kind=kind)
+                for key, cols in columns.items():
+                    _, short = key
+                    name = f"{schema}.{short}"
+                    pk = tuple((pks.get(key) or {}).get("constrained_columns") or ())
+                    single = {pk[0]} if len(pk) == 1 else set()
+                    single |= {u["column_names"][0] for u in uniques.get(key, []) if len(u["column_names"]) == 1}
+                    single |= {ix["column_names"][0] for ix in indexes.get(key, [])
+                               if ix.get("unique") and len(ix["column_names"]) == 1 and ix["column_names"][0]
+                               and not ix.get("expressions") and not ix.get("dialect_options", {}).get("postgresql_where")}
+                    infos = {}
+                    for c in cols:
+                        t = c["type"]
+                        try:
+                            raw = t.compile(dialect=conn.dialect)
+                        except Exception:
+                            raw = str(t)
+                        infos[c["name"]] = ColumnInfo(
+                            name=c["name"], type=normalise_type(t), raw_type=raw, nullable=bool(c["nullable"]),
+                            max_length=getattr(t, "length", None) if isinstance(t, sa.String) else None,
+                            unique=c["name"] in single)
+                    foreign = tuple(
+                        ForeignKey(fk["name"], name, tuple(fk["constrained_columns"]),
+                                   f"{fk['referred_schema'] or default_schema}.{fk['referred_table']}",
+                                   tuple(fk["referred_columns"]))
+                        for fk in fks.get(key, []))
+                    tables[name] = TableInfo(name, infos, pk, foreign)
+        return Catalog(dict(sorted(tables.items())))
