@@ -47,6 +47,19 @@ def add_period(d: date, p: Period) -> date:
 
 
 def round_clock(d: date, rounding: Rounding | None) -> date:
+    """Where the period starts. `year_end`: when the (calendar) fiscal year of `d` has ended,
+    i.e. the first day of the next year, so that "five years after the end of the fiscal year
+    2020" keeps the row through 31 December 2025 and frees it on 1 January 2026. `month_end`
+    likewise starts on the first day of the next month."""
+    if rounding == "year_end":
+        return date(d.year + 1, 1, 1)
+    if rounding == "month_end":
+        return date(d.year, d.month, calendar.monthrange(d.year, d.month)[1]) + timedelta(days=1)
+    return d
+
+
+def period_end(d: date, rounding: Rounding | None) -> date:
+    """The last clock date that rounds like `d` (the last day of its year or month)."""
     if rounding == "year_end":
         return date(d.year, 12, 31)
     if rounding == "month_end":
@@ -67,18 +80,15 @@ def cutoff(as_of: date, keep_for: Period, rounding: Rounding | None = None) -> d
     """
     back = Period(-keep_for.years, -keep_for.months, -keep_for.days)
     c = add_period(as_of, back)
-    if rounding == "year_end":
-        y = c.year + 1
-        while expires_on(date(y, 12, 31), keep_for) > as_of:
-            y -= 1
-        return date(y, 12, 31)
-    if rounding == "month_end":
-        c = round_clock(c, "month_end")
-        probe = round_clock(c + timedelta(days=1), "month_end")
-        while expires_on(probe, keep_for) <= as_of:
-            c, probe = probe, round_clock(probe + timedelta(days=1), "month_end")
-        while expires_on(c, keep_for) > as_of:
-            c = round_clock(date(c.year, c.month, 1) - timedelta(days=1), "month_end")
+    if rounding:
+        # every clock in one year (month) expires on the same day: walk whole periods
+        c = period_end(c, rounding)
+        nxt = period_end(c + timedelta(days=1), rounding)
+        while expires_on(nxt, keep_for, rounding) <= as_of:
+            c, nxt = nxt, period_end(nxt + timedelta(days=1), rounding)
+        while expires_on(c, keep_for, rounding) > as_of:
+            c = period_end(c.replace(day=1) - timedelta(days=1) if rounding == "month_end"
+                           else date(c.year - 1, 12, 31), rounding)
         return c
     while expires_on(c + timedelta(days=1), keep_for) <= as_of:
         c += timedelta(days=1)

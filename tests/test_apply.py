@@ -150,9 +150,9 @@ def test_delete_respects_retain_of_children_and_cascades(world):
     # all past their own 5-year bookkeeping minimum
     expect = {r[0] for r in rows(world, """
         SELECT id FROM s.customers c WHERE ended_at IS NOT NULL
-          AND make_date(year(ended_at), 12, 31) + INTERVAL 5 YEAR <= DATE '2026-11-22'
+          AND make_date(year(ended_at) + 1, 1, 1) + INTERVAL 5 YEAR <= DATE '2026-11-22'
           AND NOT EXISTS (SELECT 1 FROM s.orders o WHERE o.customer_id = c.id
-                          AND make_date(year(o.placed_at), 12, 31) + INTERVAL 5 YEAR > DATE '2026-11-22')""")}
+                          AND make_date(year(o.placed_at) + 1, 1, 1) + INTERVAL 5 YEAR > DATE '2026-11-22')""")}
     assert expect, "the fixture must have deletable customers"
     report = by_rule(run(world, ps))
     assert report["shop/ended"].deleted == len(expect)

@@ -96,30 +96,32 @@ def test_add_period_negative_goes_back_with_clamping():
 
 
 @pytest.mark.parametrize(("clock", "rounding", "rounded"), [
+    # the period starts when the fiscal year (month) has ended: on the first day of the next
     (date(2021, 3, 15), None, date(2021, 3, 15)),
-    (date(2021, 3, 15), "year_end", date(2021, 12, 31)),
-    (date(2021, 12, 31), "year_end", date(2021, 12, 31)),
-    (date(2021, 1, 1), "year_end", date(2021, 12, 31)),
-    (date(2021, 3, 15), "month_end", date(2021, 3, 31)),
-    (date(2024, 2, 1), "month_end", date(2024, 2, 29)),
-    (date(2023, 2, 1), "month_end", date(2023, 2, 28)),
-    (date(2023, 4, 30), "month_end", date(2023, 4, 30)),
-    (date(2023, 12, 5), "month_end", date(2023, 12, 31)),
+    (date(2021, 3, 15), "year_end", date(2022, 1, 1)),
+    (date(2021, 12, 31), "year_end", date(2022, 1, 1)),
+    (date(2021, 1, 1), "year_end", date(2022, 1, 1)),
+    (date(2021, 3, 15), "month_end", date(2021, 4, 1)),
+    (date(2024, 2, 1), "month_end", date(2024, 3, 1)),
+    (date(2023, 2, 1), "month_end", date(2023, 3, 1)),
+    (date(2023, 4, 30), "month_end", date(2023, 5, 1)),
+    (date(2023, 12, 5), "month_end", date(2024, 1, 1)),
 ])
 def test_round_clock(clock, rounding, rounded):
     assert round_clock(clock, rounding) == rounded
 
 
 @pytest.mark.parametrize(("clock", "keep_for", "rounding", "expires"), [
-    # an invoice from March 2019 under Norway's 5 years from the fiscal-year end
-    (date(2019, 3, 15), "P5Y", "year_end", date(2024, 12, 31)),
+    # an invoice from March 2019 under Norway's 5 years from the fiscal-year end: kept through
+    # 31 December 2024, free on 1 January 2025
+    (date(2019, 3, 15), "P5Y", "year_end", date(2025, 1, 1)),
     # Sweden: 7 years
-    (date(2017, 1, 2), "P7Y", "year_end", date(2024, 12, 31)),
+    (date(2017, 1, 2), "P7Y", "year_end", date(2025, 1, 1)),
     # without rounding the same invoice would be free nine months too early
     (date(2019, 3, 15), "P5Y", None, date(2024, 3, 15)),
     (date(2024, 1, 10), "P0D", None, date(2024, 1, 10)),
-    (date(2024, 1, 10), "P1M", "month_end", date(2024, 2, 29)),
-    (date(2023, 11, 30), "P3M", "month_end", date(2024, 2, 29)),
+    (date(2024, 1, 10), "P1M", "month_end", date(2024, 3, 1)),
+    (date(2023, 11, 30), "P3M", "month_end", date(2024, 3, 1)),
 ])
 def test_expires_on(clock, keep_for, rounding, expires):
     assert expires_on(clock, Period.parse(keep_for), rounding) == expires
@@ -134,15 +136,15 @@ def test_a_row_expires_on_its_day_not_the_day_after():
 
 
 @pytest.mark.parametrize(("as_of", "keep_for", "rounding", "expected"), [
-    (date(2024, 12, 31), "P5Y", "year_end", date(2019, 12, 31)),
+    (date(2024, 12, 31), "P5Y", "year_end", date(2018, 12, 31)),
     (date(2024, 12, 30), "P5Y", "year_end", date(2018, 12, 31)),
     (date(2025, 1, 1), "P5Y", "year_end", date(2019, 12, 31)),
     (date(2024, 2, 29), "P1M", None, date(2024, 1, 31)),
     (date(2023, 2, 28), "P1M", None, date(2023, 1, 31)),
     (date(2023, 3, 1), "P1M", None, date(2023, 2, 1)),
     (date(2025, 2, 28), "P1Y", None, date(2024, 2, 29)),
-    (date(2024, 2, 29), "P1M", "month_end", date(2024, 1, 31)),
-    (date(2024, 2, 28), "P1M", "month_end", date(2023, 12, 31)),
+    (date(2024, 3, 1), "P1M", "month_end", date(2024, 1, 31)),
+    (date(2024, 2, 29), "P1M", "month_end", date(2023, 12, 31)),
     (date(2024, 5, 1), "P0D", None, date(2024, 5, 1)),
 ])
 def test_cutoff_examples(as_of, keep_for, rounding, expected):
