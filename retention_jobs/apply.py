@@ -339,9 +339,11 @@ class Applier:
         for link, path in link_paths(b):
             self._cascade_step(b, link, path, confirmed, counts, batch_no)
         t0 = time.perf_counter()
+        rows = sa.select(*(confirmed.c[k] for k in b.rule.keys))
         with self.session.transaction():
-            n = self._anonymise_rows(b, b.table, b.rule.keys, b.rule.columns,
-                                     sa.select(*(confirmed.c[k] for k in b.rule.keys)))
+            if b.rule.suppress:
+                self._suppress(b, rows)
+            n = self._anonymise_rows(b, b.table, b.rule.keys, b.rule.columns, rows)
             self._audit(b, b.table.name, "anonymise", batch_no, time.perf_counter() - t0, anonymised=n)
         return n
 
