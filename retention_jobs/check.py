@@ -53,6 +53,14 @@ def no_original_values(planner: Planner, session: Session, key: PseudonymKey,
                        purposes: list[str] | None) -> CheckResult:
     """No anonymised column still holds the value it had before (generalise and constant are
     exempt: a date already on the first of January is its own generalisation)."""
+    a = control.audit
+    used = {r[0] for r in session.fetchall(
+        sa.select(a.c.key_id).where(a.c.action == "anonymise", a.c.key_id.is_not(None)).distinct())}
+    if used - {key.key_id}:
+        # with another key no hash would match, and the check could not fail
+        return CheckResult("no_original_values", False,
+                           f"values were anonymised with key id(s) {', '.join(sorted(used))} but the check "
+                           f"runs with key id {key.key_id}: set RETENTION_PSEUDONYM_KEY to the key used")
     found: dict[str, int] = {}
     checked = 0
     for b in planner.rules(purposes):

@@ -132,10 +132,10 @@ class Planner:
         common = dict(rule_id=b.id, purpose=b.policy.purpose, rule=b.rule.name, table=b.table.name,
                       action=b.rule.action, cutoff=p.cutoff(b))
         if b.rule.action == "retain":
-            inside = p.inside_retain(b, t)
-            total, inside_n = self.session.fetchall(
-                sa.select(sa.func.count(), _sum(sa.func.coalesce(inside, sa.false()))).select_from(t))[0]
-            return RulePlan(**common, total=total, expired=total - inside_n, held=0, retained=inside_n, to_act=0)
+            inside = sa.func.coalesce(p.inside_retain(b, t), sa.false())
+            total, inside_n, past = self.session.fetchall(
+                sa.select(sa.func.count(), _sum(inside), _sum(p.expired(b, t))).select_from(t))[0]
+            return RulePlan(**common, total=total, expired=past, held=0, retained=inside_n, to_act=0)
         expired, held, retained = p.expired(b, t), p.held(b, t), p.retained(b, t)
         cols = [
             sa.func.count(), _sum(expired), _sum(sa.and_(expired, held)),
@@ -187,7 +187,14 @@ class Planner:
             for r in rules:
                 c = alias(link.table)
                 notes.append(self._note(r, c, sa.and_(c.c[link.on].in_(values), p.inside_retain(r, c))))
-        return tuple(n for n in notes if n.rows)
+        merged: dict[tuple[str, str], RetainNote] = {}
+        for n in notes:  # two cascade paths can reach the same table
+            if not n.rows:
+                continue
+            prev = merged.get((n.rule_id, n.table))
+            if prev is None or n.rows > prev.rows:
+                merged[(n.rule_id, n.table)] = n
+        return tuple(merged.values())
 
     def _note(self, r: BoundRule, t: sa.TableClause, where: sa.ColumnElement) -> RetainNote:
         clock = self.pred.clock(r, t)
