@@ -196,27 +196,27 @@ def _cascade_actions(c: Any) -> list[str]:
 
 
 def report_metadata(f: PolicyFile, report: RunReport, store: str) -> dict[str, Any]:
-    md: dict[str, Any] = {}
+    """The summary first (the UI keeps this order), then one number per rule and count."""
+    md: dict[str, Any] = {
+        "counts": dg.MetadataValue.md(markdown_table(report)),
+        "dagster/row_count": rows_changed(report),
+        "as_of": report.as_of.isoformat(),
+        "dry_run": report.dry_run,
+        "run_id": report.run_id,
+        "duration_s": float(report.seconds),
+        "policy_file": dg.MetadataValue.path(f.path),
+        "policy_sha256": f.sha256,
+        "policies_sha256": report.policies_sha256,
+        "store": store,
+    }
+    if report.key_id:
+        md["key_id"] = report.key_id
     for rule, counts in rule_counts(report).items():
         md.update({f"{rule}/{k}": v for k, v in counts.items()})
     for r in report.rules:
         for c in r.cascades:
             md.update({f"{r.plan.rule}/cascade/{c.table}/{k}": getattr(c, k)
                        for k in ("deleted", "anonymised", "unlinked") if getattr(c, k)})
-    md.update({
-        "counts": dg.MetadataValue.md(markdown_table(report)),
-        "dagster/row_count": rows_changed(report),
-        "as_of": report.as_of.isoformat(),
-        "dry_run": report.dry_run,
-        "policy_file": dg.MetadataValue.path(f.path),
-        "policy_sha256": f.sha256,
-        "policies_sha256": report.policies_sha256,
-        "run_id": report.run_id,
-        "duration_s": float(report.seconds),
-        "store": store,
-    })
-    if report.key_id:
-        md["key_id"] = report.key_id
     return md
 
 
