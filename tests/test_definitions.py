@@ -163,7 +163,7 @@ def test_cron_and_zone_come_from_the_environment(monkeypatch):
 
 
 def test_the_nightly_job_covers_every_policy_and_is_tagged_for_the_store_limit(defs):
-    job = defs.get_job_def(JOB)
+    job = defs.resolve_job_def(JOB)
     policy_keys = {k for k in defs.get_repository_def().asset_graph.get_all_asset_keys() if k.path[0] == "retention"}
     assert job.asset_layer.selected_asset_keys == policy_keys
     assert job.tags["retention/store"]
