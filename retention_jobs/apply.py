@@ -30,7 +30,7 @@ from retention_jobs.anonymise import (
 from retention_jobs.errors import ApprovalRequired
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
-from retention_jobs.predicates import alias
+from retention_jobs.predicates import Predicates, alias
 from retention_jobs.resolve import BoundRule, Link
 from retention_jobs.store.base import CONTROL_SCHEMA, Session, Store, TableInfo, sa_table, sa_type
 
@@ -102,13 +102,14 @@ def held_fingerprint(session: Session, planner: Planner, b: BoundRule) -> str:
 
 class Applier:
     def __init__(self, store: Store, session: Session, policies: PolicySet, as_of: date,
-                 key: PseudonymKey | None, options: RunOptions, progress: Progress | None = None):
+                 key: PseudonymKey | None, options: RunOptions, progress: Progress | None = None,
+                 predicates: type[Predicates] = Predicates, **predicate_options):
         self.store, self.session, self.policies = store, session, policies
         self.as_of, self.key, self.options = as_of, key, options
         self.progress = progress or (lambda *_: None)
         if not options.dry_run:
             control.ensure_control_schema(store, session)
-        self.planner = Planner(store, session, policies, as_of)
+        self.planner = Planner(store, session, policies, as_of, predicates, **predicate_options)
         self.run_id = ("dry-run-" if options.dry_run else "") + control.new_run_id()
 
     @property

@@ -104,7 +104,10 @@ def link_paths(b: BoundRule) -> list[tuple[Link, list[Link]]]:
 
 
 class Planner:
-    def __init__(self, store: Store, session: Session, policies: PolicySet, as_of: date):
+    def __init__(self, store: Store, session: Session, policies: PolicySet, as_of: date,
+                 predicates: type[Predicates] = Predicates, **predicate_options):
+        """`predicates` lets another selection (a data-subject request: "this subject's rows"
+        instead of "rows past their period") reuse planning and applying unchanged."""
         self.store = store
         self.session = session
         self.policies = policies
@@ -115,7 +118,7 @@ class Planner:
         markers = control.marker_tables_present(session, store) if has_control else set()
         if not has_control:
             raise_missing_control()
-        self.pred = Predicates(self.bound, as_of, self.catalog, markers)
+        self.pred = predicates(self.bound, as_of, self.catalog, markers, **predicate_options)
 
     def rules(self, purposes: list[str] | None = None) -> list[BoundRule]:
         return [b for b in self.bound if purposes is None or b.policy.purpose in purposes]
