@@ -20,11 +20,11 @@ DEFAULT_SCHEDULE_TZ = "Europe/Oslo"
 STORE_TAG = "retention/store"
 
 
-def nightly_job(partitions: dg.PartitionsDefinition):
+def nightly_job():
+    # partitioned like its assets: Dagster infers the daily partitions from the selection
     return dg.define_asset_job(
         JOB,
         selection=dg.AssetSelection.groups(GROUP),
-        partitions_def=partitions,
         description="Apply every retention policy as of the partition's date, then check the store.",
         tags={STORE_TAG: POOL},
     )

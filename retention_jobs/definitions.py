@@ -31,7 +31,7 @@ def build_definitions(policies: str | Path | None = None) -> dg.Definitions:
     # location's load error
     policy_set = load_policies([policies or policies_dir()])
     partitions = partitions_def()
-    job = nightly_job(partitions)
+    job = nightly_job()
     return dg.Definitions(
         assets=[*source_specs(policy_set), *policy_assets(policy_set, partitions)],
         jobs=[job],

@@ -145,7 +145,7 @@ def test_partitions_are_days_in_oslo_up_to_today(defs):
     (datetime(2026, 3, 29, 2, 30, tzinfo=ZoneInfo("Europe/Oslo")), "2026-03-28"),  # DST starts
 ])
 def test_the_nightly_schedule_runs_yesterday_in_oslo(defs, tick, expected):
-    schedule = defs.get_schedule_def(f"{JOB}_schedule")
+    schedule = defs.resolve_schedule_def(f"{JOB}_schedule")
     assert schedule.cron_schedule == "30 2 * * *"
     assert schedule.execution_timezone == "Europe/Oslo"
     assert schedule.job_name == JOB
@@ -158,7 +158,7 @@ def test_the_nightly_schedule_runs_yesterday_in_oslo(defs, tick, expected):
 def test_cron_and_zone_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("RETENTION_SCHEDULE_CRON", "15 4 * * *")
     monkeypatch.setenv("RETENTION_SCHEDULE_TIMEZONE", "Europe/Stockholm")
-    schedule = build_definitions().get_schedule_def(f"{JOB}_schedule")
+    schedule = build_definitions().resolve_schedule_def(f"{JOB}_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("15 4 * * *", "Europe/Stockholm")
 
 
