@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import polars as pl
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from retention_jobs import control
+from retention_jobs import control, erasure
 from retention_jobs.anonymise import (
     ORIGINAL_HASH_CHARS,
     PseudonymKey,
@@ -69,6 +70,16 @@ class RunReport(_Frozen):
     rules: tuple[RuleResult, ...]
     held_fingerprints: dict[str, str] = {}
     """Per rule, a hash over the held rows' full contents before the run (for the check)."""
+    audit_head: str | None = None
+    """The ledger's head hash after the run: keep a copy outside the store (tamper evidence)."""
+    purge: dict[str, Any] | None = None
+    """What the purge step did and cost (method, bytes before/after, seconds)."""
+
+    @property
+    def tables_changed(self) -> list[str]:
+        out = {r.plan.table for r in self.rules if r.deleted or r.anonymised}
+        out |= {c.table for r in self.rules for c in r.cascades if c.deleted or c.anonymised or c.unlinked}
+        return sorted(out)
 
     @property
     def changed(self) -> bool:
@@ -83,6 +94,9 @@ class RunOptions:
     """Refuse (before changing anything) to delete more than this share of any table; None: no limit."""
     dry_run: bool = False
     purposes: tuple[str, ...] | None = None
+    purge: bool = True
+    """After a run that changed rows, make the old bytes unrecoverable (DuckDB: compact into a
+    fresh file; PostgreSQL: VACUUM, or VACUUM FULL where a policy asks for `purge: full`)."""
 
 
 def _in_stage(t: sa.TableClause, keys: list[str], stage: sa.TableClause) -> sa.ColumnElement:
@@ -267,6 +281,9 @@ class Applier:
         with self.session.transaction():
             if b.rule.suppress:
                 self._suppress(b, victims)
+            erasure.record_where(self.session, self._key(), self.run_id, b.table,
+                                 erasure.tracked_columns(b.table, b.rule.suppress),
+                                 lambda r: _in_stage(r, keys, victims.subquery()))
             self._drop_markers(b.table, keys, victims)
             n = self.session.execute(sa.delete(target).where(_in_stage(target, keys, victims.subquery())))
             if b.cascades:
@@ -290,6 +307,8 @@ class Applier:
                     c = alias(link.table)
                     self._drop_markers(link.table, list(link.key),
                                        sa.select(*(c.c[k] for k in link.key)).where(c.c[link.on].in_(values)))
+                erasure.record_where(self.session, self._key(), self.run_id, link.table,
+                                     erasure.tracked_columns(link.table), lambda r: r.c[link.on].in_(values))
                 n = self.session.execute(sa.delete(child).where(child.c[link.on].in_(values)))
             elif action == "unlink":
                 n = self.session.execute(sa.update(child).where(child.c[link.on].in_(values)).values({link.on: None}))
@@ -362,6 +381,10 @@ class Applier:
         if data.is_empty():
             return 0
         digests = {c: keyed_hashes(data[c], key) for c, s in columns.items() if needs_digest(s)}
+        fresh_rows = ~data.select(pl.all_horizontal(*(pl.col(f"_done__{c}") for c in columns))).to_series()
+        erasure.record(self.session, key, self.run_id, info,
+                       [c for c, s in columns.items() if needs_digest(s) and info.columns[c].type == "string"],
+                       data.filter(fresh_rows), {c: d.filter(fresh_rows) for c, d in digests.items()})
         out = anonymise_frame(data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale, digests)
         staged = self.session.stage("rj_anon", out.select(*keys, *columns).to_arrow())
         target = sa_table(info)
@@ -390,6 +413,19 @@ _COUNT = {"delete": "deleted", "unlink": "unlinked", "anonymise": "anonymised"}
 
 def run_policies(store: Store, policies: PolicySet, as_of: date, key: PseudonymKey | None,
                  options: RunOptions = RunOptions(), progress: Progress | None = None) -> RunReport:
-    """Plan and apply on one connection. A dry run only plans."""
+    """Plan and apply on one connection, then purge (after the connection closed: a DuckDB
+    compaction needs the file to itself). A dry run only plans."""
     with store.connect(read_only=options.dry_run) as session:
-        return Applier(store, session, policies, as_of, key, options, progress).run()
+        report = Applier(store, session, policies, as_of, key, options, progress).run()
+        head = None if options.dry_run else control.audit_head(session)
+    if report.dry_run:
+        return report
+    purge = None
+    if options.purge and report.changed:
+        full = any(f.policy.purge == "full" for f in policies.files)
+        purge = store.purge(report.tables_changed, full=full)
+        with store.connect() as session, session.transaction():
+            control.append_audit(session, run_id=report.run_id, action=f"purge-{purge['method']}",
+                                 as_of=as_of, policy_sha256=policies.digest, seconds=purge.get("seconds"))
+            head = control.audit_head(session)
+    return report.model_copy(update={"audit_head": head, "purge": purge})

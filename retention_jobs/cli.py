@@ -222,6 +222,69 @@ def tables(store) -> None:
             out.print(f"{t.name}: " + ", ".join(f"{c.name} {c.raw_type}" for c in t.columns.values()), markup=False)
 
 
+@main.command("verify-erasure")
+@store_option
+@click.option("--run-id", default=None, help="Only the values erased by this run.")
+@click.option("--demo-key", is_flag=True, help="Use the demo's built-in key (only for the demo warehouse).")
+@format_option
+def verify_erasure(store, run_id, demo_key, fmt) -> None:
+    """Look for erased values (known only as keyed hashes) in the store's raw bytes; exit 1 if any."""
+    from retention_jobs.erasure import verify
+
+    key = PseudonymKey.from_text(DEMO_KEY_TEXT) if demo_key else key_from_env()
+    result = verify(open_store(store), key, run_id)
+    if fmt == "json":
+        click.echo(json.dumps(result.__dict__, indent=2))
+    else:
+        where = ", ".join(f"{w}: {n}" for w, n in sorted(result.found.items())) or "none"
+        out.print(f"{result.tracked} erased values tracked; scanned {result.scanned_bytes:,} bytes "
+                  f"({', '.join(result.sources) or 'nothing'}) in {result.seconds:.2f} s; found again: {where}",
+                  markup=False)
+    if not result.clean:
+        sys.exit(1)
+
+
+@main.command()
+@store_option
+@policies_option
+def purge(store, policy_dir) -> None:
+    """Make deleted bytes unrecoverable now (runs also do this after changing rows)."""
+    policies = load_policies([policy_dir])
+    s = open_store(store)
+    full = any(f.policy.purge == "full" for f in policies.files)
+    with s.connect(read_only=True) as session:
+        tables = list(s.catalog(session).tables)
+    result = s.purge(tables, full=full)
+    with s.connect() as session, session.transaction():
+        control.append_audit(session, run_id="manual-purge", action=f"purge-{result['method']}",
+                             policy_sha256=policies.digest, seconds=result.get("seconds"))
+    out.print(json.dumps(result), markup=False)
+
+
+@main.group()
+def audit() -> None:
+    """The audit ledger (no personal data; tamper-evident)."""
+
+
+@audit.command("verify")
+@store_option
+@click.option("--head", default=None, help="A head hash kept outside the store (Dagster metadata): must be in the chain.")
+def audit_verify(store, head) -> None:
+    """Recompute the hash chain; name the first row that was changed, removed or reordered."""
+    s = open_store(store)
+    with s.connect(read_only=True) as session:
+        n, broken = control.verify_audit_chain(session)
+        hashes = {r["row_hash"] for r in control.audit_rows(session)} if head else set()
+    if broken:
+        out.print(f"BROKEN after {n - 1} good rows: {broken.problem}", markup=False)
+        sys.exit(1)
+    if head and head not in hashes:
+        out.print(f"the chain is consistent but does not contain head {head}: rows were removed or rewritten "
+                  "since it was recorded", markup=False)
+        sys.exit(1)
+    out.print(f"audit ledger intact: {n} rows chained" + (", head found" if head else ""), markup=False)
+
+
 # --- holds -----------------------------------------------------------------------------------
 
 
@@ -326,6 +389,72 @@ def demo(store, policy_dir, rows, as_of, fmt) -> None:
                   "RETENTION_PSEUDONYM_KEY). Next: `retention-jobs plan` (nothing left to do), "
                   "`retention-jobs check --demo-key`, `retention-jobs holds list`")
 
+
+# --- review: diff and lint -------------------------------------------------------------------
+
+
+@main.command("diff")
+@click.option("--base", "base_ref", required=True, help="Git revision of the policies before the change, e.g. origin/main.")
+@click.option("--head", "head_ref", default=None, help="Git revision after the change; default: the working tree.")
+@click.option("--as-of", "as_of", default=None, help="Date both plans are for (YYYY-MM-DD); default today.")
+@store_option
+@policies_option
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
+@click.option("--max-delete-fraction", default=0.25, show_default=True, type=click.FloatRange(0, 1),
+              help="Exit 3 when the change makes a run delete more than this share of a table, unless approved.")
+@click.option("--approvals", "approvals_dir", default="approvals", show_default=True,
+              help="Directory of approval files (read at --head).")
+def diff_command(base_ref, head_ref, as_of, store, policy_dir, fmt, max_delete_fraction, approvals_dir) -> None:
+    """Compare what a run would do under two revisions of the policies (read only; counts only).
+
+    Exit 3 when the change would delete more than --max-delete-fraction of a table and no
+    approval file covers it; exit 2 when a revision's policies do not load or resolve."""
+    from retention_jobs import diff as diff_mod
+
+    problems = []
+    sides = {}
+    for name, ref in (("base", base_ref), ("head", head_ref)):
+        try:
+            sides[name] = diff_mod.load_side(ref, policy_dir)
+        except PolicyError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise PolicyError(problems)
+    approvals = diff_mod.load_approvals(head_ref, approvals_dir)
+    day = _as_of(as_of, sides["head"] if sides["head"].files else sides["base"])
+    result = diff_mod.compute_diff(
+        open_store(store), sides["base"], sides["head"], day, base_label=base_ref,
+        head_label=head_ref or diff_mod.WORKING_TREE, max_delete_fraction=max_delete_fraction, approvals=approvals)
+    if fmt == "json":
+        click.echo(diff_mod.to_json(result))
+    elif fmt == "markdown":
+        click.echo(diff_mod.to_markdown(result), nl=False)
+    else:
+        diff_mod.render(result, out)
+    if not result.passed:
+        raise ApprovalRequired(result.approval_message())
+
+
+@main.command("lint")
+@click.argument("paths", nargs=-1)
+@click.option("--store", "store", default=None, envvar="RETENTION_STORE",
+              help="Also look for personal-looking tables no policy covers (RJ106) in this store [env RETENTION_STORE].")
+def lint_command(paths: tuple[str, ...], store: str | None) -> None:
+    """Find problems validation does not catch (codes RJ101-RJ106, docs/review.md).
+
+    Exit 0: none; 1: problems found (printed as file:line:col: field: CODE message; hint);
+    2: the policies do not load."""
+    from retention_jobs import lint as lint_mod
+
+    targets = list(paths) or [DEFAULT_POLICIES]
+    policies = load_policies(targets)
+    problems = lint_mod.lint(policies, open_store(store) if store else None, location=targets[0])
+    for p in problems:
+        click.echo(str(p))
+    if problems:
+        err.print(f"{len(problems)} lint problem(s) in {len(policies.files)} policy files", style="red")
+        sys.exit(1)
+    out.print(f"{len(policies.files)} policy files: no lint problems")
 
 if __name__ == "__main__":
     main()

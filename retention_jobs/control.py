@@ -2,6 +2,7 @@
 and the suppression list. Holds name people, so they live here and never in git; the audit
 ledger never holds an identifier or a value of a data subject."""
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -30,7 +31,14 @@ audit = sa.table(
         ("action", sa.String()), ("as_of", sa.Date()), ("policy_sha256", sa.String()),
         ("batch", sa.BigInteger()), ("expired", sa.BigInteger()), ("held", sa.BigInteger()),
         ("retained", sa.BigInteger()), ("deleted", sa.BigInteger()), ("anonymised", sa.BigInteger()),
-        ("unlinked", sa.BigInteger()), ("key_id", sa.String()), ("seconds", sa.Float())]), schema=C)
+        ("unlinked", sa.BigInteger()), ("key_id", sa.String()), ("seconds", sa.Float()),
+        ("prev_hash", sa.String()), ("row_hash", sa.String())]), schema=C)
+
+erased_values = sa.table(
+    "erased_values", *(sa.column(n, t) for n, t in [
+        ("run_id", sa.String()), ("table_name", sa.String()), ("column_name", sa.String()),
+        ("anchor_hash", sa.String()), ("value_hash", sa.String()), ("value_length", sa.BigInteger()),
+        ("erased_at", sa.DateTime())]), schema=C)
 
 runs = sa.table(
     "runs", *(sa.column(n, t) for n, t in [
@@ -50,10 +58,23 @@ _DDL = {
     "audit": "seq {int} PRIMARY KEY, run_id {text} NOT NULL, recorded_at {ts} NOT NULL, purpose {text}, "
              "rule {text}, table_name {text}, action {text} NOT NULL, as_of {date}, policy_sha256 {text}, "
              "batch {int}, expired {int}, held {int}, retained {int}, deleted {int}, anonymised {int}, "
-             "unlinked {int}, key_id {text}, seconds {float}",
+             "unlinked {int}, key_id {text}, seconds {float}, prev_hash {text}, row_hash {text}",
+    "erased_values": "run_id {text}, table_name {text}, column_name {text}, anchor_hash {text}, "
+                     "value_hash {text}, value_length {int}, erased_at {ts}",
     "runs": "run_id {text} PRIMARY KEY, started_at {ts} NOT NULL, finished_at {ts}, as_of {date}, "
             "mode {text}, status {text}, policies_sha256 {text}, summary {text}",
     "suppression": "identifier_hash {text} PRIMARY KEY, key_id {text} NOT NULL, purpose {text}, added_at {ts}",
+    # data-subject requests (requests.py): the request names its subject while it is open
+    "requests": "request_id {text} PRIMARY KEY, kind {text} NOT NULL, purpose {text}, subject_kind {text} NOT NULL, "
+                "subject_id {text}, received_on {date} NOT NULL, due_on {date} NOT NULL, status {text} NOT NULL, "
+                "status_note {text}, recheck_on {date}, created_at {ts} NOT NULL, updated_at {ts}, completed_at {ts}",
+    "request_outcomes": "request_id {text} NOT NULL, table_name {text} NOT NULL, deleted {int}, anonymised {int}, "
+                        "unlinked {int}, held {int}, retained {int}, hold_cases {text}, retained_by {text}, "
+                        "free_from {date}, updated_at {ts}, PRIMARY KEY (request_id, table_name)",
+    "request_receipts": "request_id {text} NOT NULL, receipt_no {int} NOT NULL, issued_at {ts} NOT NULL, "
+                        "status {text} NOT NULL, body {text} NOT NULL, PRIMARY KEY (request_id, receipt_no)",
+    "request_exports": "request_id {text} NOT NULL, produced_at {ts} NOT NULL, table_count {int}, row_count {int}, "
+                       "byte_count {int}, sha256 {text} NOT NULL",
 }
 
 
@@ -67,6 +88,13 @@ def ensure_control_schema(store: Store, session: Session) -> None:
     session.execute(f"CREATE SCHEMA IF NOT EXISTS {C}")
     for name, cols in _DDL.items():
         session.execute(f"CREATE TABLE IF NOT EXISTS {C}.{name} ({cols.format(**types)})")
+    # stores created by an earlier version get the columns added since
+    have = {r[0] for r in session.fetchall(sa.text(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = :s AND table_name = 'audit'"
+    ).bindparams(s=C))}
+    for col in ("prev_hash", "row_hash"):
+        if col not in have:
+            session.execute(f"ALTER TABLE {C}.audit ADD COLUMN {col} {types['text']}")
 
 
 def control_exists(session: Session) -> bool:
@@ -195,10 +223,56 @@ def finish_run(session: Session, run_id: str, status: str, summary: dict[str, An
             finished_at=now(), status=status, summary=json.dumps(summary, default=str)))
 
 
-def append_audit(session: Session, **row: Any) -> None:
-    """Append one ledger row; call inside the transaction of the change it records."""
-    seq = (session.scalar(sa.select(sa.func.max(audit.c.seq))) or 0) + 1
-    session.execute(sa.insert(audit).values(seq=seq, recorded_at=now(), **row))
+GENESIS = "0" * 64
+
+
+def audit_row_hash(row: dict[str, Any]) -> str:
+    """The hash chaining a ledger row to its predecessor: SHA-256 over the previous row's hash
+    and the row's own fields in a canonical form."""
+    fields = {k: (v.isoformat() if isinstance(v, (date, datetime)) else v)
+              for k, v in sorted(row.items()) if k != "row_hash"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def append_audit(session: Session, **row: Any) -> str:
+    """Append one ledger row chained to the last one; call inside the transaction of the change
+    it records. Returns the new head hash."""
+    last = session.fetchall(sa.select(audit.c.seq, audit.c.row_hash).order_by(audit.c.seq.desc()).limit(1))
+    seq, prev = (last[0][0] + 1, last[0][1] or GENESIS) if last else (1, GENESIS)
+    full = {c.name: None for c in audit.c if c.name != "row_hash"}
+    full.update(row, seq=seq, recorded_at=now(), prev_hash=prev)
+    full["row_hash"] = audit_row_hash(full)
+    session.execute(sa.insert(audit).values(**full))
+    return full["row_hash"]
+
+
+def audit_head(session: Session) -> str:
+    last = session.fetchall(sa.select(audit.c.row_hash).order_by(audit.c.seq.desc()).limit(1))
+    return last[0][0] if last else GENESIS
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    seq: int
+    problem: str
+
+
+def verify_audit_chain(session: Session) -> tuple[int, ChainBreak | None]:
+    """Recompute the chain; return how many rows were checked and the first break, if any."""
+    names = [c.name for c in audit.c]
+    prev, expected_seq, n = GENESIS, 1, 0
+    for values in session.fetchall(sa.select(*audit.c).order_by(audit.c.seq)):
+        row = dict(zip(names, values, strict=True))
+        n += 1
+        if row["seq"] != expected_seq:
+            return n, ChainBreak(expected_seq, f"row {expected_seq} is missing (next row is {row['seq']})")
+        if row["prev_hash"] != prev:
+            return n, ChainBreak(row["seq"], f"row {row['seq']} does not follow row {row['seq'] - 1}: "
+                                             "a row before it was changed, removed or reordered")
+        if audit_row_hash(row) != row["row_hash"]:
+            return n, ChainBreak(row["seq"], f"row {row['seq']} was changed after it was written")
+        prev, expected_seq = row["row_hash"], expected_seq + 1
+    return n, None
 
 
 def audit_rows(session: Session, run_id: str | None = None) -> list[dict[str, Any]]:
@@ -207,3 +281,34 @@ def audit_rows(session: Session, run_id: str | None = None) -> list[dict[str, An
         q = q.where(audit.c.run_id == run_id)
     names = [c.name for c in audit.c]
     return [dict(zip(names, r, strict=True)) for r in session.fetchall(q)]
+
+
+# --- data-subject requests -----------------------------------------------------------------
+# The request row holds the subject's id while the request is open (it is needed to act) and
+# forgets it when the request is closed. Outcomes, receipts and exports hold counts, dates,
+# rule ids and hashes only.
+
+subject_requests = sa.table(
+    "requests", *(sa.column(n, t) for n, t in [
+        ("request_id", sa.String()), ("kind", sa.String()), ("purpose", sa.String()),
+        ("subject_kind", sa.String()), ("subject_id", sa.String()), ("received_on", sa.Date()),
+        ("due_on", sa.Date()), ("status", sa.String()), ("status_note", sa.String()),
+        ("recheck_on", sa.Date()), ("created_at", sa.DateTime()), ("updated_at", sa.DateTime()),
+        ("completed_at", sa.DateTime())]), schema=C)
+
+request_outcomes = sa.table(
+    "request_outcomes", *(sa.column(n, t) for n, t in [
+        ("request_id", sa.String()), ("table_name", sa.String()), ("deleted", sa.BigInteger()),
+        ("anonymised", sa.BigInteger()), ("unlinked", sa.BigInteger()), ("held", sa.BigInteger()),
+        ("retained", sa.BigInteger()), ("hold_cases", sa.String()), ("retained_by", sa.String()),
+        ("free_from", sa.Date()), ("updated_at", sa.DateTime())]), schema=C)
+
+request_receipts = sa.table(
+    "request_receipts", *(sa.column(n, t) for n, t in [
+        ("request_id", sa.String()), ("receipt_no", sa.BigInteger()), ("issued_at", sa.DateTime()),
+        ("status", sa.String()), ("body", sa.String())]), schema=C)
+
+request_exports = sa.table(
+    "request_exports", *(sa.column(n, t) for n, t in [
+        ("request_id", sa.String()), ("produced_at", sa.DateTime()), ("table_count", sa.BigInteger()),
+        ("row_count", sa.BigInteger()), ("byte_count", sa.BigInteger()), ("sha256", sa.String())]), schema=C)

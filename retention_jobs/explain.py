@@ -41,7 +41,8 @@ def report_dict(report: RunReport) -> dict[str, Any]:
     return {
         "run_id": report.run_id, "as_of": report.as_of.isoformat(), "store": report.store,
         "dry_run": report.dry_run, "policies_sha256": report.policies_sha256, "key_id": report.key_id,
-        "seconds": report.seconds, "changed": report.changed, "rules": rules,
+        "seconds": report.seconds, "changed": report.changed, "audit_head": report.audit_head,
+        "purge": report.purge, "rules": rules,
     }
 
 
@@ -88,3 +89,12 @@ def render(report: RunReport, console: Console) -> None:
     if not report.dry_run:
         verdict = "changed rows" if report.changed else "nothing to do: no row changed"
         console.print(f"run {report.run_id}: {verdict} in {report.seconds:.2f} s (policies {report.policies_sha256[:12]})")
+        if report.purge:
+            p = report.purge
+            if p.get("method") == "compact":
+                console.print(f"purge: compacted into a fresh file, {p['bytes_before']:,} -> {p['bytes_after']:,} bytes "
+                              f"in {p['seconds']:.2f} s (deleted values are gone from the file)")
+            else:
+                console.print(f"purge: {p}", markup=False)
+        if report.audit_head:
+            console.print(f"audit ledger head: {report.audit_head} (keep a copy outside the store)")

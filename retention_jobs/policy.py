@@ -370,6 +370,9 @@ class Policy(_Model):
     """IANA zone in which the as-of date is read, e.g. Europe/Oslo."""
     locale: str = "nb_NO"
     """Default Faker locale for `fake` strategies."""
+    purge: Literal["vacuum", "full"] = "vacuum"
+    """PostgreSQL after deletions: vacuum (default) or full (VACUUM FULL rewrites the table and
+    returns the space, but locks it). DuckDB always compacts into a fresh file."""
     rules: list[Rule] = Field(min_length=1)
 
     @field_validator("timezone")

@@ -12,6 +12,8 @@ Semantics (the property test's oracle implements the same in plain Python):
 """
 
 import itertools
+import re
+from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -203,3 +205,77 @@ class Predicates:
         if b.rule.action == "anonymise":
             parts += [~self.superseded(b, t), ~self.done(b, t)]
         return sa.and_(*parts)
+
+
+# --- other selections: a data subject's rows; holds as if released --------------------------
+
+
+def subject_equals(col: sa.ColumnElement, info_type: str, subject_id: str) -> sa.ColumnElement:
+    """`col`, compared as text, equals `subject_id` (the comparison holds use). An integer column
+    compares as a number when the id is an integer's canonical text, so an index still serves."""
+    if info_type == "integer":
+        if re.fullmatch(r"-?(0|[1-9][0-9]*)", subject_id):
+            return col == int(subject_id)
+        return sa.false()
+    return sa.cast(col, sa.String) == subject_id
+
+
+class SubjectPredicates(Predicates):
+    """A data-subject request: a rule's *expired* rows are the rows of one subject, whatever
+    the clock and the `where`/`related` filters say, for rules whose subject kind matches and
+    whose purpose is in scope. Holds and `retain` periods keep their meaning (as of the date),
+    so planning and applying with this class erase what may be erased and count the rest as
+    held or retained."""
+
+    def __init__(self, bound: list[BoundRule], as_of: date, catalog: Catalog,
+                 marker_tables: set[str] | None = None, *, subject_kind: str, subject_id: str,
+                 purposes: Iterable[str] | None = None):
+        super().__init__(bound, as_of, catalog, marker_tables)
+        self.subject_kind = subject_kind
+        self.subject_id = subject_id
+        self.purposes = None if purposes is None else frozenset(purposes)
+
+    def covers(self, b: BoundRule) -> bool:
+        s = b.rule.subject
+        return (s is not None and s.kind == self.subject_kind
+                and (self.purposes is None or b.policy.purpose in self.purposes))
+
+    def belongs(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        if not self.covers(b):
+            return sa.false()
+        column = b.rule.subject.column
+        return subject_equals(t.c[column], b.table.columns[column].type, self.subject_id)
+
+    def expired(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        return self.belongs(b, t)
+
+
+class HoldsReleased(Predicates):
+    """The normal predicates as if the holds `released` (ids) were released: planning with and
+    without them tells how many rows a release would free. Counts only."""
+
+    def __init__(self, bound: list[BoundRule], as_of: date, catalog: Catalog,
+                 marker_tables: set[str] | None = None, *, released: Iterable[str] = ()):
+        super().__init__(bound, as_of, catalog, marker_tables)
+        self.released = sorted(released)
+
+    def _still_active(self) -> list[sa.ColumnElement]:
+        h = control.holds
+        return [h.c.released_at.is_(None), *([h.c.hold_id.not_in(self.released)] if self.released else [])]
+
+    def _active(self, *conds: sa.ColumnElement) -> sa.ColumnElement:  # type: ignore[override]
+        return sa.exists().where(*self._still_active(), *conds)
+
+    def held(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        h = control.holds
+        parts = [
+            self._active(h.c.scope == "purpose", h.c.purpose == b.policy.purpose),
+            self.table_held(b.table.name),
+        ]
+        if b.rule.subject:
+            parts.append(sa.cast(t.c[b.rule.subject.column], sa.String).in_(
+                sa.select(h.c.subject_id).where(h.c.scope == "subject", h.c.subject_kind == b.rule.subject.kind,
+                                                *self._still_active())))
+        for link in b.cascades:
+            parts.append(self._link_exists(link, t, lambda lk, _c: self.table_held(lk.table.name)))
+        return sa.or_(*parts)

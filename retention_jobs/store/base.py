@@ -162,6 +162,16 @@ class Store(ABC):
     def catalog(self, session: Session) -> Catalog:
         """Tables, columns, keys and foreign keys of the data schemas (control schema excluded)."""
 
+    def raw_blobs(self, session: Session, tables: list[str]) -> "Iterator[tuple[str, bytes]]":
+        """The stored bytes behind `tables` (files, pages), for erasure verification."""
+        from retention_jobs.errors import ConfigError
+
+        raise ConfigError(f"{self.kind} stores cannot show their raw bytes: erasure cannot be verified there")
+
+    def purge(self, tables: list[str], full: bool = False) -> dict[str, Any]:
+        """Make deleted bytes unrecoverable where the store can; returns what it cost."""
+        return {"method": "none", "note": f"{self.kind} stores have no purge step"}
+
     @abstractmethod
     def ddl_types(self) -> dict[str, str]:
         """Type names for the control schema: text, int, ts, bool."""

@@ -5,7 +5,10 @@ speaks) and `$n` parameters, then run on a plain duckdb connection.
 """
 
 import contextlib
+import fcntl
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +63,9 @@ def normalise_type(raw: str) -> str:
 
 
 class DuckDBSession(Session):
-    def __init__(self, con: duckdb.DuckDBPyConnection):
+    def __init__(self, con: duckdb.DuckDBPyConnection, lock=None):
         self.con = con
+        self._lock = lock
 
     def _run(self, stmt: sa.Executable | str, params: Any = None) -> duckdb.DuckDBPyConnection:
         sql, args = (stmt, params or []) if isinstance(stmt, str) else compile_for_duckdb(stmt)
@@ -118,6 +122,8 @@ class DuckDBSession(Session):
 
     def close(self) -> None:
         self.con.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the shared lock
 
 
 def _ident(name: str) -> str:
@@ -129,8 +135,11 @@ def _ident(name: str) -> str:
 class DuckDBStore(Store):
     kind = "duckdb"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, settings: dict[str, str] | None = None):
         self.path = Path(path)
+        self.settings = dict(settings or {})
+        """DuckDB settings for every session, e.g. {"force_compression": "uncompressed"} in tests
+        that search the file's bytes."""
 
     def describe(self) -> str:
         return f"duckdb:{self.path}"
@@ -142,16 +151,80 @@ class DuckDBStore(Store):
                 "the demo warehouse, or pass --store"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A shared lock for the session's life: compaction takes it exclusively, so it never
+        # swaps the file under an open connection.
+        lock = self._lock(fcntl.LOCK_SH)
         # Attach under a fixed catalog name: a file named like one of its schemas
         # (billing.duckdb holding schema billing) would make `billing.customers` ambiguous.
         con = duckdb.connect(":memory:")
         try:
             con.execute(f"ATTACH ? AS {CATALOG} {'(READ_ONLY)' if read_only else ''}", [str(self.path)])
             con.execute(f"USE {CATALOG}")
+            for name, value in self.settings.items():
+                con.execute(f"SET {_ident(name)} = ?", [value])
         except duckdb.IOException as e:
             con.close()
+            lock.close()
             raise StoreUnavailable(f"cannot open {self.path}: {e}") from e
-        return DuckDBSession(con)
+        return DuckDBSession(con, lock)
+
+    def _lock(self, mode: int):
+        f = open(str(self.path) + ".lock", "a+")  # noqa: SIM115 - held for the session's life
+        fcntl.flock(f, mode)
+        return f
+
+    def raw_blobs(self, session: Session, tables: list[str]):
+        """The whole database file and its WAL: deleted values hide in freed blocks anywhere."""
+        for p in (self.path, Path(str(self.path) + ".wal")):
+            if p.exists():
+                yield str(p.name), p.read_bytes()
+
+    def purge(self, tables: list[str], full: bool = False) -> dict[str, Any]:
+        """Copy the live database into a fresh file and swap it in atomically.
+
+        DELETE, UPDATE, CHECKPOINT and VACUUM leave old values in freed blocks; only a copy of
+        the live data into a new file drops them. Crash-safe: the copy is fsynced before an
+        atomic rename, so the path holds either the old or the new complete file.
+        """
+        t0 = time.perf_counter()
+        before = self.path.stat().st_size
+        tmp = self.path.with_name(self.path.name + ".compact")
+        lock = self._lock(fcntl.LOCK_EX)
+        try:
+            for leftover in (tmp, Path(str(tmp) + ".wal")):
+                leftover.unlink(missing_ok=True)  # from a compaction that crashed
+            con = duckdb.connect(str(self.path))
+            con.execute("CHECKPOINT")  # fold the WAL into the file: the copy must see everything
+            con.close()
+            wal = Path(str(self.path) + ".wal")
+            if wal.exists() and wal.stat().st_size:
+                raise StoreUnavailable(f"{self.path}.wal is not empty after a checkpoint; another writer?")
+            con = duckdb.connect(":memory:")
+            try:
+                con.execute("ATTACH ? AS rj_src (READ_ONLY)", [str(self.path)])
+                con.execute("ATTACH ? AS rj_dst", [str(tmp)])
+                con.execute("COPY FROM DATABASE rj_src TO rj_dst")
+                con.execute("DETACH rj_dst")
+                con.execute("DETACH rj_src")
+            finally:
+                con.close()
+            Path(str(tmp) + ".wal").unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            wal.unlink(missing_ok=True)
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        finally:
+            lock.close()
+        return {"method": "compact", "bytes_before": before, "bytes_after": self.path.stat().st_size,
+                "seconds": round(time.perf_counter() - t0, 3)}
 
     def ddl_types(self) -> dict[str, str]:
         return {"text": "VARCHAR", "int": "BIGINT", "ts": "TIMESTAMP", "bool": "BOOLEAN", "date": "DATE", "float": "DOUBLE"}

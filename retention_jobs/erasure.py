@@ -1,0 +1,180 @@
+"""Provable erasure: remember what was erased (as keyed hashes only) and look for it later.
+
+When a run deletes or anonymises a personal value, the value's keyed hash, the keyed hash of
+its first bytes (the anchor) and its length go to `retention_control.erased_values`; never
+the value. `verify` then scans the DuckDB file's raw bytes (every printable run, anchor by
+anchor) and the live tables for any of them. A value that is still legitimately present in a
+live personal column (another purpose keeps the same e-mail) is not reported.
+"""
+
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import polars as pl
+import sqlalchemy as sa
+
+from retention_jobs import control
+from retention_jobs.anonymise import PseudonymKey, keyed_hashes
+from retention_jobs.store.base import Session, Store, TableInfo, sa_table
+
+ANCHOR = 6
+"""Bytes hashed as the anchor; values shorter than this are not tracked (too common to prove)."""
+
+PERSONAL = re.compile(
+    r"(name|e_?mail|phone|mobile|msisdn|address|street|national|ssn|personnummer|fodselsnummer|cpr|"
+    r"birth|imei|ip_?addr|iban|user_agent|note)", re.I)
+
+
+def tracked_columns(info: TableInfo, also: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Text columns whose erasure is recorded: personal-looking names and the columns named."""
+    return [c.name for c in info.columns.values()
+            if c.type == "string" and (PERSONAL.search(c.name) or c.name in also)]
+
+
+def _h(data: bytes, key: PseudonymKey) -> str:
+    return hashlib.blake2b(data, key=key.secret, digest_size=16).hexdigest()
+
+
+def fingerprints(values: pl.Series, key: PseudonymKey, digests: pl.Series | None = None) -> pl.DataFrame:
+    """anchor_hash, value_hash, value_length for the distinct values worth tracking.
+    `digests`, if given, are the values' keyed hashes already computed (`keyed_hashes`)."""
+    text = values.cast(pl.String)
+    df = pl.DataFrame({"v": text, "value_hash": digests if digests is not None else keyed_hashes(text, key)})
+    df = (df.filter(pl.col("v").str.len_bytes() >= ANCHOR).unique("v")
+          .with_columns(pl.col("v").str.len_bytes().cast(pl.Int64).alias("value_length")))
+    if df.is_empty():
+        return pl.DataFrame(schema={"anchor_hash": pl.String, "value_hash": pl.String, "value_length": pl.Int64})
+    # the anchor is the first ANCHOR bytes; slicing by characters then trimming by bytes keeps
+    # multi-byte characters honest
+    prefixes = pl.Series([v.encode()[:ANCHOR] for v in df["v"].to_list()], dtype=pl.Binary)
+    uniq = prefixes.unique()
+    hashed = pl.Series([_h(p, key) for p in uniq.to_list()], dtype=pl.String)
+    anchors = prefixes.replace_strict(uniq, hashed, return_dtype=pl.String)
+    return df.select(anchors.alias("anchor_hash"), "value_hash", "value_length")
+
+
+def record(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
+           data: pl.DataFrame, digests: dict[str, pl.Series] | None = None) -> int:
+    """Record the fingerprints of `columns` of `data` (rows about to be erased). In-transaction."""
+    frames = []
+    for c in columns:
+        if c in data.columns:
+            fp = fingerprints(data[c], key, (digests or {}).get(c))
+            if fp.height:
+                frames.append(fp.with_columns(pl.lit(info.name).alias("table_name"), pl.lit(c).alias("column_name")))
+    if not frames:
+        return 0
+    rows = pl.concat(frames).with_columns(pl.lit(run_id).alias("run_id"), pl.lit(control.now()).alias("erased_at"))
+    staged = session.stage("rj_erased", rows.to_arrow())
+    cols = ["run_id", "table_name", "column_name", "anchor_hash", "value_hash", "value_length", "erased_at"]
+    session.execute(sa.insert(control.erased_values).from_select(cols, sa.select(*(staged.c[c] for c in cols))))
+    session.drop_stage("rj_erased")
+    return rows.height
+
+
+def record_where(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
+                 where: Callable[[sa.TableClause], sa.ColumnElement]) -> int:
+    """Fetch `columns` of the rows `where(table)` selects (about to be erased), and record them."""
+    if not columns:
+        return 0
+    t = sa_table(info).alias("rj_r")
+    data = pl.from_arrow(session.arrow(sa.select(*(t.c[c] for c in columns)).where(where(t))))
+    return record(session, key, run_id, info, columns, data)
+
+
+@dataclass
+class VerifyResult:
+    tracked: int
+    """Distinct erased values known to the ledger (as hashes)."""
+    found: dict[str, int] = field(default_factory=dict)
+    """table.column -> erased values found again in the store's raw bytes."""
+    scanned_bytes: int = 0
+    sources: list[str] = field(default_factory=list)
+    """What was scanned: the DuckDB file and its WAL, or PostgreSQL table pages."""
+    seconds: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return not self.found
+
+
+def _live_hashes(session: Session, store: Store, key: PseudonymKey) -> set[str]:
+    """Hashes of every value now in a personal-looking text column of the store."""
+    out: set[str] = set()
+    for info in store.catalog(session).tables.values():
+        cols = tracked_columns(info)
+        if not cols:
+            continue
+        t = sa_table(info)
+        data = pl.from_arrow(session.arrow(sa.select(*(t.c[c] for c in cols))))
+        for c in cols:
+            out.update(v for v in fingerprints(data[c], key)["value_hash"].to_list())
+    return out
+
+
+def _scan_bytes(blob: bytes, anchors: dict[str, list[tuple[int, str, str]]], key: PseudonymKey
+                ) -> dict[str, dict[str, bytes]]:
+    """where -> {value_hash: the bytes found}. The bytes stay in memory for the live-data
+    comparison only; they are never printed or stored."""
+    hits: dict[str, dict[str, bytes]] = {}
+    for m in re.finditer(rb"[\x20-\x7e\x80-\xff]{%d,}" % ANCHOR, blob):
+        run = m.group()
+        for i in range(len(run) - ANCHOR + 1):
+            cands = anchors.get(_h(run[i:i + ANCHOR], key))
+            if not cands:
+                continue
+            for length, value_hash, where in cands:
+                if i + length <= len(run) and _h(run[i:i + length], key) == value_hash:
+                    hits.setdefault(where, {})[value_hash] = run[i:i + length]
+    return hits
+
+
+def _explained(session: Session, store: Store, found: dict[str, dict[str, bytes]]) -> set[str]:
+    """Hashes of found values that live data explains: the bytes appear inside a value that is
+    still legitimately stored (another person's longer address, the same e-mail kept by another
+    purpose). Raw storage has no value boundaries, so a substring is all a scan can see."""
+    values = {h: b.decode("utf-8", "replace") for hits in found.values() for h, b in hits.items()}
+    if not values:
+        return set()
+    staged = session.stage("rj_found", pl.DataFrame({"h": list(values), "v": list(values.values())}).to_arrow())
+    explained: set[str] = set()
+    for info in store.catalog(session).tables.values():
+        t = sa_table(info)
+        for c in (c.name for c in info.columns.values() if c.type == "string"):
+            q = (sa.select(staged.c.h).distinct()
+                 .where(~staged.c.h.in_(list(explained)) if explained else sa.true())
+                 .where(sa.exists().where(t.c[c].contains(staged.c.v, autoescape=False))))
+            explained.update(r[0] for r in session.fetchall(q))
+            if len(explained) == len(values):
+                return explained
+    return explained
+
+
+def verify(store: Store, key: PseudonymKey, run_id: str | None = None) -> VerifyResult:
+    t0 = time.perf_counter()
+    with store.connect(read_only=True) as session:
+        ev = control.erased_values
+        q = sa.select(ev.c.table_name, ev.c.column_name, ev.c.anchor_hash, ev.c.value_hash, ev.c.value_length)
+        if run_id:
+            q = q.where(ev.c.run_id == run_id)
+        erased = session.fetchall(q.distinct())
+        live = _live_hashes(session, store, key)
+        gone = [(f"{t}.{c}", a, v, n) for t, c, a, v, n in erased if v not in live]
+        result = VerifyResult(tracked=len({v for *_, v, _ in gone}))
+        anchors: dict[str, list[tuple[int, str, str]]] = {}
+        for where, a, v, n in gone:
+            anchors.setdefault(a, []).append((n, v, where))
+        tables = sorted({t for t, *_ in erased})
+        found: dict[str, dict[str, bytes]] = {}
+        for source, blob in store.raw_blobs(session, tables):
+            result.sources.append(source)
+            result.scanned_bytes += len(blob)
+            for where, values in _scan_bytes(blob, anchors, key).items():
+                found.setdefault(where, {}).update(values)
+        explained = _explained(session, store, found)
+    result.found = {w: n for w, v in found.items() if (n := len(set(v) - explained))}
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
