@@ -16,6 +16,8 @@ CHECKS: dict[str, str] = {
     "held_rows_unchanged": "Every row under a legal hold is byte-for-byte what it was before the run.",
     "no_original_values": "No anonymised column still holds its original value (compared by keyed hash).",
     "audit_recorded": "The audit ledger holds this run's rows: a plan row for every rule of the policy.",
+    "erasure_verified": "None of the values this run deleted or anonymised can be found in the store's raw "
+                        "bytes after the purge (searched by keyed hash).",
 }
 
 

@@ -20,7 +20,7 @@ from assets.checks import check_specs, to_check_result
 from assets.resources import PseudonymKeyResource, StoreResource
 from retention_jobs.apply import RunOptions, RunReport, run_policies
 from retention_jobs.check import run_checks
-from retention_jobs.errors import RetentionError
+from retention_jobs.errors import RetentionError, safe_message
 from retention_jobs.load import PolicyFile, PolicySet
 from retention_jobs.policy import Cascade, Policy, RelatedClock
 from retention_jobs.store import mask_url
@@ -132,12 +132,6 @@ def _clock(clock: str | RelatedClock) -> str:
 # --- errors --------------------------------------------------------------------------------
 
 
-def _safe(exc: BaseException) -> str:
-    """An unexpected error's message without quoted values: a database error can quote a key."""
-    text = re.sub(r"\"[^\"]*\"|'[^']*'|\([^()]*\)=\([^()]*\)", "<value>", str(exc))
-    return mask_url(f"{type(exc).__name__}: {text}")
-
-
 @contextmanager
 def engine_errors() -> Iterator[None]:
     """Terminal engine errors need a human: fail without retries. A lost store is transient:
@@ -152,7 +146,7 @@ def engine_errors() -> Iterator[None]:
     except dg.DagsterError:
         raise
     except Exception as exc:
-        raise dg.Failure(description=_safe(exc), allow_retries=True,
+        raise dg.Failure(description=safe_message(exc), allow_retries=True,
                          metadata={"error": type(exc).__name__}) from None
 
 
@@ -211,6 +205,13 @@ def report_metadata(f: PolicyFile, report: RunReport, store: str) -> dict[str, A
     }
     if report.key_id:
         md["key_id"] = report.key_id
+    if report.audit_head:
+        # a copy of the ledger's head outside the store: `retention-jobs audit verify --head`
+        md["audit_head"] = report.audit_head
+    if report.purge:
+        md["purge_method"] = report.purge.get("method", "none")
+        md.update({f"purge_{k}": v for k, v in report.purge.items()
+                   if k in ("bytes_before", "bytes_after", "seconds")})
     for rule, counts in rule_counts(report).items():
         md.update({f"{rule}/{k}": v for k, v in counts.items()})
     for r in report.rules:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from retention_jobs.anonymise import KEY_ENV, PseudonymKey
+from retention_jobs.anonymise import KEY_ENV, MIN_KEY_LENGTH, PseudonymKey, key_from_text
 from retention_jobs.errors import ConfigError
 from retention_jobs.store import DEFAULT_STORE, STORE_ENV, mask_url, open_store
 from retention_jobs.store.base import Store
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MIN_KEY_LENGTH = 16
 
 
 class StoreResource(dg.ConfigurableResource):
@@ -50,9 +49,7 @@ class PseudonymKeyResource(dg.ConfigurableResource):
                 f"{KEY_ENV} is not set: a run that anonymises needs a secret key of at least "
                 f"{MIN_KEY_LENGTH} characters in the environment of the Dagster processes"
             )
-        if len(self.key) < MIN_KEY_LENGTH:
-            raise ConfigError(f"{KEY_ENV} is too short: use at least {MIN_KEY_LENGTH} random characters")
-        return PseudonymKey.from_text(self.key)
+        return key_from_text(self.key)
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:

@@ -41,12 +41,20 @@ class PseudonymKey:
 DEMO_KEY_TEXT = "retention-jobs-demo-key-not-secret"
 
 
+MIN_KEY_LENGTH = 16
+
+
+def key_from_text(text: str) -> PseudonymKey:
+    """A key from its secret text, refusing one too short to resist guessing."""
+    if len(text) < MIN_KEY_LENGTH:
+        raise ConfigError(f"{KEY_ENV} is too short: use at least {MIN_KEY_LENGTH} random characters")
+    return PseudonymKey.from_text(text)
+
+
 def key_from_env(allow_demo: bool = False) -> PseudonymKey:
     text = os.environ.get(KEY_ENV)
     if text:
-        if len(text) < 16:
-            raise ConfigError(f"{KEY_ENV} is too short: use at least 16 random characters")
-        return PseudonymKey.from_text(text)
+        return key_from_text(text)
     if allow_demo:
         return PseudonymKey.from_text(DEMO_KEY_TEXT)
     raise ConfigError(

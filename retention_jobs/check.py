@@ -107,6 +107,24 @@ def audit_recorded(session: Session, run_id: str, rule_ids: list[str]) -> CheckR
         {"rows": len(rows), "missing": len(missing)})
 
 
+def erasure_verified(store: Store, key: PseudonymKey, run_id: str) -> CheckResult:
+    """None of the values this run erased can be found in the store's raw bytes."""
+    from retention_jobs.erasure import verify
+    from retention_jobs.errors import ConfigError
+
+    try:
+        result = verify(store, key, run_id)
+    except ConfigError as e:
+        return CheckResult("erasure_verified", True, f"not verifiable here: {e}", {"verifiable": 0})
+    counts = {"tracked": result.tracked, "scanned_bytes": result.scanned_bytes, **result.found}
+    if result.clean:
+        return CheckResult("erasure_verified", True,
+                           f"none of {result.tracked} erased values found in {result.scanned_bytes:,} bytes", counts)
+    return CheckResult("erasure_verified", False,
+                       f"{sum(result.found.values())} erased values are still in the store's bytes: "
+                       + ", ".join(f"{w}: {n}" for w, n in sorted(result.found.items())), counts)
+
+
 def run_checks(store: Store, policies: PolicySet, as_of: date, key: PseudonymKey,
                run_id: str | None = None, held_before: dict[str, str] | None = None,
                purposes: list[str] | None = None) -> list[CheckResult]:
@@ -117,4 +135,6 @@ def run_checks(store: Store, policies: PolicySet, as_of: date, key: PseudonymKey
             results.append(held_unchanged(planner, session, held_before, purposes))
         if run_id:
             results.append(audit_recorded(session, run_id, [b.id for b in planner.rules(purposes)]))
-        return results
+    if run_id:
+        results.append(erasure_verified(store, key, run_id))
+    return results

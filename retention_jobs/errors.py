@@ -1,6 +1,7 @@
 """Typed errors. Each says whether retrying can help; only the Dagster layer turns that into
 `Failure(allow_retries=False)` or leaves it to a RetryPolicy."""
 
+import re
 from dataclasses import dataclass
 
 
@@ -47,3 +48,12 @@ class StoreUnavailable(RetentionError):
     """The store could not be reached or the connection was lost; a retry may help."""
 
     terminal = False
+
+
+def safe_message(exc: BaseException) -> str:
+    """An unexpected error's message without quoted values or `(col)=(value)` details: a
+    database error can quote a key. URLs keep no password."""
+    from retention_jobs.store import mask_url
+
+    text = re.sub(r"\"[^\"]*\"|'[^']*'|\([^()]*\)=\([^()]*\)", "<value>", str(exc))
+    return mask_url(f"{type(exc).__name__}: {text}")

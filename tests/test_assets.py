@@ -180,7 +180,8 @@ def test_one_partition_applies_the_policy_and_reports_counts(store):
     assert md["policy_file"].value.endswith("customers.yaml")
     assert "| ended | crm.customers | delete |" in md["counts"].value
     assert checks(result) == dict.fromkeys(
-        ["nothing_expired_left", "no_original_values", "held_rows_unchanged", "audit_recorded"], True)
+        ["nothing_expired_left", "no_original_values", "held_rows_unchanged", "audit_recorded",
+         "erasure_verified"], True)
     assert scalar(db, "SELECT count(*) FROM crm.customers") == 33
     assert scalar(db, "SELECT count(*) FROM crm.customers WHERE email LIKE '%@example.no' AND id % 4 = 0") == 0
     assert scalar(db, "SELECT count(*) FROM crm.customers WHERE id = 5") == 1
@@ -269,6 +270,11 @@ def tamper_after_run(monkeypatch, db: Path, sql: str) -> None:
 
     def run_then_tamper(*args, **kwargs):
         report = real(*args, **kwargs)
+        if sql.startswith("APPEND "):
+            # bytes of an erased value left in the file (as a copy outside the suite would be)
+            with open(db, "ab") as f:
+                f.write(sql.removeprefix("APPEND ").encode())
+            return report
         con = duckdb.connect(str(db))
         con.execute(sql.format(run_id=report.run_id))
         con.close()
@@ -283,6 +289,7 @@ def tamper_after_run(monkeypatch, db: Path, sql: str) -> None:
                              "(10, 'x@y.z', 'X', '1', DATE '2019-06-01', TIMESTAMP '2026-01-01')"),
     ("no_original_values", f"UPDATE crm.customers SET email = '{email(4)}' WHERE id = 4"),
     ("audit_recorded", "DELETE FROM retention_control.audit WHERE run_id = '{run_id}'"),
+    ("erasure_verified", f"APPEND {email(10)}"),  # customer 10 ended in 2019 and was deleted
 ])
 def test_each_check_fails_on_a_tampered_store(store, monkeypatch, check, sql):
     db, defs = store

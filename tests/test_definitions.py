@@ -18,7 +18,8 @@ from retention_jobs.load import load_policies, load_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGSTER = Path(sys.executable).parent / "dagster"
-CHECK_NAMES = {"nothing_expired_left", "held_rows_unchanged", "no_original_values", "audit_recorded"}
+CHECK_NAMES = {"nothing_expired_left", "held_rows_unchanged", "no_original_values", "audit_recorded",
+               "erasure_verified"}
 
 BROKEN = """\
 purpose: broken
