@@ -363,6 +363,8 @@ class Processed:
     skipped: str | None = None
     """Why the request was not processed (e.g. an access request needs an output file)."""
     failed: str | None = None
+    run_id: str | None = None
+    tables_changed: tuple[str, ...] = ()
 
 
 def _hold_cases(holds: list[control.Hold], b: BoundRule, req: Request) -> set[str]:
@@ -503,7 +505,8 @@ def process_request(store: Store, session: Session, policies: PolicySet, req: Re
         _save_outcomes(session, req.request_id, outcomes)
         _close_or_update(session, req, status, recheck, note)
         _issue_receipt(session, req.request_id, status, body)
-    return Processed(req.request_id, status, body)
+    return Processed(req.request_id, status, body, run_id=run_id,
+                     tables_changed=tuple(report.tables_changed) if run_id else ())
 
 
 def _close_or_update(session: Session, req: Request, status: str, recheck: date | None, note: str | None) -> None:
@@ -574,7 +577,21 @@ def process_requests(store: Store, policies: PolicySet, as_of: date, key: Pseudo
                 raise
             except Exception as exc:  # noqa: BLE001 - one broken request must not block the rest
                 done.append(Processed(req.request_id, req.status, failed=type(exc).__name__))
+    _purge(store, policies, as_of, done)
     return done
+
+
+def _purge(store: Store, policies: PolicySet, as_of: date, done: list[Processed]) -> None:
+    """As after a nightly run: make the erased rows' old bytes unrecoverable (after the
+    session closed: a DuckDB compaction needs the file to itself), and record it in the ledger."""
+    tables = sorted({t for p in done for t in p.tables_changed})
+    if not tables:
+        return
+    result = store.purge(tables, full=any(f.policy.purge == "full" for f in policies.files))
+    with store.connect() as session, session.transaction():
+        control.append_audit(session, run_id=next(p.run_id for p in done if p.tables_changed),
+                             action=f"purge-{result['method']}", as_of=as_of, policy_sha256=policies.digest,
+                             seconds=result.get("seconds"))
 
 
 # --- holds: review and the effect of a release -----------------------------------------------
