@@ -179,6 +179,8 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
     """Apply the policies: delete and anonymise expired rows, record the audit trail."""
     _execute(store, policy_dir, as_of, purposes, fmt,
              RunOptions(batch_size=batch_size, max_delete_fraction=max_delete_fraction, purposes=purposes or None))
+    if not purposes:  # then the data-subject requests that are due
+        _process_requests_after_run(store, policy_dir, as_of, fmt)
 
 
 @main.command()
@@ -455,6 +457,263 @@ def lint_command(paths: tuple[str, ...], store: str | None) -> None:
         err.print(f"{len(problems)} lint problem(s) in {len(policies.files)} policy files", style="red")
         sys.exit(1)
     out.print(f"{len(policies.files)} policy files: no lint problems")
+
+# --- data-subject requests -------------------------------------------------------------------
+
+
+def _date(value: str | None, option: str, policies: PolicySet) -> date:
+    try:
+        return _as_of(value, policies)
+    except ConfigError:
+        raise ConfigError(f"{option} {value!r} is not a date; write YYYY-MM-DD") from None
+
+
+def _request_line(r, today: date) -> str:
+    """One request, without its subject's id."""
+    purpose = f" ({r.purpose})" if r.purpose else ""
+    nxt = f"  next check {r.recheck_on}" if r.recheck_on and r.is_open else ""
+    late = "  OVERDUE" if r.overdue(today) else ""
+    return (f"{r.request_id}  {r.kind}{purpose}  subject kind {r.subject_kind}  received {r.received_on}  "
+            f"due {r.due_on}  {r.status}{nxt}{late}")
+
+
+@main.group("requests")
+def requests_group() -> None:
+    """Data-subject requests: erasure, consent withdrawal, objection and access, answered within a
+    month (GDPR Art. 12(3)). Output never shows a subject's id or data."""
+
+
+@requests_group.command("add")
+@store_option
+@policies_option
+@click.option("--kind", "kind", required=True,
+              type=click.Choice(["erasure", "consent_withdrawal", "objection", "access"]))
+@click.option("--subject", default=None, help="KIND:ID as in the policies' subject fields, e.g. customer:1042.")
+@click.option("--email", default=None,
+              help="Find the subject(s) by e-mail address instead ('-' reads it from stdin, out of the shell history).")
+@click.option("--purpose", default=None, help="consent_withdrawal: the purpose consented to; objection: optional.")
+@click.option("--received", default=None, help="Date the request was received (YYYY-MM-DD); default today.")
+@click.option("--accept-shared-kind", is_flag=True,
+              help="Record it although the subject kind's ids live in differently named columns.")
+def requests_add(store, policy_dir, kind, subject, email, purpose, received, accept_shared_kind) -> None:
+    """Record a request; it is due one calendar month after it was received."""
+    from retention_jobs import requests as rq
+
+    if (subject is None) == (email is None):
+        raise ConfigError("give exactly one of --subject KIND:ID or --email ADDRESS")
+    policies = load_policies([policy_dir])
+    received_on = _date(received, "--received", policies)
+    s = open_store(store)
+    with s.connect() as session:
+        control.ensure_control_schema(s, session)
+        if subject:
+            subjects = [rq.parse_subject(subject)]
+        else:
+            address = sys.stdin.readline() if email == "-" else email
+            subjects = [rq.parse_subject(x) for x in rq.resolve_email(s, session, policies, address)]
+            if not subjects:
+                raise ConfigError("no subject has that address in the policies' e-mail columns; nothing was recorded")
+            kinds = sorted({k for k, _ in subjects})
+            subjects = [x for x in subjects if kind in ("erasure", "access")
+                        or rq.scope_purposes(policies, kind, x[0], purpose)]
+            if not subjects:
+                raise ConfigError(f"the address belongs to subjects of kind {', '.join(kinds)}, which this "
+                                  f"{kind} does not apply to; nothing was recorded")
+            out.print(f"the address belongs to {len(subjects)} subject(s): one request each", markup=False, soft_wrap=True)
+        for subject_kind, _ in subjects:
+            rq.check_request(policies, kind, subject_kind, purpose)
+            scope = rq.scope_purposes(policies, kind, subject_kind, purpose)
+            problem = rq.shared_kind_problem(policies, subject_kind, scope)
+            if problem and not accept_shared_kind:
+                raise ConfigError(problem + "; nothing was recorded (--accept-shared-kind records it anyway)")
+        for subject_kind, subject_id in subjects:
+            r = rq.add_request(session, kind=kind, subject_kind=subject_kind, subject_id=subject_id,
+                               received_on=received_on, purpose=purpose)
+            out.print(f"request {r.request_id} recorded: {kind}{f' ({purpose})' if purpose else ''}, subject kind "
+                      f"{subject_kind}, received {r.received_on}, due {r.due_on}", markup=False, soft_wrap=True)
+
+
+@requests_group.command("list")
+@store_option
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice(["pending", "done", "partially_done", "deferred", "rejected"]))
+@click.option("--as-of", "as_of", default=None, help="Date for the overdue flag (YYYY-MM-DD); default today.")
+@format_option
+def requests_list(store, statuses, as_of, fmt) -> None:
+    """List requests: kind, dates, status (never the subject)."""
+    from retention_jobs import requests as rq
+
+    today = date.fromisoformat(as_of) if as_of else date.today()
+    s = open_store(store)
+    with s.connect(read_only=True) as session:
+        rows = rq.list_requests(session, statuses or None) if control.control_exists(session) else []
+    if fmt == "json":
+        click.echo(json.dumps([{k: v for k, v in r.__dict__.items() if k != "subject_id"} | {"overdue": r.overdue(today)}
+                               for r in rows], default=str, indent=2))
+        return
+    for r in rows:
+        out.print(_request_line(r, today), markup=False, soft_wrap=True)
+    if not rows:
+        out.print("no requests")
+
+
+@requests_group.command("show")
+@store_option
+@click.argument("request_id")
+@click.option("--receipt", is_flag=True, help="Print the latest receipt as JSON (no personal data).")
+@click.option("--show-subject", is_flag=True, help="Also print the subject's KIND:ID (for authorised operators).")
+def requests_show(store, request_id, receipt, show_subject) -> None:
+    """Show a request: status, per-table outcome, deferrals, export records."""
+    from retention_jobs import requests as rq
+
+    s = open_store(store)
+    with s.connect(read_only=True) as session:
+        r = rq.get_request(session, request_id)
+        if receipt:
+            body = rq.latest_receipt(session, request_id)
+            if body is None:
+                raise ConfigError(f"request {request_id} has not been processed yet: no receipt")
+            click.echo(json.dumps(body, indent=2, sort_keys=True))
+            return
+        outcomes = rq.load_outcomes(session, request_id)
+        exports = rq.export_records(session, request_id)
+        n_receipts = len(rq.receipts(session, request_id))
+    out.print(_request_line(r, date.today()), markup=False, soft_wrap=True)
+    if show_subject:
+        out.print(f"  subject {r.subject_kind}:{r.subject_id}" if r.subject_id else "  subject: forgotten (closed)",
+                  markup=False, soft_wrap=True)
+    if r.status_note:
+        out.print(f"  note: {r.status_note}", markup=False, soft_wrap=True)
+    for o in outcomes.values():
+        line = f"  {o.table}: {o.deleted} deleted, {o.anonymised} anonymised, {o.unlinked} unlinked"
+        if o.held:
+            line += f"; {o.held} held (case {', '.join(sorted(o.hold_cases))}) until released"
+        if o.retained:
+            line += f"; {o.retained} retained by {', '.join(sorted(o.retained_by))} until {o.free_from or 'unknown'}"
+        out.print(line, markup=False, soft_wrap=True)
+    for e in exports:
+        out.print(f"  export produced {e['produced_at']:%Y-%m-%d %H:%M} UTC: {e['row_count']} rows in "
+                  f"{e['table_count']} tables, sha256 {e['sha256']} (no copy kept)", markup=False, soft_wrap=True)
+    out.print(f"  {n_receipts} receipt(s); `retention-jobs requests show {request_id} --receipt`", markup=False, soft_wrap=True)
+
+
+@requests_group.command("process")
+@store_option
+@policies_option
+@click.argument("request_ids", nargs=-1)
+@click.option("--as-of", "as_of", default=None, help="Date to process as of (YYYY-MM-DD); default today.")
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
+              help="Access request: write the export here (a new .zip file); needs exactly one request id.")
+@format_option
+def requests_process(store, policy_dir, request_ids, as_of, out_path, fmt) -> None:
+    """Process the given requests, or every request that is due (pending; deferred ones whose
+    day has come or that wait on a hold). Exit 1 if one failed."""
+    from retention_jobs import requests as rq
+
+    if out_path and len(request_ids) != 1:
+        raise ConfigError("--out writes one access request's export: give exactly one request id")
+    policies = load_policies([policy_dir])
+    results = rq.process_requests(open_store(store), policies, _as_of(as_of, policies), key_from_env(),
+                                  list(request_ids) or None, out_path)
+    _print_processed(results, fmt)
+
+
+def _print_processed(results, fmt: str, console: Console | None = None) -> None:
+    from retention_jobs import requests as rq
+
+    if fmt == "json":
+        click.echo(json.dumps([{"request_id": p.request_id, "status": p.status, "skipped": p.skipped,
+                                "failed": p.failed, "receipt": p.receipt} for p in results], indent=2))
+    else:
+        for p in results:
+            (console or out).print(rq.summary_line(p), markup=False, soft_wrap=True)
+    if any(p.failed for p in results):
+        sys.exit(1)
+
+
+def _process_requests_after_run(store, policy_dir, as_of, fmt) -> None:
+    """The nightly run's last step: the data-subject requests that are due (summary on stderr
+    when the run's report is JSON on stdout)."""
+    from retention_jobs import requests as rq
+
+    policies = load_policies([policy_dir])
+    results = rq.process_requests(open_store(store), policies, _as_of(as_of, policies), key_from_env())
+    if results:
+        _print_processed(results, "table", err if fmt == "json" else out)
+
+
+@requests_group.command("reject")
+@store_option
+@policies_option
+@click.argument("request_id")
+@click.option("--reason", required=True,
+              type=click.Choice(["identity_not_verified", "manifestly_unfounded", "excessive", "not_applicable"]))
+def requests_reject(store, policy_dir, request_id, reason) -> None:
+    """Close a request without acting on it, with the reason (a receipt records it)."""
+    from retention_jobs import requests as rq
+
+    policies = load_policies([policy_dir])
+    s = open_store(store)
+    with s.connect() as session:
+        rq.reject_request(session, policies, request_id, reason, _as_of(None, policies))
+    out.print(f"request {request_id} rejected ({reason})", markup=False, soft_wrap=True)
+
+
+@main.command("suppressed")
+@store_option
+@click.argument("check_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--purpose", default=None, help="Only entries added for this purpose.")
+@click.option("--demo-key", is_flag=True, help="Use the demo's built-in key (only for the demo warehouse).")
+def suppressed(store, check_file, purpose, demo_key) -> None:
+    """Flag the rows of a CSV import (with a header) that hold a suppressed e-mail or phone number:
+    prints row numbers and columns, never a value. Exit 1 when any row matches."""
+    from retention_jobs import requests as rq
+
+    key = PseudonymKey.from_text(DEMO_KEY_TEXT) if demo_key else key_from_env()
+    s = open_store(store)
+    with s.connect(read_only=True) as session:
+        result = rq.check_suppressed(session, key, check_file, purpose)
+    for row, column in result.matches:
+        out.print(f"row {row}: {column}", markup=False, soft_wrap=True)
+    if result.other_key_entries:
+        err.print(f"warning: {result.other_key_entries} suppression entries were hashed with another key and "
+                  "were not compared; run with the key that wrote them", markup=False, soft_wrap=True)
+    hit = len({row for row, _ in result.matches})
+    out.print(f"{hit} of {result.rows} rows match the suppression list (row 1 is the first line after the header)"
+              + ("; do not import or contact them" if hit else ""), markup=False, soft_wrap=True)
+    if hit:
+        sys.exit(1)
+
+
+@holds.command("review")
+@store_option
+@policies_option
+@click.option("--as-of", "as_of", default=None, help="List holds whose review date is on or before this day.")
+@click.option("--counts/--no-counts", default=True, show_default=True,
+              help="Plan with and without each hold to count the rows it protects.")
+def holds_review(store, policy_dir, as_of, counts) -> None:
+    """Holds past their review date, with how many rows each protects: decide to keep or release."""
+    from retention_jobs import requests as rq
+
+    policies = load_policies([policy_dir])
+    day = _as_of(as_of, policies)
+    s = open_store(store)
+    with s.connect(read_only=True) as session:
+        due, undated = rq.holds_for_review(session, day)
+        for h in due:
+            line = (f"{h.hold_id}  {h.target}  case {h.case_ref}  ({h.reason})  review was due {h.review_at} "
+                    f"({(day - h.review_at).days} days ago)")
+            if counts:
+                e = rq.hold_effect(s, session, policies, day, h.hold_id)
+                line += (f"  protects {e.protected} rows past their period; a release frees {e.freed} "
+                         f"(+{e.cascade_rows} cascade rows) at the next run")
+            out.print(line, markup=False, soft_wrap=True)
+    if not due:
+        out.print(f"no hold is due for review on {day}", markup=False, soft_wrap=True)
+    if undated:
+        out.print(f"{len(undated)} active hold(s) have no review date: "
+                  f"{', '.join(h.hold_id for h in undated)}", markup=False, soft_wrap=True)
+
 
 if __name__ == "__main__":
     main()
