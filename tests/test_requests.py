@@ -472,3 +472,36 @@ def test_no_identifier_in_receipts_ledger_suppression_or_cli_output(template, tm
                     *(("the CLI output", t) for t in outputs)]:
         assert not any(v in text for v in values), f"a value of the subject is in {n}"
         assert not any(rx.search(text) for rx in ids), f"a subject id is in {n}"
+
+
+# --- Dagster: sensor, asset, deadline check --------------------------------------------------
+
+
+def test_dagster_sensor_processes_due_requests_and_the_check_flags_late_ones(duck):
+    import dagster as dg
+
+    from assets.requests import (
+        data_subject_requests,
+        request_deadline_check,
+        request_deadline_job,
+        request_sensor,
+    )
+    from assets.resources import PseudonymKeyResource, StoreResource
+
+    cid = pick_bookkeeping_customer(duck)
+    with duck.connect() as s:
+        late = rq.add_request(s, kind="erasure", subject_kind="customer", subject_id=str(cid),
+                              received_on=date.today() - timedelta(days=45))
+    res = {"store": StoreResource(location=str(duck.path)), "pseudonym_key": PseudonymKeyResource(key=KEY_TEXT)}
+    defs = dg.Definitions(assets=[data_subject_requests], asset_checks=[request_deadline_check],
+                          sensors=[request_sensor], jobs=[request_deadline_job], resources=res)
+    with dg.instance_for_test() as instance:
+        assert isinstance(request_sensor(dg.build_sensor_context(instance=instance, resources=res)), dg.RunRequest)
+        checks = defs.resolve_job_def("request_deadlines").execute_in_process(instance=instance)
+        (evaluation,) = checks.get_asset_check_evaluations()
+        assert not evaluation.passed and evaluation.metadata["overdue_ids"].value == late.request_id
+        result = dg.materialize([data_subject_requests], resources=res, instance=instance)
+        (event,) = result.get_asset_materialization_events()
+        assert event.materialization.metadata["partially_done_ids"].value == late.request_id
+        skip = request_sensor(dg.build_sensor_context(instance=instance, resources=res))
+        assert isinstance(skip, dg.SkipReason)  # deferred to its retain date: nothing due now
