@@ -15,12 +15,14 @@ are hidden from SQLAlchemy's error texts.
 import contextlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.reflection import ObjectKind
 from sqlalchemy.pool import NullPool
@@ -44,6 +46,12 @@ COPY_ROWS = 50_000
 """Rows per CSV chunk written to COPY."""
 
 CONNECT_TIMEOUT = 10
+
+RAW_CHUNK = 16 * 1024 * 1024
+"""Bytes per read of a table file (a multiple of the 8 kB page: a row never spans two reads)."""
+
+SEGMENT_BYTES = 1024 * 1024 * 1024
+"""PostgreSQL splits a relation into files of 1 GB (`path`, `path.1`, ...)."""
 
 
 # --- passwords -------------------------------------------------------------------------------
@@ -236,9 +244,22 @@ class SqlSession(Session):
     # -- plumbing ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _op(self) -> Iterator[Connection]:
-        """Run one operation: outside `begin()` it commits (or rolls back) on its own."""
+    def _op(self, temp_tables: bool = False) -> Iterator[Connection]:
+        """Run one operation: outside `begin()` it commits (or rolls back) on its own.
+
+        `temp_tables`: the operation only creates, fills or drops this session's temporary
+        tables. PostgreSQL refuses CREATE/DROP even of a temporary table in a read-only
+        transaction, so in a read-only session such an operation runs in a transaction of its
+        own that starts READ WRITE (as DuckDB lets a read-only connection keep temp tables).
+        """
+        if temp_tables and self.read_only:
+            if self._explicit:
+                raise RuntimeError("a read-only session stages outside transactions only")
+            if self.conn.in_transaction():
+                self.conn.commit()
         try:
+            if temp_tables and self.read_only:
+                self.conn.exec_driver_sql("SET TRANSACTION READ WRITE")
             yield self.conn
         except sa.exc.DBAPIError as e:
             self._after_error()
@@ -301,7 +322,7 @@ class SqlSession(Session):
         col_list = ", ".join(quote(c) for c in data.column_names)
         ready = _csv_ready(data)
         options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
-        with self._op():
+        with self._op(temp_tables=True):
             self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(ident)}")
             self._exec(f"CREATE TEMP TABLE {quote(ident)} ({cols}) ON COMMIT PRESERVE ROWS")
             if data.num_rows:
@@ -320,7 +341,7 @@ class SqlSession(Session):
         ident = _ident(name)
         quote = self.conn.dialect.identifier_preparer.quote
         compiled = query.compile(dialect=self.conn.dialect, compile_kwargs={"render_postcompile": True})
-        with self._op():
+        with self._op(temp_tables=True):
             self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(ident)}")
             self._exec(f"CREATE TEMP TABLE {quote(ident)} ON COMMIT PRESERVE ROWS AS {compiled}",
                        dict(compiled.params))
@@ -328,7 +349,7 @@ class SqlSession(Session):
 
     def drop_stage(self, name: str) -> None:
         quote = self.conn.dialect.identifier_preparer.quote
-        with self._op():
+        with self._op(temp_tables=True):
             self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(_ident(name))}")
 
     def begin(self) -> None:
@@ -355,6 +376,12 @@ class SqlSession(Session):
             self.conn.rollback()
         with contextlib.suppress(Exception):
             self.conn.close()
+
+
+def _qualified(s: "SqlSession", table: str) -> str:
+    quote = s.conn.dialect.identifier_preparer.quote
+    schema, _, short = table.rpartition(".")
+    return f"{quote(schema)}.{quote(short)}" if schema else quote(short)
 
 
 def _ident(name: str) -> str:
@@ -393,6 +420,12 @@ class SqlStore(Store):
             connect_args["connect_timeout"] = CONNECT_TIMEOUT
         if "application_name" not in parsed.query:
             connect_args["application_name"] = "retention-jobs"
+        # The planner's predicates are large expression trees evaluated once per row: LLVM JIT
+        # compiles them for seconds per statement (a 40 ms count took 6 s), so it is off unless
+        # the URL sets it (`?options=-c%20jit%3Don`).
+        options = parsed.query.get("options", "")
+        if isinstance(options, str) and "jit" not in options:
+            connect_args["options"] = f"{options} -c jit=off".strip()
         try:
             # NullPool: a session is a connection of its own, closed with it (temp tables and
             # session settings never leak into the next session)
@@ -429,24 +462,72 @@ class SqlStore(Store):
                 "float": "DOUBLE PRECISION"}
 
     def vacuum(self, session: Session, tables: list[str], full: bool = False) -> None:
-        """`VACUUM` (or `VACUUM FULL`, which rewrites the table into new files and gives the old
-        ones back to the operating system) each table; runs outside any transaction."""
+        """`VACUUM` each table, or `VACUUM FULL`, which rewrites it (and its indexes and TOAST)
+        into new files and unlinks the old ones. Runs outside any transaction (autocommit)."""
         s: SqlSession = session  # type: ignore[assignment]
         if s._explicit:
             raise RuntimeError("VACUUM cannot run inside a transaction; commit first")
         if s.conn.in_transaction():
             s.conn.commit()
-        quote = s.conn.dialect.identifier_preparer.quote
-        previous = s.conn.get_isolation_level()
+        previous = s.conn.default_isolation_level
         s.conn.execution_options(isolation_level="AUTOCOMMIT")
         try:
             for table in tables:
-                schema, _, short = table.rpartition(".")
-                name = f"{quote(schema)}.{quote(short)}" if schema else quote(short)
                 with s._op():
-                    s._exec(f"VACUUM {'(FULL, ANALYZE)' if full else '(ANALYZE)'} {name}")
+                    s._exec(f"VACUUM {'(FULL, ANALYZE)' if full else '(ANALYZE)'} {_qualified(s, table)}")
         finally:
             s.conn.execution_options(isolation_level=previous)
+
+    def purge(self, tables: list[str], full: bool = False) -> dict[str, Any]:
+        """After deletions: VACUUM the changed tables (`full`: VACUUM FULL, which rewrites them
+        into fresh files, so deleted rows leave the table's files; it locks each table while it
+        runs). Returns the method, the tables' total size before and after, and the time."""
+        t0 = time.perf_counter()
+        with self.connect() as s:
+            present = [t for t in tables if s.scalar(sa.select(sa.func.to_regclass(_qualified(s, t))))]
+            before = self._bytes(s, present)
+            self.vacuum(s, present, full=full)
+            after = self._bytes(s, present)
+        return {"method": "vacuum-full" if full else "vacuum", "tables": len(present),
+                "bytes_before": before, "bytes_after": after, "seconds": round(time.perf_counter() - t0, 3)}
+
+    @staticmethod
+    def _bytes(s: "SqlSession", tables: list[str]) -> int:
+        return sum(int(s.scalar(sa.select(sa.func.pg_total_relation_size(
+            sa.cast(_qualified(s, t), postgresql.REGCLASS)))) or 0) for t in tables)
+
+    def raw_blobs(self, session: Session, tables: list[str]) -> Iterator[tuple[str, bytes]]:
+        """The on-disk files of `tables`: heap, TOAST and every index, read page-aligned through
+        `pg_read_binary_file` after a CHECKPOINT (so no changed page is only in memory). Needs
+        a role allowed to do both (superuser, or pg_checkpoint and pg_read_server_files).
+        WAL segments and backups are outside this view."""
+        s: SqlSession = session  # type: ignore[assignment]
+        try:
+            s.execute("CHECKPOINT")
+        except sa.exc.DBAPIError:
+            raise ConfigError(f"{self.describe()}: reading table files needs CHECKPOINT "
+                              "(superuser or the pg_checkpoint role)") from None
+        oids = [s.scalar(sa.select(sa.cast(sa.func.to_regclass(_qualified(s, t)), sa.BigInteger))) for t in tables]
+        oids = [int(o) for o in oids if o]
+        if not oids:
+            return
+        rels = s.fetchall(sa.text(
+            "WITH t AS (SELECT oid, reltoastrelid FROM pg_class WHERE oid = ANY(:oids)), "
+            "r AS (SELECT oid FROM t UNION SELECT reltoastrelid FROM t WHERE reltoastrelid <> 0), "
+            "x AS (SELECT oid FROM r UNION SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT oid FROM r)) "
+            "SELECT oid::regclass::text, pg_relation_filepath(oid), pg_relation_size(oid) FROM x "
+            "WHERE pg_relation_filepath(oid) IS NOT NULL ORDER BY 1").bindparams(oids=oids))
+        for name, path, size in rels:
+            for offset in range(0, int(size), RAW_CHUNK):
+                segment, within = divmod(offset, SEGMENT_BYTES)
+                file = path if segment == 0 else f"{path}.{segment}"
+                try:
+                    blob = s.scalar(sa.select(sa.func.pg_read_binary_file(
+                        file, within, min(RAW_CHUNK, int(size) - offset))))
+                except sa.exc.ProgrammingError:
+                    raise ConfigError(f"{self.describe()}: reading table files needs pg_read_binary_file "
+                                      "(superuser or the pg_read_server_files role)") from None
+                yield f"{name}@{offset}", bytes(blob or b"")
 
     def catalog(self, session: Session) -> Catalog:
         s: SqlSession = session  # type: ignore[assignment]
