@@ -7,6 +7,7 @@ Under CI=true the PostgreSQL half must run; elsewhere it is skipped when no serv
 import re
 import textwrap
 import time
+import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -542,3 +543,29 @@ def test_purge_vacuum_full_removes_deleted_values_from_the_table_files(pg_url):
     hits = found()
     assert hits["s.people"] == 500  # only the live rows
     assert all(n <= 520 for n in hits.values())  # indexes rebuilt: live keys (and a few separators)
+
+
+@pytest.mark.postgres
+def test_a_role_without_ownership_or_file_access_is_told_so(pg_url):
+    """A plain role: purge names the tables it could not vacuum, raw_blobs refuses (the check
+    then says "not verifiable here") instead of claiming an erasure."""
+    reset_pg_database(pg_url)
+    role = f"rj_test_role_{uuid.uuid4().hex[:8]}"
+    admin = SqlStore(pg_url)
+    with admin.connect() as s:
+        s.execute("CREATE SCHEMA s")
+        s.execute("CREATE TABLE s.t (id BIGINT PRIMARY KEY)")
+        s.execute(f"CREATE ROLE {role} LOGIN")
+        s.execute(f"GRANT USAGE ON SCHEMA s TO {role}")
+        s.execute(f"GRANT SELECT, DELETE ON s.t TO {role}")
+    try:
+        plain = SqlStore(sa.engine.make_url(pg_url).set(username=role, password=None)
+                         .render_as_string(hide_password=False))
+        result = plain.purge(["s.t"], full=True)
+        assert result["tables"] == 0 and result["skipped_not_owner"] == ["s.t"]
+        with plain.connect(read_only=True) as s, pytest.raises(ConfigError):
+            list(plain.raw_blobs(s, ["s.t"]))
+    finally:
+        with admin.connect() as s:
+            s.execute(f"DROP OWNED BY {role}")
+            s.execute(f"DROP ROLE {role}")
