@@ -94,6 +94,8 @@ class RunOptions:
     """Refuse (before changing anything) to delete more than this share of any table; None: no limit."""
     dry_run: bool = False
     purposes: tuple[str, ...] | None = None
+    mode: str = "run"
+    """Recorded in the runs table: run (the policies) or request (a data-subject request)."""
     purge: bool = True
     """After a run that changed rows, make the old bytes unrecoverable (DuckDB: compact into a
     fresh file; PostgreSQL: VACUUM, or VACUUM FULL where a policy asks for `purge: full`)."""
@@ -173,7 +175,7 @@ class Applier:
         if self.options.dry_run:
             return self._report(started, t0, [RuleResult(plan=rp) for rp in plan.rules], fingerprints, dry=True)
         self.check_delete_share(plan)
-        control.start_run(self.session, self.run_id, self.as_of, "run", self.policies.digest)
+        control.start_run(self.session, self.run_id, self.as_of, self.options.mode, self.policies.digest)
         results: dict[str, RuleResult] = {}
         try:
             ordered = sorted(plan.rules, key=lambda rp: {"delete": 0, "anonymise": 1, "retain": 2}[rp.action])
@@ -283,7 +285,8 @@ class Applier:
                 self._suppress(b, victims)
             erasure.record_where(self.session, self._key(), self.run_id, b.table,
                                  erasure.tracked_columns(b.table, b.rule.suppress),
-                                 lambda r: _in_stage(r, keys, victims.subquery()))
+                                 lambda r: _in_stage(r, keys, victims.subquery()),
+                                 lambda r, c: self.pred.marked(b.table, keys, r, c))
             self._drop_markers(b.table, keys, victims)
             n = self.session.execute(sa.delete(target).where(_in_stage(target, keys, victims.subquery())))
             if b.cascades:
@@ -308,7 +311,8 @@ class Applier:
                     self._drop_markers(link.table, list(link.key),
                                        sa.select(*(c.c[k] for k in link.key)).where(c.c[link.on].in_(values)))
                 erasure.record_where(self.session, self._key(), self.run_id, link.table,
-                                     erasure.tracked_columns(link.table), lambda r: r.c[link.on].in_(values))
+                                     erasure.tracked_columns(link.table), lambda r: r.c[link.on].in_(values),
+                                     (lambda r, c: self.pred.marked(link.table, link.key, r, c)) if link.key else None)
                 n = self.session.execute(sa.delete(child).where(child.c[link.on].in_(values)))
             elif action == "unlink":
                 n = self.session.execute(sa.update(child).where(child.c[link.on].in_(values)).values({link.on: None}))

@@ -26,6 +26,7 @@ from retention_jobs.errors import (
     PolicyError,
     RetentionError,
     StoreUnavailable,
+    safe_message,
 )
 from retention_jobs.explain import render, to_json
 from retention_jobs.load import PolicySet, load_policies
@@ -35,12 +36,6 @@ out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_POLICIES = "policies"
-
-
-def _safe(exc: BaseException) -> str:
-    """An unexpected error's message without quoted values (a database error can quote a key)."""
-    text = re.sub(r"\"[^\"]*\"|'[^']*'", "<value>", str(exc))
-    return mask_url(f"{type(exc).__name__}: {text}")
 
 
 def _fail(exc: BaseException) -> None:
@@ -57,7 +52,7 @@ def _fail(exc: BaseException) -> None:
     if isinstance(exc, (ConfigError, RetentionError)):
         err.print(f"error: {mask_url(str(exc))}", markup=False, highlight=False)
         sys.exit(2)
-    err.print(f"unexpected error: {_safe(exc)}", markup=False, highlight=False)
+    err.print(f"unexpected error: {safe_message(exc)}", markup=False, highlight=False)
     sys.exit(1)
 
 
@@ -328,15 +323,22 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
 
 @holds.command("release")
 @store_option
+@policies_option
 @click.argument("hold_id")
 @click.option("--by", "released_by", default=None)
-def holds_release(store, hold_id, released_by) -> None:
-    """Release a hold; its rows become eligible at the next run."""
+@click.option("--as-of", "as_of", default=None, help="Date to count the freed rows for (YYYY-MM-DD); default today.")
+def holds_release(store, policy_dir, hold_id, released_by, as_of) -> None:
+    """Release a hold; its rows become eligible at the next run (prints how many, counts only)."""
+    from retention_jobs.requests import hold_effect
+
+    policies = load_policies([policy_dir])
     s = open_store(store)
     with s.connect() as session:
+        effect = hold_effect(s, session, policies, _as_of(as_of, policies), hold_id)
         if not control.release_hold(session, hold_id, released_by):
             raise ConfigError(f"no active hold {hold_id!r}; see `retention-jobs holds list`")
-    out.print(f"hold {hold_id} released", markup=False)
+    out.print(f"hold {hold_id} released: it protected {effect.protected} rows past their period; the next run "
+              f"acts on {effect.freed} of them (+{effect.cascade_rows} cascade rows)", markup=False, soft_wrap=True)
 
 
 @holds.command("list")
@@ -457,6 +459,7 @@ def lint_command(paths: tuple[str, ...], store: str | None) -> None:
         err.print(f"{len(problems)} lint problem(s) in {len(policies.files)} policy files", style="red")
         sys.exit(1)
     out.print(f"{len(policies.files)} policy files: no lint problems")
+
 
 # --- data-subject requests -------------------------------------------------------------------
 

@@ -76,12 +76,17 @@ def record(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, co
 
 
 def record_where(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
-                 where: Callable[[sa.TableClause], sa.ColumnElement]) -> int:
-    """Fetch `columns` of the rows `where(table)` selects (about to be erased), and record them."""
+                 where: Callable[[sa.TableClause], sa.ColumnElement],
+                 anonymised: Callable[[sa.TableClause, str], sa.ColumnElement] | None = None) -> int:
+    """Fetch `columns` of the rows `where(table)` selects (about to be erased), and record them.
+    `anonymised(table, column)` tells where a value is already an anonymised one (a hash or a
+    fake): that is no personal value, and the original was recorded when it was replaced."""
     if not columns:
         return 0
     t = sa_table(info).alias("rj_r")
-    data = pl.from_arrow(session.arrow(sa.select(*(t.c[c] for c in columns)).where(where(t))))
+    exprs = [sa.case((anonymised(t, c), sa.null()), else_=t.c[c]).label(c) if anonymised else t.c[c]
+             for c in columns]
+    data = pl.from_arrow(session.arrow(sa.select(*exprs).where(where(t))))
     return record(session, key, run_id, info, columns, data)
 
 

@@ -480,7 +480,7 @@ def process_request(store: Store, session: Session, policies: PolicySet, req: Re
             planner = Planner(store, session, policies, as_of, SubjectPredicates, **options)
             suppressed = suppress_subject(session, planner, key)
         report = Applier(store, session, policies, as_of, key,
-                         RunOptions(max_delete_fraction=None, purposes=tuple(purposes)),
+                         RunOptions(max_delete_fraction=None, purposes=tuple(purposes), mode="request"),
                          predicates=SubjectPredicates, **options).run()
         run_id = report.run_id
         _count_changes(report, outcomes)
