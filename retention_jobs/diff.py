@@ -19,6 +19,7 @@ revision deletes anyway are not the change's doing.
 """
 
 import json
+import re
 import subprocess
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.dialects import postgresql
 
 from retention_jobs.errors import ConfigError, PolicyError, Problem
 from retention_jobs.load import (
@@ -148,6 +150,8 @@ class Approval(BaseModel):
     """The largest share of a table the rule's change may delete in one run (0 < x <= 1)."""
     approved_by: str = Field(min_length=1)
     reason: str = Field(min_length=1)
+    expires: date | None = None
+    """Optional last as-of date on which the approval counts."""
 
     @property
     def rule_id(self) -> str:
@@ -414,6 +418,31 @@ def _acting_on(p: Planner, table: str, action: str, t: sa.TableClause) -> sa.Col
     return _coalesced(parts)
 
 
+def _flags(t: sa.TableClause, **predicates: sa.ColumnElement) -> sa.Subquery:
+    """One boolean column per predicate, each evaluated once per row: counting over this
+    subquery is much faster than repeating the predicates (with their correlated subqueries)
+    inside several sums."""
+    return sa.select(*(sa.func.coalesce(p, sa.false()).label(name) for name, p in predicates.items())
+                     ).select_from(t).subquery("rj_flags")
+
+
+_DIALECT = postgresql.dialect()
+_ALIAS = re.compile(r"\bt\d+\b")
+
+
+def _canonical(expr: sa.ColumnElement) -> tuple[str, tuple]:
+    """SQL and parameters of a predicate with its table aliases numbered by first appearance:
+    two predicates with the same canonical form select the same rows."""
+    compiled = expr.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    names: dict[str, str] = {}
+    sql = _ALIAS.sub(lambda m: names.setdefault(m.group(0), f"a{len(names)}"), str(compiled))
+    return sql, tuple(repr(compiled.params[k]) for k in sorted(compiled.params))
+
+
+def _same(a: sa.ColumnElement, b: sa.ColumnElement) -> bool:
+    return _canonical(a) == _canonical(b)
+
+
 def _sum(cond: sa.ColumnElement) -> sa.ColumnElement:
     return sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0)
 
@@ -503,12 +532,12 @@ def _compare(store: Store, session: Session, base: PolicySet, head: PolicySet, a
         base_act = rb.to_act if rb else 0
         head_act = rh.to_act if rh else 0
         if bb and bh and bb.rule.action == bh.rule.action and bb.table.name == bh.table.name:
-            if base_act or head_act:
-                t = alias(bh.table)
-                act_h = sa.func.coalesce(ph.pred.actionable(bh, t), sa.false())
-                act_b = sa.func.coalesce(pb.pred.actionable(bb, t), sa.false())
+            t = alias(bh.table)
+            act_h, act_b = ph.pred.actionable(bh, t), pb.pred.actionable(bb, t)
+            if (base_act or head_act) and not _same(act_h, act_b):
+                f = _flags(t, h=act_h, b=act_b)
                 newly, no_longer = session.fetchall(
-                    sa.select(_sum(sa.and_(act_h, ~act_b)), _sum(sa.and_(act_b, ~act_h))).select_from(t))[0]
+                    sa.select(_sum(sa.and_(f.c.h, ~f.c.b)), _sum(sa.and_(f.c.b, ~f.c.h))).select_from(f))[0]
             else:
                 newly = no_longer = 0
         else:
@@ -539,12 +568,16 @@ def _compare(store: Store, session: Session, base: PolicySet, head: PolicySet, a
     for name in sorted(names):
         info = ph.catalog.tables.get(name) or pb.catalog.tables[name]
         t = alias(info)
-        del_h, del_b = _acting_on(ph, name, "delete", t), _acting_on(pb, name, "delete", t)
-        an_h, an_b = _acting_on(ph, name, "anonymise", t), _acting_on(pb, name, "anonymise", t)
+        flags = dict(dh=_acting_on(ph, name, "delete", t), db=_acting_on(pb, name, "delete", t),
+                     ah=_acting_on(ph, name, "anonymise", t), ab=_acting_on(pb, name, "anonymise", t))
+        if _same(flags["dh"], flags["db"]) and _same(flags["ah"], flags["ab"]):
+            continue  # the same rows either way: nothing to report, nothing new for the guard
+        f = _flags(t, **flags)
+        c = f.c
         row = session.fetchall(sa.select(
-            sa.func.count(), _sum(del_b), _sum(del_h), _sum(sa.and_(del_h, ~del_b)), _sum(sa.and_(del_b, ~del_h)),
-            _sum(an_b), _sum(an_h), _sum(sa.and_(an_h, ~an_b)), _sum(sa.and_(an_b, ~an_h)),
-        ).select_from(t))[0]
+            sa.func.count(), _sum(c.db), _sum(c.dh), _sum(sa.and_(c.dh, ~c.db)), _sum(sa.and_(c.db, ~c.dh)),
+            _sum(c.ab), _sum(c.ah), _sum(sa.and_(c.ah, ~c.ab)), _sum(sa.and_(c.ab, ~c.ah)),
+        ).select_from(f))[0]
         total, *counts = (int(v) for v in row)
         n = guard.get(name, 0)
         td = TableDiff(name, total, *counts, head_delete_rows=n, share=(n / total if total else 0.0),
@@ -552,6 +585,8 @@ def _compare(store: Store, session: Session, base: PolicySet, head: PolicySet, a
         if limit is not None and td.share > limit and td.newly_deleted > 0:
             td.over = True
             for a in approvals:
+                if a.approval.expires and a.approval.expires < as_of:
+                    continue
                 if a.approval.rule_id in td.rules and a.approval.max_fraction >= td.share:
                     td.approved_by = f"{a.approval.approved_by} ({a.path})"
                     break
@@ -559,9 +594,15 @@ def _compare(store: Store, session: Session, base: PolicySet, head: PolicySet, a
 
     known = set(bound_b) | set(bound_h)
     notes = _policy_notes(base, head)
+    for r in rules:
+        if r.changed_strategies:
+            notes.append(f"{r.rule_id}: rows anonymised before keep what the old strategy wrote into "
+                         f"{', '.join(r.changed_strategies)}; the new strategy applies to rows anonymised from now on")
     for a in approvals:
         if a.approval.rule_id not in known:
             notes.append(f"approval {a.path} names {a.approval.rule_id}, which is in neither revision")
+        if a.approval.expires and a.approval.expires < as_of:
+            notes.append(f"approval {a.path} expired on {a.approval.expires}")
     return PlanDiff(
         base=base_label, head=head_label, as_of=as_of, store=store.describe(), max_delete_fraction=limit,
         rules=rules, tables=[t for t in tables if t.changed or t.over], notes=notes, unchanged_rules=unchanged,
@@ -583,7 +624,11 @@ def _rule_to_act(r: RuleDiff) -> str:
 
 
 def _rule_change(r: RuleDiff) -> str:
-    return "; ".join(r.changes) if r.changes else "(counts only)"
+    return "; ".join(r.changes) if r.changes else "unchanged; other rules changed"
+
+
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _guard_cell(t: TableDiff) -> str:
@@ -602,7 +647,7 @@ def summary_line(d: PlanDiff, markdown: bool = True) -> str:
     s = d.totals()
     bold = "**" if markdown else ""
     code = "`" if markdown else ""
-    parts = [f"{s['rules_changed']} rule(s) changed", f"{s['rules_added']} added", f"{s['rules_removed']} removed"]
+    parts = [f"{_n(s['rules_changed'], 'rule')} changed", f"{s['rules_added']} added", f"{s['rules_removed']} removed"]
     text = (f"{bold}Retention diff{bold} {code}{d.base}{code} → {code}{d.head}{code} as of {d.as_of}: "
             f"{', '.join(parts)}; a run would newly delete {s['newly_deleted']} rows, newly anonymise "
             f"{s['newly_anonymised']}, no longer act on {s['no_longer_acted_on']}.")
@@ -650,8 +695,8 @@ def to_markdown(d: PlanDiff) -> str:
             + ". If that is intended, add `approvals/<name>.yaml` (`purpose`, `rule`, `max_fraction` at least "
             "the share above, `approved_by`, `reason`) to this pull request; see docs/review.md.")
         lines.append("")
-    lines.append(f"<sub>Both revisions planned on one snapshot of the store; {d.unchanged_rules} rule(s) "
-                 "unchanged. Counts only.</sub>")
+    others = f"; {_n(d.unchanged_rules, 'other rule')} unchanged" if d.unchanged_rules else ""
+    lines.append(f"<sub>Both revisions planned on one snapshot of the store{others}. Counts only, no values.</sub>")
     return "\n".join(lines) + "\n"
 
 
