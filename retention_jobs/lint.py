@@ -61,6 +61,19 @@ def _rid(f: PolicyFile, r: Rule) -> str:
     return f"{f.policy.purpose}/{r.name}"
 
 
+def _as_long(r: Rule) -> str:
+    return f"keep_for: {r.keep_for}" + (f" with round_clock_to: {r.round_clock_to}" if r.round_clock_to else "")
+
+
+def period_text(r: Rule) -> str:
+    """keep_for with the rounding that shifts its start: `P5Y from the end of the year`."""
+    if r.round_clock_to == "year_end":
+        return f"{r.keep_for} from the end of the year"
+    if r.round_clock_to == "month_end":
+        return f"{r.keep_for} from the end of the month"
+    return r.keep_for
+
+
 # Reference clock dates for comparing periods: two whole years, one of them a leap year, so
 # that month ends, leap days and year-end rounding all occur.
 _REFERENCE_DAYS = [date(2023, 1, 1) + timedelta(days=n) for n in range(731)]
@@ -240,29 +253,30 @@ def _pair(x: tuple[PolicyFile, int, Rule], y: tuple[PolicyFile, int, Rule]) -> l
             out.append(_problem(
                 fx, "RJ103", (*base, "action"),
                 f"{rx.action} contradicts the retain rule {yid}: same table, clock and filters, and "
-                f"keep_for {rx.keep_for} ends before its {ry.keep_for}, so this rule can never act when it says",
-                f"make keep_for at least {ry.keep_for}, or remove one of the two rules"))
+                f"keep_for {period_text(rx)} ends before its {period_text(ry)}, so this rule never acts when "
+                "its keep_for says",
+                f"make it last at least as long ({_as_long(ry)}), or remove one of the two rules"))
         else:
             out.append(_problem(
                 fx, "RJ102", (*base, "keep_for"),
-                f"keep_for {rx.keep_for} ends before the retain rule {yid} ({ry.keep_for}, same clock) on "
-                f"{rx.table}; rows matching both are kept until the retain period ends",
-                f"make keep_for at least {ry.keep_for}, or narrow `where` so the rules do not overlap"))
+                f"keep_for {period_text(rx)} ends before the retain rule {yid} ({period_text(ry)}, same clock) "
+                f"on {rx.table}; rows matching both are kept until the retain period ends",
+                f"make it last at least as long ({_as_long(ry)}), or narrow `where` so the rules do not overlap"))
     # x anonymises, y deletes
     if rx.action == "anonymise" and ry.action == "delete" and never_after(ry, rx):
         cols = ", ".join(rx.columns)
         if fx.policy.purpose == fy.policy.purpose and same_expiry(rx, ry):
             out.append(_problem(
                 fx, "RJ103", (*base, "action"),
-                f"anonymise contradicts {yid}: both act on the same clock after {rx.keep_for}, and deletion "
+                f"anonymise contradicts {yid}: both act on the same clock after {period_text(rx)}, and deletion "
                 "wins, so these rows are never anonymised",
                 "drop the anonymise rule, or give it a shorter keep_for than the delete rule"))
         else:
             out.append(_problem(
                 fx, "RJ104", (*base, "columns"),
                 f"anonymises {cols}, but {yid} deletes the rows "
-                f"{'at the same time' if same_expiry(rx, ry) else 'earlier'} ({ry.keep_for} vs {rx.keep_for}, "
-                "same clock), so they are never anonymised",
+                f"{'at the same time' if same_expiry(rx, ry) else 'earlier'} ({period_text(ry)} vs "
+                f"{period_text(rx)}, same clock), so they are never anonymised",
                 "drop the anonymise rule, or make it shorter than the delete rule"))
     # two anonymise rules writing one column differently at the same time
     if (rx.action == "anonymise" and ry.action == "anonymise" and same_expiry(rx, ry)
