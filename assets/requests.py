@@ -1,7 +1,7 @@
 """Data-subject requests in Dagster: an asset that processes the requests that are due, a sensor
 that starts it when there are any, and a daily check of the one-month deadline (GDPR Art. 12(3)).
 
-Not wired into `retention_jobs/definitions.py` here. To wire it: `data_subject_requests` into
+Wired into `retention_jobs/definitions.py`: `data_subject_requests` into
 `assets=`, `request_deadline_check` into `asset_checks=`, `request_sensor` into `sensors=`,
 `request_deadline_job` into `jobs=` and `request_deadline_schedule` into `schedules=`. The asset
 sits in its own group (`requests`), unpartitioned, so the partitioned nightly job (group

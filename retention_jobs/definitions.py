@@ -11,6 +11,13 @@ from pathlib import Path
 import dagster as dg
 
 from assets.policy_assets import partitions_def, policy_assets, source_specs
+from assets.requests import (
+    data_subject_requests,
+    request_deadline_check,
+    request_deadline_job,
+    request_deadline_schedule,
+    request_sensor,
+)
 from assets.resources import PROJECT_ROOT, resources
 from assets.schedules import nightly_job, nightly_schedule
 from retention_jobs.load import load_policies
@@ -33,9 +40,11 @@ def build_definitions(policies: str | Path | None = None) -> dg.Definitions:
     partitions = partitions_def()
     job = nightly_job()
     return dg.Definitions(
-        assets=[*source_specs(policy_set), *policy_assets(policy_set, partitions)],
-        jobs=[job],
-        schedules=[nightly_schedule(job)],
+        assets=[*source_specs(policy_set), *policy_assets(policy_set, partitions), data_subject_requests],
+        asset_checks=[request_deadline_check],
+        jobs=[job, request_deadline_job],
+        schedules=[nightly_schedule(job), request_deadline_schedule],
+        sensors=[request_sensor],
         resources=resources(),
         # One process per run: DuckDB takes one writer process at a time, and the policy
         # steps of a run share the store anyway (see the pool in dagster.yaml).

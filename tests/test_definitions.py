@@ -77,7 +77,9 @@ def test_the_code_location_loads_one_asset_per_policy(defs):
     assert {k for k in keys if k.path[0] == "source"} == {
         dg.AssetKey(["source", *t.split(".")]) for t in tables}
     assert repo.get_job(JOB) is not None
-    assert [s.name for s in repo.schedule_defs] == [f"{JOB}_schedule"]
+    assert sorted(s.name for s in repo.schedule_defs) == [f"{JOB}_schedule", "request_deadlines_daily"]
+    assert [s.name for s in repo.sensor_defs] == ["request_sensor"]
+    assert dg.AssetKey(["requests", "data_subject_requests"]) in keys
     for f in policies.files:
         node = repo.asset_graph.get(dg.AssetKey(["retention", f.policy.purpose]))
         assert node.group_name == "retention"
