@@ -715,6 +715,7 @@ def to_json(d: PlanDiff) -> str:
 
 def render(d: PlanDiff, console) -> None:
     """For a terminal: the same content as the markdown, as rich tables."""
+    from rich.markup import escape
     from rich.table import Table
 
     console.print(summary_line(d, markdown=False), markup=False, highlight=False)
@@ -724,7 +725,7 @@ def render(d: PlanDiff, console) -> None:
                               ("to act", "right"), ("newly", "right"), ("no longer", "right")]:
             rt.add_column(name, justify=justify)
         for r in d.rules:
-            rt.add_row(r.rule_id, r.table, r.action, _rule_change(r), _rule_to_act(r), str(r.newly),
+            rt.add_row(r.rule_id, r.table, r.action, escape(_rule_change(r)), _rule_to_act(r), str(r.newly),
                        str(r.no_longer))
         console.print(rt)
     if d.tables:
@@ -736,7 +737,7 @@ def render(d: PlanDiff, console) -> None:
             tt.add_row(t.table, str(t.rows), _arrow(t.deleted_base, t.deleted_head), str(t.newly_deleted),
                        str(t.no_longer_deleted), _arrow(t.anonymised_base, t.anonymised_head),
                        str(t.newly_anonymised), str(t.no_longer_anonymised), f"{t.share:.1%}",
-                       _guard_cell(t).replace("**", ""))
+                       escape(_guard_cell(t).replace("**", "")))
         console.print(tt)
     for note in d.notes:
         console.print(f"  note: {note}", markup=False, highlight=False)
