@@ -216,6 +216,29 @@ def test_counts_never_values(steady, tmp_path, monkeypatch):
         assert not [v for v in values if v in result.stdout]
 
 
+@pytest.mark.postgres
+def test_postgres_store_gives_the_same_comment(tmp_path, monkeypatch):
+    """The same case on PostgreSQL (one REPEATABLE READ snapshot, read-only session): the same
+    demo rows and the same prerun give exactly the same comment."""
+    from stores import pg_database
+
+    from retention_jobs.demo import load_store
+
+    d = FIXTURES / "newsletter-keep-for"
+    with pg_database() as url:
+        store = open_store(url)
+        load_store(store, ROWS, date.fromisoformat(AS_OF))
+        with store.connect() as session:
+            control.ensure_control_schema(store, session)
+        run_policies(store, load_policies([d / "base"]), PRERUN, PseudonymKey.from_text(DEMO_KEY_TEXT),
+                     RunOptions(max_delete_fraction=None))
+        repo = make_repo(tmp_path / "repo", d / "base", d / "head")
+        result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF, "--store", url,
+                         "--format", "markdown", monkeypatch=monkeypatch)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.stdout == (d / "expected.md").read_text()
+
+
 # --- failures --------------------------------------------------------------------------------
 
 
