@@ -142,7 +142,8 @@ class Predicates:
                                                 h.c.released_at.is_(None))))
         for link in b.cascades:
             parts.append(self._link_exists(link, t, lambda lk, _c: self.table_held(lk.table.name)))
-        return sa.or_(*parts)
+        # a NULL subject matches no subject hold: false, not unknown
+        return sa.func.coalesce(sa.or_(*parts), sa.false())
 
     def _link_exists(self, link: Link, parent: sa.TableClause, test) -> sa.ColumnElement:
         """True where a row of `link` (or below it) linked to `parent` passes `test`."""
@@ -171,7 +172,7 @@ class Predicates:
         for link in b.cascades:
             if self._has_retain(link):
                 parts.append(self._link_exists(link, t, lambda lk, c: self.retained_here(lk.table.name, c)))
-        return sa.or_(*parts)
+        return sa.func.coalesce(sa.or_(*parts), sa.false())
 
     def _has_retain(self, link: Link) -> bool:
         return bool(self.retain_rules(link.table.name)) or any(self._has_retain(c) for c in link.children)
