@@ -179,8 +179,13 @@ class Applier:
         results: dict[str, RuleResult] = {}
         try:
             ordered = sorted(plan.rules, key=lambda rp: {"delete": 0, "anonymise": 1, "retain": 2}[rp.action])
+            # every rule's rows are chosen before any rule changes anything: a rule must not act
+            # on rows that an earlier rule of the same run turned into matches (its plan did not
+            # count them); the per-batch re-check can only drop rows
+            staged = {rp.rule_id: self._stage_keys(bound[rp.rule_id], f"rj_keys_{i}")
+                      for i, rp in enumerate(ordered) if rp.action != "retain" and rp.to_act}
             for rp in ordered:
-                results[rp.rule_id] = self.apply_rule(bound[rp.rule_id], rp)
+                results[rp.rule_id] = self.apply_rule(bound[rp.rule_id], rp, staged.get(rp.rule_id))
         except BaseException:
             control.finish_run(self.session, self.run_id, "failed", {})
             raise
@@ -206,7 +211,14 @@ class Applier:
             key_id=self.key.key_id if self.key and action in ("anonymise", "suppress") else None,
             seconds=round(seconds, 4), **counts)
 
-    def apply_rule(self, b: BoundRule, rp: RulePlan) -> RuleResult:
+    def _stage_keys(self, b: BoundRule, name: str) -> sa.TableClause:
+        t = alias(b.table)
+        key_cols = [t.c[k] for k in b.rule.keys]
+        return self.session.stage_query(
+            name, sa.select(*key_cols, sa.func.row_number().over(order_by=key_cols).label("rj_n"))
+            .where(self.pred.actionable(b, t)))
+
+    def apply_rule(self, b: BoundRule, rp: RulePlan, staged: sa.TableClause | None = None) -> RuleResult:
         t0 = time.perf_counter()
         with self.session.transaction():
             self._audit(b, b.table.name, "plan", 0, 0.0, expired=rp.expired, held=rp.held,
@@ -224,12 +236,7 @@ class Applier:
             if n:
                 done += self._delete_batch(b, stage, counts, batches, resumed=True)
                 batches += 1
-        if rp.to_act:
-            t = alias(b.table)
-            key_cols = [t.c[k] for k in b.rule.keys]
-            staged = self.session.stage_query(
-                "rj_keys", sa.select(*key_cols, sa.func.row_number().over(order_by=key_cols).label("rj_n"))
-                .where(self.pred.actionable(b, t)))
+        if staged is not None:
             total = self.session.scalar(sa.select(sa.func.count()).select_from(staged))
             size = self.options.batch_size
             for lo in range(0, total, size):
@@ -246,7 +253,7 @@ class Applier:
                     done += self._anonymise_batch(b, confirmed, counts, batches)
                 batches += 1
                 self.progress(b.id, min(lo + size, total), total)
-            self.session.drop_stage("rj_keys")
+            self.session.drop_stage(staged.name)
         self.session.drop_stage("rj_confirmed")
         return RuleResult(
             plan=rp, deleted=done if b.rule.action == "delete" else 0,
