@@ -526,10 +526,11 @@ def main() -> None:
         print(msg, file=sys.stderr, flush=True)
 
     free = shutil.disk_usage(args.work_dir).free
+    git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
     meta = {"started": machine_load(), "python": sys.version.split()[0], "platform": platform.platform(),
             "cpus": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "work_dir": args.work_dir, "work_dir_free_gb": round(free / 2**30, 1),
-            "batch_size": args.batch_size, "runs": args.runs, "generator": GENERATOR, "as_of": str(W.AS_OF),
+            "engine_commit": git.stdout.strip() or None, "batch_size": args.batch_size, "runs": args.runs, "generator": GENERATOR, "as_of": str(W.AS_OF),
             "strategies": W.SIX_STRATEGIES}
     from importlib.metadata import PackageNotFoundError, version
 
@@ -566,7 +567,7 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     doc = {"meta": meta, "results": col.rows, "targets": ts}
     md = (f"# retention-jobs benchmarks {stamp}\n\nload at start: `{meta['started']['uptime']}`; at end: "
-          f"`{meta['finished']['uptime']}`; {meta['cpus']} cores, {meta['memory_gb']} GiB; batch size "
+          f"`{meta['finished']['uptime']}`; commit {meta['engine_commit']}; {meta['cpus']} cores, {meta['memory_gb']} GiB; batch size "
           f"{args.batch_size}; median of {args.runs} runs\n\n{table(col.rows)}\n\n## Targets\n\n{target_table(ts)}\n")
     for name in (f"results-{stamp}", "latest"):
         (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2, default=str))
