@@ -186,6 +186,7 @@ _ARROW_BY_OID: dict[int, pa.DataType] = {
 }
 _JSON_OIDS = {114, 3802}
 _UUID_OID = 2950
+_BPCHAR_OID = 1042
 _NUMERIC_OID = 1700
 
 
@@ -203,7 +204,11 @@ def _arrow_type(col: Any) -> pa.DataType | None:
 
 
 def _to_arrow(values: list, t: pa.DataType | None, oid: int | None) -> pa.Array:
-    if oid in _JSON_OIDS:
+    if oid == _BPCHAR_OID:
+        # CHAR(n) pads with blanks that PostgreSQL itself treats as insignificant ('a'::char(3)
+        # = 'a'); without them a value hashes, fakes and compares as in any other store
+        values = [None if v is None else v.rstrip(" ") for v in values]
+    elif oid in _JSON_OIDS:
         values = [None if v is None else json.dumps(v, default=str, sort_keys=True) for v in values]
     elif oid == _UUID_OID:
         values = [None if v is None else str(v) for v in values]
