@@ -226,7 +226,7 @@ def test_transactions_roll_back_on_error_and_commit_otherwise(store):
     with store.connect() as s:
         # DDL outside a transaction is committed at once (visible from another session)
         s.execute("CREATE SCHEMA IF NOT EXISTS s")
-        s.execute("CREATE TABLE IF NOT EXISTS s.t (id BIGINT PRIMARY KEY, v VARCHAR)")
+        s.execute("CREATE TABLE IF NOT EXISTS s.t (id BIGINT PRIMARY KEY, v VARCHAR CHECK (v NOT LIKE '%forbidden%'))")
         s.execute(sa.insert(t).values(id=1, v="kept"))  # outside a transaction: committed
         with pytest.raises(RuntimeError), s.transaction():
             s.execute(sa.insert(t).values(id=2, v="gone"))
@@ -238,6 +238,8 @@ def test_transactions_roll_back_on_error_and_commit_otherwise(store):
         # transaction leaves nothing behind either
         with pytest.raises(Exception):  # noqa: B017
             s.execute(sa.insert(t).values(id=1, v="duplicate again"))
+        with pytest.raises(Exception), s.transaction():  # noqa: B017 (the CHECK with a literal %)
+            s.execute(sa.insert(t).values(id=5, v="a forbidden value"))
         with s.transaction():
             assert s.execute(sa.update(t).where(t.c.id == 1).values(v="changed")) == 1
             s.execute(sa.insert(t).values(id=4, v="new"))

@@ -291,7 +291,10 @@ class SqlSession(Session):
     # -- the interface -------------------------------------------------------------------
 
     def execute(self, stmt: sa.Executable | str, params: Any = None) -> int:
-        """Run a statement; a string runs as is with the driver's `%(name)s` parameters."""
+        """Run a statement. A string runs as written; with `params` it uses the driver's
+        `%(name)s` placeholders (and `%%` for a literal percent sign)."""
+        if isinstance(stmt, str) and params is None:
+            stmt = stmt.replace("%", "%%")  # psycopg reads placeholders in every statement
         with self._op():
             return self._exec(stmt, params, preserve_rowcount=True).rowcount
 
