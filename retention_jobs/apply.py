@@ -10,6 +10,7 @@ activity of a contact) cannot strand its parent.
 """
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,15 @@ from retention_jobs.load import PolicySet
 from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
 from retention_jobs.predicates import Predicates, alias
 from retention_jobs.resolve import BoundRule, Link
-from retention_jobs.store.base import CONTROL_SCHEMA, Session, Store, TableInfo, sa_table, sa_type
+from retention_jobs.store.base import (
+    CONTROL_SCHEMA,
+    ColumnInfo,
+    Session,
+    Store,
+    TableInfo,
+    sa_table,
+    sa_type,
+)
 
 Progress = Callable[[str, int, int], None]
 
@@ -399,7 +408,7 @@ class Applier:
         out = anonymise_frame(data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale, digests)
         staged = self.session.stage("rj_anon", out.select(*keys, *columns).to_arrow())
         target = sa_table(info)
-        self.session.execute(sa.update(target).values({c: staged.c[c] for c in columns})
+        self.session.execute(sa.update(target).values({c: _as_column_type(staged.c[c], info.columns[c]) for c in columns})
                              .where(*(target.c[k] == staged.c[k] for k in keys)))
         fresh = {c: ~pl.col(f"_done__{c}") for c in columns}
         markers = data.with_columns(
@@ -420,6 +429,26 @@ class Applier:
 
 
 _COUNT = {"delete": "deleted", "unlink": "unlinked", "anonymise": "anonymised"}
+
+
+class _StoreType(sa.types.UserDefinedType):
+    """A column type by the name the store's catalog gave it (UUID, INET, ...)."""
+
+    cache_ok = True
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def get_col_spec(self, **kw) -> str:
+        return self.name
+
+
+def _as_column_type(value: sa.ColumnElement, col: ColumnInfo) -> sa.ColumnElement:
+    """Staged values arrive as Arrow's types; a column of a type Arrow has no name for (UUID on
+    PostgreSQL) needs an explicit cast. The name comes from the store's catalog, never a policy."""
+    if col.type == "other" and re.fullmatch(r"[A-Za-z][A-Za-z0-9_ ]*(\(\d+(,\s*\d+)?\))?", col.raw_type):
+        return sa.cast(value, _StoreType(col.raw_type))
+    return value
 
 
 def run_policies(store: Store, policies: PolicySet, as_of: date, key: PseudonymKey | None,
