@@ -915,6 +915,12 @@ def load_store(store: Store, rows: int, as_of: date, seed: int = 7) -> dict[str,
                 cols = ", ".join(df.columns)
                 session.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM demo_rows")
                 session.drop_stage("demo_rows")
+            if store.kind != "duckdb":
+                # PostgreSQL does not index the referencing side of a foreign key; cascades,
+                # related clocks and hold checks join on exactly those columns
+                for table, column, _, _ in sorted(set(foreign_keys())):
+                    session.execute(f"CREATE INDEX IF NOT EXISTS {table.split('.')[1]}_{column}_idx "
+                                    f"ON {table} ({column})")
     return {name: df.height for name, df in tables.items()}
 
 
