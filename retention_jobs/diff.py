@@ -34,14 +34,13 @@ from sqlalchemy.dialects import postgresql
 
 from retention_jobs.errors import ConfigError, PolicyError, Problem
 from retention_jobs.load import (
-    PolicyFile,
     PolicySet,
     _locate,
     _MarkedLoader,
     _to_python,
     format_loc,
     load_policies,
-    load_text,
+    load_texts,
     policy_paths,
 )
 from retention_jobs.plan import Plan, Planner, link_paths, parent_values
@@ -105,27 +104,6 @@ def revision_files(ref: str, path: str, cwd: Path | None = None,
         text = _git(["show", f"{ref}:./{name}"], cwd)
         out.append((f"{ref}:{name}", text))
     return out
-
-
-def load_texts(items: Iterable[tuple[str, str]]) -> PolicySet:
-    """`load_policies` for texts: every problem of every file, duplicate purposes too."""
-    problems: list[Problem] = []
-    files: list[PolicyFile] = []
-    for shown, text in items:
-        try:
-            files.append(load_text(text, shown))
-        except PolicyError as e:
-            problems.extend(e.problems)
-    seen: dict[str, PolicyFile] = {}
-    for f in files:
-        other = seen.get(f.policy.purpose)
-        if other:
-            problems.append(f.problem(("purpose",), f"purpose {f.policy.purpose!r} is also defined in {other.path}",
-                                      "one file per purpose"))
-        seen[f.policy.purpose] = f
-    if problems:
-        raise PolicyError(problems)
-    return PolicySet(tuple(files))
 
 
 def load_side(ref: str | None, policy_dir: str, cwd: Path | None = None) -> PolicySet:

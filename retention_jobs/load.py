@@ -212,21 +212,12 @@ def policy_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def load_policies(paths: Iterable[str | Path]) -> PolicySet:
-    """Load every file; collect the problems of all of them before raising."""
-    problems: list[Problem] = []
+def load_texts(items: Iterable[tuple[str, str]], problems: list[Problem] | None = None) -> PolicySet:
+    """Validate policy texts given as (shown path, text); collect the problems of all of them
+    (and those passed in), duplicate purposes too, before raising."""
+    problems = list(problems or [])
     files: list[PolicyFile] = []
-    found = policy_paths(paths)
-    if not found:
-        raise PolicyError([Problem(str(next(iter(paths), "policies")), 1, 1, "", "no policy files found",
-                                   "put one YAML file per purpose in policies/")])
-    for path in found:
-        shown = _display(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append(Problem(shown, 1, 1, "", f"cannot read the file: {e.__class__.__name__}", "check the path"))
-            continue
+    for shown, text in items:
         try:
             files.append(load_text(text, shown))
         except PolicyError as e:
@@ -241,6 +232,23 @@ def load_policies(paths: Iterable[str | Path]) -> PolicySet:
     if problems:
         raise PolicyError(problems)
     return PolicySet(tuple(files))
+
+
+def load_policies(paths: Iterable[str | Path]) -> PolicySet:
+    """Load every file; collect the problems of all of them before raising."""
+    problems: list[Problem] = []
+    found = policy_paths(paths)
+    if not found:
+        raise PolicyError([Problem(str(next(iter(paths), "policies")), 1, 1, "", "no policy files found",
+                                   "put one YAML file per purpose in policies/")])
+    items: list[tuple[str, str]] = []
+    for path in found:
+        shown = _display(path)
+        try:
+            items.append((shown, path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(Problem(shown, 1, 1, "", f"cannot read the file: {e.__class__.__name__}", "check the path"))
+    return load_texts(items, problems)
 
 
 def _display(path: Path) -> str:

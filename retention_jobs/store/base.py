@@ -5,6 +5,7 @@ values bound, never string-built); a store only compiles and executes them. `Duc
 and `SqlStore` are the two implementations.
 """
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +82,13 @@ def sa_table(info: TableInfo, alias: str | None = None) -> sa.TableClause:
     t = sa.table(info.short, *(sa.column(c.name, sa_type(c)) for c in info.columns.values()),
                  schema=info.schema)
     return t.alias(alias) if alias else t
+
+
+def safe_ident(name: str) -> str:
+    """A name that goes into DDL as is (temp tables, settings): plain letters, digits, _."""
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        raise ValueError(f"not a safe identifier: {name!r}")
+    return name
 
 
 class Session(ABC):

@@ -26,6 +26,7 @@ from retention_jobs.store.base import (
     Session,
     Store,
     TableInfo,
+    safe_ident,
 )
 
 _DIALECT = postgresql.dialect(paramstyle="numeric_dollar")
@@ -97,18 +98,18 @@ class DuckDBSession(Session):
     def stage(self, name: str, data: pa.Table) -> sa.TableClause:
         self.con.register("_staging_input", data)
         try:
-            self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{_ident(name)}" AS SELECT * FROM _staging_input')
+            self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{safe_ident(name)}" AS SELECT * FROM _staging_input')
         finally:
             self.con.unregister("_staging_input")
         return sa.table(name, *(sa.column(c) for c in data.column_names))
 
     def stage_query(self, name: str, query: sa.Select) -> sa.TableClause:
         sql, args = compile_for_duckdb(query)
-        self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{_ident(name)}" AS {sql}', args)
+        self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{safe_ident(name)}" AS {sql}', args)
         return sa.table(name, *(sa.column(c.name) for c in query.selected_columns))
 
     def drop_stage(self, name: str) -> None:
-        self.con.execute(f'DROP TABLE IF EXISTS temp."{_ident(name)}"')
+        self.con.execute(f'DROP TABLE IF EXISTS temp."{safe_ident(name)}"')
 
     def begin(self) -> None:
         self.con.execute("BEGIN TRANSACTION")
@@ -126,10 +127,6 @@ class DuckDBSession(Session):
             self._lock.close()  # releases the shared lock
 
 
-def _ident(name: str) -> str:
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-        raise ValueError(f"not a safe identifier: {name!r}")
-    return name
 
 
 class DuckDBStore(Store):
@@ -161,7 +158,7 @@ class DuckDBStore(Store):
             con.execute(f"ATTACH ? AS {CATALOG} {'(READ_ONLY)' if read_only else ''}", [str(self.path)])
             con.execute(f"USE {CATALOG}")
             for name, value in self.settings.items():
-                con.execute(f"SET {_ident(name)} = ?", [value])
+                con.execute(f"SET {safe_ident(name)} = ?", [value])
         except duckdb.IOException as e:
             con.close()
             lock.close()

@@ -37,6 +37,7 @@ from retention_jobs.store.base import (
     Session,
     Store,
     TableInfo,
+    safe_ident,
 )
 
 FETCH_ROWS = 10_000
@@ -324,7 +325,7 @@ class SqlSession(Session):
 
     def stage(self, name: str, data: pa.Table) -> sa.TableClause:
         """A temporary table holding `data`, filled with one `COPY ... FROM STDIN` (CSV)."""
-        ident = _ident(name)
+        ident = safe_ident(name)
         quote = self.conn.dialect.identifier_preparer.quote
         cols = ", ".join(f"{quote(c)} {pg_type_for_arrow(t)}" for c, t in zip(data.column_names, data.schema.types, strict=True))
         col_list = ", ".join(quote(c) for c in data.column_names)
@@ -346,7 +347,7 @@ class SqlSession(Session):
 
     def stage_query(self, name: str, query: sa.Select) -> sa.TableClause:
         """A temporary table from a query that runs inside the database (values stay bound)."""
-        ident = _ident(name)
+        ident = safe_ident(name)
         quote = self.conn.dialect.identifier_preparer.quote
         compiled = query.compile(dialect=self.conn.dialect, compile_kwargs={"render_postcompile": True})
         with self._op(temp_tables=True):
@@ -358,7 +359,7 @@ class SqlSession(Session):
     def drop_stage(self, name: str) -> None:
         quote = self.conn.dialect.identifier_preparer.quote
         with self._op(temp_tables=True):
-            self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(_ident(name))}")
+            self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(safe_ident(name))}")
 
     def begin(self) -> None:
         if self._explicit:
@@ -392,10 +393,6 @@ def _qualified(s: "SqlSession", table: str) -> str:
     return f"{quote(schema)}.{quote(short)}" if schema else quote(short)
 
 
-def _ident(name: str) -> str:
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-        raise ValueError(f"not a safe identifier: {name!r}")
-    return name
 
 
 # --- store -----------------------------------------------------------------------------------
