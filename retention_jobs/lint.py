@@ -3,7 +3,7 @@
 Every problem has a stable code (docs/review.md lists them) and is located like a validation
 error, `file:line:col: field: CODE message; hint`:
 
-- RJ101 placeholder owner or title ("TODO", "unknown", "-", ...).
+- RJ101 placeholder owner or title (todo, tbd, unknown, "-", ...).
 - RJ102 a delete or anonymise rule whose period ends before a retain rule's on the same
   table and clock (the engine still protects the retained rows, but the policy says otherwise).
 - RJ103 two rules on one table that contradict each other.
