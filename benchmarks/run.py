@@ -17,6 +17,7 @@ project's dependencies.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -535,10 +536,8 @@ def main() -> None:
     from importlib.metadata import PackageNotFoundError, version
 
     for package in ("duckdb", "polars", "sqlalchemy", "psycopg"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             meta[package] = version(package)
-        except PackageNotFoundError:
-            pass
     log(f"load at start: {meta['started']['uptime']}")
     col = Collector()
     per_size: dict = {}
@@ -557,10 +556,8 @@ def main() -> None:
     finally:
         if pg is not None and not args.keep:
             for db in pg.created:
-                try:
+                with contextlib.suppress(Exception):
                     pg.drop(db)
-                except Exception:  # noqa: BLE001
-                    pass
     meta["finished"] = machine_load()
     meta["per_size"] = per_size
     ts = targets(col.rows)

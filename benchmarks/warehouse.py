@@ -73,7 +73,7 @@ tables:
         - birth_date: {{provider: {{name: set, value: 1970-01-01}}}}
         - street_address: {{provider: {{name: clear}}}}
         - national_id: {{provider: {{name: clear}}}}
-""".format(cutoff=CUTOFF.isoformat())
+""".format(cutoff=CUTOFF.isoformat())  # noqa: UP032 - braces of YAML flow maps
 
 
 def customers_select(n: int, series: str) -> str:
