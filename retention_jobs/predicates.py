@@ -120,10 +120,12 @@ class Predicates:
 
     # -- holds ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _active(*conds: sa.ColumnElement) -> sa.ColumnElement:
-        h = control.holds
-        return sa.exists().where(h.c.released_at.is_(None), *conds)
+    def _still_active(self) -> list[sa.ColumnElement]:
+        """What makes a hold active: not released (whatever the as-of date)."""
+        return [control.holds.c.released_at.is_(None)]
+
+    def _active(self, *conds: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.exists().where(*self._still_active(), *conds)
 
     def table_held(self, table: str) -> sa.ColumnElement:
         h = control.holds
@@ -139,7 +141,7 @@ class Predicates:
             parts.append(sa.cast(t.c[b.rule.subject.column], sa.String).in_(
                 sa.select(h.c.subject_id).where(h.c.scope == "subject",
                                                 h.c.subject_kind == b.rule.subject.kind,
-                                                h.c.released_at.is_(None))))
+                                                *self._still_active())))
         for link in b.cascades:
             parts.append(self._link_exists(link, t, lambda lk, _c: self.table_held(lk.table.name)))
         # a NULL subject matches no subject hold: false, not unknown
@@ -263,20 +265,3 @@ class HoldsReleased(Predicates):
     def _still_active(self) -> list[sa.ColumnElement]:
         h = control.holds
         return [h.c.released_at.is_(None), *([h.c.hold_id.not_in(self.released)] if self.released else [])]
-
-    def _active(self, *conds: sa.ColumnElement) -> sa.ColumnElement:  # type: ignore[override]
-        return sa.exists().where(*self._still_active(), *conds)
-
-    def held(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
-        h = control.holds
-        parts = [
-            self._active(h.c.scope == "purpose", h.c.purpose == b.policy.purpose),
-            self.table_held(b.table.name),
-        ]
-        if b.rule.subject:
-            parts.append(sa.cast(t.c[b.rule.subject.column], sa.String).in_(
-                sa.select(h.c.subject_id).where(h.c.scope == "subject", h.c.subject_kind == b.rule.subject.kind,
-                                                *self._still_active())))
-        for link in b.cascades:
-            parts.append(self._link_exists(link, t, lambda lk, _c: self.table_held(lk.table.name)))
-        return sa.or_(*parts)
