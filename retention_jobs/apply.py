@@ -394,9 +394,14 @@ class Applier:
         control.ensure_marker_table(self.store, self.session, info, keys)
         self.pred.marker_tables.add(control.marker_name(info.name))
         t = alias(info)
-        done_flags = [self.pred.marked(info, keys, t, c).label(f"_done__{c}") for c in columns]
+        # the batch's markers, grouped once per key (not one subquery per column over every marker)
+        m = control.marker_table(info, keys)
+        marks = (sa.select(*(m.c[k] for k in keys), sa.func.string_agg(m.c.columns, sa.literal("")).label("cols"))
+                 .where(_in_stage(m, keys, rows.subquery())).group_by(*(m.c[k] for k in keys)).subquery())
+        done_flags = [sa.func.coalesce(marks.c.cols.like(f"%,{c},%"), sa.false()).label(f"_done__{c}") for c in columns]
         data = pl.from_arrow(self.session.arrow(
             sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
+            .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
             .where(_in_stage(t, keys, rows.subquery()))))
         if data.is_empty():
             return 0

@@ -146,7 +146,7 @@ class Planner:
             p.expired(b, t).label("e"), p.held(b, t).label("h"), p.retained(b, t).label("r"),
             (p.superseded(b, t) if anon else sa.false()).label("s"),
             (p.done(b, t) if anon else sa.false()).label("d"),
-        ).select_from(t).subquery("rj_flags")
+        ).select_from(t).where(p.expired(b, t)).subquery("rj_flags")
         e, h, r, s, d = (flags.c[n] for n in "ehrsd")
         free = sa.and_(e, ~h, ~r)
         cols = [sa.func.count(), _sum(e), _sum(sa.and_(e, h)), _sum(sa.and_(e, ~h, r))]
@@ -155,9 +155,12 @@ class Planner:
         cols.append(_sum(sa.and_(free, ~s, ~d)))
         row = self.session.fetchall(sa.select(*cols).select_from(flags))[0]
         if b.rule.action == "anonymise":
-            total, exp, hld, ret, sup, done, act = row
+            _, exp, hld, ret, sup, done, act = row
         else:
-            (total, exp, hld, ret, act), sup, done = row, 0, 0
+            (_, exp, hld, ret, act), sup, done = row, 0, 0
+        # the flags cover the expired rows only: the hold, retain and marker subqueries join
+        # those (one row for a data-subject request), not the whole table
+        total = self.session.scalar(sa.select(sa.func.count()).select_from(alias(b.table)))
         return RulePlan(**common, total=total, expired=exp, held=hld, retained=ret, superseded=sup,
                         already_done=done, to_act=act, cascades=self.cascade_plans(b),
                         retained_by=self.retain_notes(b) if ret else ())

@@ -637,3 +637,33 @@ def test_anonymise_columns_of_other_types_and_char(store, tmp_path):
     assert all(len(r[2]) == 32 and r[2] != hashes[r[0]] for r in got)
     # same fakes as on DuckDB: CHAR(8) padding does not change the keyed hash
     assert [r[3] for r in got] == ["Alf", "Simen"]
+
+
+def test_duckdb_memory_limit_and_threads_come_from_the_environment(tmp_path, monkeypatch):
+    """An operator bounds DuckDB's buffer pool (and so the run's RSS) without code changes."""
+    path = tmp_path / "w.duckdb"
+    monkeypatch.setenv("RETENTION_DUCKDB_MEMORY_LIMIT", "300MB")
+    monkeypatch.setenv("RETENTION_DUCKDB_THREADS", "1")
+    with DuckDBStore(path).connect() as s:
+        limit, threads = s.fetchall(sa.text("SELECT current_setting('memory_limit'), current_setting('threads')"))[0]
+    # DuckDB reports the limit in MiB: 300 MB = 286.1 MiB
+    assert limit == "286.1 MiB"
+    assert int(threads) == 1
+    # explicit settings win over the environment
+    with DuckDBStore(path, settings={"memory_limit": "200MB"}).connect() as s:
+        assert s.scalar(sa.text("SELECT current_setting('memory_limit')")) == "190.7 MiB"
+
+
+def test_duckdb_bad_setting_from_the_environment_is_a_config_error(tmp_path, monkeypatch):
+    path = tmp_path / "w.duckdb"
+    with DuckDBStore(path).connect() as s:
+        s.execute("CREATE TABLE t (x INTEGER)")
+    before = path.read_bytes()
+    monkeypatch.setenv("RETENTION_DUCKDB_MEMORY_LIMIT", "lots")
+    with pytest.raises(ConfigError, match="memory_limit = 'lots'.*RETENTION_DUCKDB_MEMORY_LIMIT.*such as 2GB"):
+        DuckDBStore(path).session()
+    assert path.read_bytes() == before
+    # the failed session released its lock: a good setting opens the file again
+    monkeypatch.setenv("RETENTION_DUCKDB_MEMORY_LIMIT", "1GB")
+    with DuckDBStore(path).connect() as s:
+        assert s.scalar(sa.text("SELECT count(*) FROM t")) == 0

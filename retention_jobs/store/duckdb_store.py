@@ -129,14 +129,22 @@ class DuckDBSession(Session):
 
 
 
+# DuckDB settings an operator sets from the environment (docs/operations.md, docs/scaling.md).
+# DuckDB keeps the blocks it read up to `memory_limit` (80 % of RAM by default), so without
+# one a run's RSS follows the table's size, not the batch size.
+SETTING_ENV = {"memory_limit": "RETENTION_DUCKDB_MEMORY_LIMIT", "threads": "RETENTION_DUCKDB_THREADS"}
+
+
 class DuckDBStore(Store):
     kind = "duckdb"
 
     def __init__(self, path: str | Path, settings: dict[str, str] | None = None):
         self.path = Path(path)
-        self.settings = dict(settings or {})
-        """DuckDB settings for every session, e.g. {"force_compression": "uncompressed"} in tests
-        that search the file's bytes."""
+        self.settings = {name: os.environ[env] for name, env in SETTING_ENV.items() if os.environ.get(env, "").strip()}
+        self.settings.update(settings or {})
+        """DuckDB settings for every session: `memory_limit` and `threads` from the environment,
+        then the caller's, e.g. {"force_compression": "uncompressed"} in tests that search the
+        file's bytes."""
 
     def describe(self) -> str:
         return f"duckdb:{self.path}"
@@ -157,13 +165,32 @@ class DuckDBStore(Store):
         try:
             con.execute(f"ATTACH ? AS {CATALOG} {'(READ_ONLY)' if read_only else ''}", [str(self.path)])
             con.execute(f"USE {CATALOG}")
-            for name, value in self.settings.items():
-                con.execute(f"SET {safe_ident(name)} = ?", [value])
+            self._apply_settings(con)
         except duckdb.IOException as e:
             con.close()
             lock.close()
             raise StoreUnavailable(f"cannot open {self.path}: {e}") from e
+        except ConfigError:
+            con.close()
+            lock.close()
+            raise
         return DuckDBSession(con, lock)
+
+    def _apply_settings(self, con: duckdb.DuckDBPyConnection, only: tuple[str, ...] | None = None) -> None:
+        for name, value in self.settings.items():
+            if only is not None and name not in only:
+                continue
+            try:
+                con.execute(f"SET {safe_ident(name)} = ?", [value])
+            except (duckdb.InvalidInputException, duckdb.ParserException, duckdb.CatalogException,
+                    duckdb.ConversionException, duckdb.OutOfRangeException) as e:
+                source = SETTING_ENV.get(name)
+                where = f"environment variable {source}" if source and os.environ.get(source) == value else "store settings"
+                raise ConfigError(
+                    f"DuckDB refused the setting {name} = {value!r} (from the {where}): {str(e).splitlines()[0]}; "
+                    + ("use a size such as 2GB or 512MB" if name == "memory_limit" else
+                       "use a whole number of threads" if name == "threads" else "fix or remove the setting")
+                ) from e
 
     def _lock(self, mode: int):
         f = open(str(self.path) + ".lock", "a+")  # noqa: SIM115 - held for the session's life
@@ -198,6 +225,7 @@ class DuckDBStore(Store):
                 raise StoreUnavailable(f"{self.path}.wal is not empty after a checkpoint; another writer?")
             con = duckdb.connect(":memory:")
             try:
+                self._apply_settings(con, only=tuple(SETTING_ENV))  # the copy stays within the same memory
                 con.execute("ATTACH ? AS rj_src (READ_ONLY)", [str(self.path)])
                 con.execute("ATTACH ? AS rj_dst", [str(tmp)])
                 con.execute("COPY FROM DATABASE rj_src TO rj_dst")
