@@ -13,7 +13,7 @@ import pytest
 from assets.policy_assets import touched_tables
 from assets.schedules import JOB
 from retention_jobs.definitions import build_definitions
-from retention_jobs.errors import PolicyError
+from retention_jobs.errors import ConfigError, PolicyError
 from retention_jobs.load import load_policies, load_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,3 +170,82 @@ def test_the_nightly_job_covers_every_policy_and_is_tagged_for_the_store_limit(d
     policy_keys = {k for k in defs.get_repository_def().asset_graph.get_all_asset_keys() if k.path[0] == "retention"}
     assert job.asset_layer.selected_asset_keys == policy_keys
     assert job.tags["retention/store"]
+
+
+PG_URL = "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/test"  # port 1: nothing listens
+
+
+def _no_connections(monkeypatch):
+    """Building the location must not open the store: fail loudly if anything tries."""
+    import psycopg
+    import sqlalchemy
+
+    import assets.resources
+    import retention_jobs.store
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("building the definitions opened a connection")
+
+    monkeypatch.setattr(sqlalchemy, "create_engine", refuse)
+    monkeypatch.setattr(psycopg, "connect", refuse)
+    monkeypatch.setattr(retention_jobs.store, "open_store", refuse)
+    monkeypatch.setattr(assets.resources, "open_store", refuse)
+
+
+def test_the_executor_is_in_process_by_default(monkeypatch):
+    monkeypatch.delenv("RETENTION_EXECUTOR", raising=False)
+    monkeypatch.delenv("RETENTION_STORE", raising=False)
+    assert build_definitions().resolve_job_def(JOB).executor_def is dg.in_process_executor
+
+
+@pytest.mark.parametrize("value", ["multiprocess", " MultiProcess\n"])
+def test_multiprocess_runs_on_a_sql_store_without_connecting_to_it(monkeypatch, value):
+    _no_connections(monkeypatch)
+    monkeypatch.setenv("RETENTION_EXECUTOR", value)
+    monkeypatch.setenv("RETENTION_STORE", PG_URL)
+    defs = build_definitions()
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_job_def(JOB).executor_def is dg.multiprocess_executor
+    assert defs.resolve_job_def(JOB).executor_def is not dg.in_process_executor
+
+
+@pytest.mark.parametrize("store", [None, "/data/warehouse.duckdb", "duckdb:///data/warehouse.duckdb"])
+def test_a_parallel_executor_is_refused_on_a_duckdb_store(monkeypatch, store):
+    monkeypatch.setenv("RETENTION_EXECUTOR", "multiprocess")
+    if store is None:
+        monkeypatch.delenv("RETENTION_STORE", raising=False)
+    else:
+        monkeypatch.setenv("RETENTION_STORE", store)
+    with pytest.raises(ConfigError) as info:
+        build_definitions()
+    message = str(info.value)
+    assert "RETENTION_EXECUTOR=multiprocess" in message
+    assert "DuckDB" in message and "one writer process" in message
+    assert "RETENTION_STORE" in message
+
+
+def test_an_unknown_executor_is_refused_with_the_choices(monkeypatch):
+    monkeypatch.setenv("RETENTION_EXECUTOR", "threads")
+    monkeypatch.setenv("RETENTION_STORE", PG_URL)
+    with pytest.raises(ConfigError) as info:
+        build_definitions()
+    message = str(info.value)
+    assert "RETENTION_EXECUTOR='threads'" in message
+    assert "in_process, multiprocess, k8s, celery" in message
+
+
+@pytest.mark.parametrize(("value", "module", "package"), [
+    ("k8s", "dagster_k8s", "dagster-k8s"),
+    ("celery", "dagster_celery", "dagster-celery"),
+])
+def test_k8s_and_celery_without_their_package_name_what_to_install(monkeypatch, value, module, package):
+    monkeypatch.setitem(sys.modules, module, None)  # not importable, installed or not
+    monkeypatch.setenv("RETENTION_EXECUTOR", value.upper())
+    monkeypatch.setenv("RETENTION_STORE", PG_URL)
+    with pytest.raises(ConfigError) as info:
+        build_definitions()
+    message = str(info.value)
+    assert f"RETENTION_EXECUTOR={value}" in message
+    assert f"pip install {package}" in message
+    assert info.value.__cause__ is None
+
