@@ -19,7 +19,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 EXECUTORS = {
-    "local/run-config-multiprocess.yaml": ("dagster", "multiprocess_executor", "multiprocess"),
+    "local/run-config-multiprocess.yaml": ("dagster", "multiprocess_executor", None),
     "k8s/run-config.yaml": ("dagster_k8s", "k8s_job_executor", None),
     "celery/run-config.yaml": ("dagster_celery", "celery_executor", None),
 }

@@ -249,3 +249,27 @@ def test_k8s_and_celery_without_their_package_name_what_to_install(monkeypatch, 
     assert f"pip install {package}" in message
     assert info.value.__cause__ is None
 
+
+
+def test_the_shipped_multiprocess_run_config_is_valid_for_the_real_job(monkeypatch):
+    """deploy/local/run-config-multiprocess.yaml, as an operator would pass it, against the
+    nightly job built with RETENTION_EXECUTOR=multiprocess (not against a schema copy)."""
+    import yaml
+
+    monkeypatch.setenv("RETENTION_EXECUTOR", "multiprocess")
+    monkeypatch.setenv("RETENTION_STORE", PG_URL)
+    job = build_definitions().resolve_job_def(JOB)
+    config = yaml.safe_load((Path(__file__).parent.parent / "deploy/local/run-config-multiprocess.yaml").read_text())
+    assert config["execution"]["config"]["max_concurrent"] == 4
+    result = dg.validate_run_config(job, config)
+    assert result["execution"]["multiprocess"]["max_concurrent"] == 4  # the resolved executor config
+    # the old shape (settings under `multiprocess:`) belongs to Dagster's default executor, not this one
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        dg.validate_run_config(job, {"execution": {"config": {"multiprocess": {"max_concurrent": 4}}}})
+
+
+def test_deploy_validate_script_passes():
+    out = subprocess.run([sys.executable, "deploy/validate.py"], cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "local/run-config-multiprocess.yaml       valid against dagster.multiprocess_executor" in out.stdout
