@@ -32,7 +32,7 @@ from retention_jobs.anonymise import (
 from retention_jobs.errors import ApprovalRequired
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
-from retention_jobs.predicates import Predicates, alias
+from retention_jobs.predicates import KeyRangePredicates, Predicates, alias
 from retention_jobs.resolve import BoundRule, Link
 from retention_jobs.store.base import (
     CONTROL_SCHEMA,
@@ -83,6 +83,8 @@ class RunReport(_Frozen):
     """The ledger's head hash after the run: keep a copy outside the store (tamper evidence)."""
     purge: dict[str, Any] | None = None
     """What the purge step did and cost (method, bytes before/after, seconds)."""
+    worker_runs: tuple[str, ...] = ()
+    """A parallel run (`retention_jobs.parallel`): the run id of each worker, in range order."""
 
     @property
     def tables_changed(self) -> list[str]:
@@ -108,6 +110,9 @@ class RunOptions:
     purge: bool = True
     """After a run that changed rows, make the old bytes unrecoverable (DuckDB: compact into a
     fresh file; PostgreSQL: VACUUM, or VACUUM FULL where a policy asks for `purge: full`)."""
+    key_ranges: dict[str, tuple[Any, Any]] | None = None
+    """One worker of a parallel run (`retention_jobs.parallel`): rule id -> [lo, hi) of the
+    rule's first key column; the worker acts on those ranges only."""
 
 
 def _in_stage(t: sa.TableClause, keys: list[str], stage: sa.TableClause) -> sa.ColumnElement:
@@ -239,8 +244,9 @@ class Applier:
         journal = b.rule.action == "delete" and bool(b.cascades)
         if journal:
             pending = self._pending_table(b)
+            # a journalled batch of an interrupted run (in a parallel run, of this worker's range)
             stage = self.session.stage_query("rj_confirmed", sa.select(*(pending.c[k] for k in b.rule.keys))
-                                             .where(pending.c.rule == b.id))
+                                             .where(pending.c.rule == b.id, self.pred.in_share(b, pending)))
             n = self.session.scalar(sa.select(sa.func.count()).select_from(stage))
             if n:
                 done += self._delete_batch(b, stage, counts, batches, resumed=True)
@@ -461,7 +467,8 @@ def run_policies(store: Store, policies: PolicySet, as_of: date, key: PseudonymK
     """Plan and apply on one connection, then purge (after the connection closed: a DuckDB
     compaction needs the file to itself). A dry run only plans."""
     with store.connect(read_only=options.dry_run) as session:
-        report = Applier(store, session, policies, as_of, key, options, progress).run()
+        ranged = {} if options.key_ranges is None else {"predicates": KeyRangePredicates, "ranges": options.key_ranges}
+        report = Applier(store, session, policies, as_of, key, options, progress, **ranged).run()
         head = None if options.dry_run else control.audit_head(session)
     if report.dry_run:
         return report

@@ -132,13 +132,17 @@ def _progress():
     return bar, update
 
 
-def _execute(store, policy_dir, as_of, purposes, fmt, options: RunOptions, allow_demo_key=False):
+def _execute(store, policy_dir, as_of, purposes, fmt, options: RunOptions, allow_demo_key=False, workers=1):
     policies = load_policies([policy_dir])
     day = _as_of(as_of, policies)
     s = open_store(store)
     key = None if options.dry_run else key_from_env(allow_demo=allow_demo_key)
     bar, update = _progress() if fmt == "table" and not options.dry_run else (None, None)
-    if bar:
+    if workers > 1:
+        from retention_jobs.parallel import run_parallel
+
+        report = run_parallel(store_location(store), policies, day, key, options, workers)
+    elif bar:
         with bar:
             report = run_policies(s, policies, day, key, options, update)
     else:
@@ -170,10 +174,14 @@ def plan(store, policy_dir, purposes, fmt, as_of) -> None:
 @click.option("--batch-size", default=50_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-delete-fraction", default=0.25, show_default=True, type=click.FloatRange(0, 1),
               help="Refuse to delete more than this share of any table (exit 3, nothing changed).")
-def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="SQL stores: split each rule's rows into this many key ranges, one process each "
+                   "(docs/scaling.md). A DuckDB file takes one writer: 1 only.")
+def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction, workers) -> None:
     """Apply the policies: delete and anonymise expired rows, record the audit trail."""
     _execute(store, policy_dir, as_of, purposes, fmt,
-             RunOptions(batch_size=batch_size, max_delete_fraction=max_delete_fraction, purposes=purposes or None))
+             RunOptions(batch_size=batch_size, max_delete_fraction=max_delete_fraction, purposes=purposes or None),
+             workers=workers)
     if not purposes:  # then the data-subject requests that are due
         _process_requests_after_run(store, policy_dir, as_of, fmt)
 

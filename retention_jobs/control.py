@@ -237,6 +237,7 @@ def audit_row_hash(row: dict[str, Any]) -> str:
 def append_audit(session: Session, **row: Any) -> str:
     """Append one ledger row chained to the last one; call inside the transaction of the change
     it records. Returns the new head hash."""
+    session.serialize("retention_control.audit")  # one writer extends the chain at a time
     last = session.fetchall(sa.select(audit.c.seq, audit.c.row_hash).order_by(audit.c.seq.desc()).limit(1))
     seq, prev = (last[0][0] + 1, last[0][1] or GENESIS) if last else (1, GENESIS)
     full = {c.name: None for c in audit.c if c.name != "row_hash"}

@@ -215,6 +215,11 @@ class Predicates:
             return sa.false()
         return sa.or_(*(self.free(d, t) for d in deleters))
 
+    def in_share(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        """Rows of `b`'s keys (in `t`, a table with those key columns) that this run may act on:
+        all of them, except in one worker of a parallel run (`KeyRangePredicates`)."""
+        return sa.true()
+
     def actionable(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
         parts = [self.free(b, t)]
         if b.rule.action == "anonymise":
@@ -263,6 +268,38 @@ class SubjectPredicates(Predicates):
 
     def expired(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
         return self.belongs(b, t)
+
+
+class KeyRangePredicates(Predicates):
+    """One worker's share of a parallel run: a rule's expired rows whose first key column lies
+    in the worker's half-open range [lo, hi) (None: unbounded). A rule without a range is not
+    this worker's: nothing of it is expired here. The ranges of one rule are disjoint and cover
+    its key space, so the workers together act on what one run would; a cascade follows its
+    parent's keys, so the workers' children are disjoint too. Deletion still wins over
+    anonymisation across ranges: `superseded` asks whether a delete rule frees the row at all,
+    whichever worker deletes it."""
+
+    def __init__(self, bound: list[BoundRule], as_of: date, catalog: Catalog,
+                 marker_tables: set[str] | None = None, *, ranges: dict[str, tuple[object, object]]):
+        super().__init__(bound, as_of, catalog, marker_tables)
+        self.ranges = dict(ranges)
+
+    def in_share(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        if b.id not in self.ranges:
+            return sa.false()
+        lo, hi = self.ranges[b.id]
+        col = t.c[b.rule.keys[0]]
+        return sa.and_(sa.true(), *([col >= lo] if lo is not None else []), *([col < hi] if hi is not None else []))
+
+    def expired(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        return sa.and_(super().expired(b, t), self.in_share(b, t))
+
+    def superseded(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        deleters = [d for d in self.bound if d.rule.action == "delete" and d.table.name == b.table.name and d is not b]
+        if b.rule.action != "anonymise" or not deleters:
+            return sa.false()
+        return sa.or_(*(sa.and_(super(KeyRangePredicates, self).expired(d, t), ~self.held(d, t), ~self.retained(d, t))
+                        for d in deleters))
 
 
 class HoldsReleased(Predicates):

@@ -92,6 +92,16 @@ def test_run_without_key_is_refused(demo_dir):
     assert "RETENTION_PSEUDONYM_KEY is not set" in proc.stderr
 
 
+def test_parallel_workers_on_the_duckdb_file_exit_2_and_change_nothing(demo_dir):
+    d, _ = demo_dir
+    db = d / ".retention/warehouse.duckdb"
+    before = sha(db)
+    proc = cli("run", "--as-of", "2027-06-01", "--workers", "2", cwd=d, key="retention-jobs-demo-key-not-secret")
+    assert proc.returncode == 2, proc.stderr
+    assert "needs a SQL store" in proc.stderr and "--workers 1" in proc.stderr
+    assert sha(db) == before
+
+
 def test_bad_date_exit_2(demo_dir):
     d, _ = demo_dir
     proc = cli("plan", "--as-of", "22.11.2026", cwd=d)

@@ -122,6 +122,11 @@ class Session(ABC):
     def drop_stage(self, name: str) -> None:
         ...
 
+    def serialize(self, name: str) -> None:
+        """Wait until no other session's transaction holds `name`, then hold it until this
+        transaction ends. A no-op where the store takes one writer at a time (DuckDB)."""
+        return None
+
     @abstractmethod
     def begin(self) -> None: ...
 

@@ -299,6 +299,11 @@ class SqlSession(Session):
         with self._op():
             return self._exec(stmt, params, preserve_rowcount=True).rowcount
 
+    def serialize(self, name: str) -> None:
+        """A transaction-scoped advisory lock: concurrent writers (parallel workers, a request
+        processed during the nightly run) append to the hash-chained ledger one at a time."""
+        self.fetchall(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(sa.literal(name)))))
+
     def fetchall(self, stmt: sa.Executable) -> list[tuple]:
         with self._op():
             return [tuple(r) for r in self._exec(stmt).all()]
