@@ -41,6 +41,7 @@ import warehouse as W  # noqa: E402
 SCENARIO = str(HERE / "scenario.py")
 DUCKDB_SCENARIOS = ("anonymise", "nothing-to-do", "purge", "delete", "erasure", "floor", "per-row")
 PG_SCENARIOS = ("anonymise", "nothing-to-do", "delete", "erasure", "floor", "per-row", "pganonymize")
+# plus, with the scenario `workers`: anonymise-wN and delete-wN for each N of --workers
 GENERATOR = hashlib.sha256((HERE / "warehouse.py").read_bytes()).hexdigest()[:10]
 
 
@@ -345,8 +346,10 @@ def bench_postgres(n: int, args: argparse.Namespace, col: Collector, log, pg: Po
         log(f"[{label(n)} postgresql] run {k + 1}/{args.runs}  load {os.getloadavg()[0]:.2f}")
         plans = [("a", ("anonymise", "nothing-to-do")), ("b", ("delete",)), ("c", ("erasure", "floor", "per-row")),
                  ("d", ("pganonymize",))]
+        if "workers" in wanted:  # the same anonymise and delete over key ranges in W processes
+            plans += [(f"w{w}{op[0]}", (f"{op}-w{w}",)) for w in args.workers for op in ("anonymise", "delete")]
         for suffix, names in plans:
-            names = tuple(x for x in names if x in wanted)
+            names = tuple(x for x in names if x in wanted or "-w" in x)
             if not names:
                 continue
             db = pg.copy(base, f"rj_bench_run_{suffix}")
@@ -375,6 +378,12 @@ def bench_postgres(n: int, args: argparse.Namespace, col: Collector, log, pg: Po
                         r = scenario(name, url, args)
                         col.add(n, "postgresql", name, r, extrapolate_to=counts["to_act"],
                                 note=f"extrapolated linearly from {r['result'].get('rows')} rows")
+                    elif "-w" in name:
+                        op, w = name.rsplit("-w", 1)
+                        r = scenario(op, url, args, "--workers", w)
+                        col.add(n, "postgresql", name, r,
+                                note=f"{w} worker process(es) over key ranges; RSS: coordinator only" if w != "1"
+                                else "1 process: the same engine as anonymise/delete")
                     else:
                         r = scenario(name, url, args)
                         col.add(n, "postgresql", name, r)
@@ -438,6 +447,17 @@ def targets(rows: list[dict]) -> list[dict]:
                 add(f"erasure of one subject under 1 s ({store})", n, round(e["median_op_seconds"], 3), "< 1 s",
                     e["median_op_seconds"] < 1.0,
                     f"whole process {e['median_process_seconds']:.2f} s (interpreter start and imports included)")
+    for n in sizes:
+        for op in ("anonymise", "delete"):
+            one = find(rows, n, "postgresql", f"{op}-w1")
+            for r in rows:
+                if one and r["size"] == n and r["store"] == "postgresql" and r["scenario"].startswith(f"{op}-w") \
+                        and r["scenario"] != f"{op}-w1" and r.get("runs"):
+                    w = int(r["scenario"].rsplit("-w", 1)[1])
+                    speedup = one["median_op_seconds"] / r["median_op_seconds"]
+                    add(f"{op} over key ranges, {w} workers vs 1 (PostgreSQL)", n, round(speedup, 2),
+                        "falls as workers are added (> 1)", speedup > 1.0,
+                        f"{r['median_op_seconds']:.2f} s vs {one['median_op_seconds']:.2f} s on {os.cpu_count()} cores")
     big = [n for n in sizes if find(rows, n, "duckdb", "anonymise")]
     if len(big) >= 2:
         lo, hi = big[-2], big[-1]
@@ -450,9 +470,9 @@ def targets(rows: list[dict]) -> list[dict]:
 
 def rows_acted(r: dict) -> int | None:
     d = r.get("detail") or {}
-    if r["scenario"] in ("anonymise", "pganonymize"):
+    if r["scenario"] in ("anonymise", "pganonymize") or r["scenario"].startswith("anonymise-w"):
         return d.get("anonymised")
-    if r["scenario"] == "delete":
+    if r["scenario"] == "delete" or r["scenario"].startswith("delete-w"):
         return (d.get("deleted") or 0) + (d.get("cascade_deleted") or 0)
     if r["scenario"] == "per-row":
         return W.expected_counts(r["size"])["to_act"]
@@ -500,7 +520,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="1m,10m", help="DuckDB warehouse sizes, e.g. 100k,1m,10m,30m")
     ap.add_argument("--pg-sizes", default="1m", help="PostgreSQL sizes ('' for none)")
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario (the median is reported)")
-    ap.add_argument("--scenarios", default=",".join(DUCKDB_SCENARIOS + ("pganonymize",)))
+    ap.add_argument("--scenarios", default=",".join(DUCKDB_SCENARIOS + ("pganonymize", "workers")),
+                    help="'workers': on PostgreSQL, anonymise and delete over key ranges with each of --workers")
+    ap.add_argument("--workers", default="1,2,4", help="worker processes for the key-range scenarios")
     ap.add_argument("--batch-size", type=int, default=50_000)
     ap.add_argument("--per-row-subset", type=int, default=5_000)
     ap.add_argument("--memory-limit", help="DuckDB memory_limit for the engine's sessions, e.g. 2GB")
@@ -517,6 +539,7 @@ def main() -> None:
     ap.add_argument("--reduced-runs", type=int, default=1)
     args = ap.parse_args()
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     pg_sizes = [parse_size(s) for s in args.pg_sizes.split(",") if s.strip()]
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ harness (`run.py`) also times the whole process and reads its peak RSS. Scenario
                  both policies: the customer row goes with its orders
 - purge          store.purge() (DuckDB: compaction into a fresh file) on the anonymised copy
 - floor          CREATE TABLE AS SELECT * of bench.customers (the copy floor)
+- anonymise and delete take --workers N: key ranges in N processes (`retention_jobs.parallel`,
+                 SQL stores); the harness runs them as `anonymise-wN` / `delete-wN`
 - per-row        fetch `--subset` expired rows, one Python call per value (Faker for the name),
                  executemany UPDATE; the harness extrapolates linearly
 """
@@ -51,17 +53,22 @@ def key():
     return PseudonymKey.from_text(W.KEY_TEXT)
 
 
-def run(store, texts: tuple[str, ...], as_of: date, batch_size: int) -> dict:
+def run(store, texts: tuple[str, ...], as_of: date, batch_size: int, workers: int = 1, location: str = "") -> dict:
     from retention_jobs.apply import RunOptions, run_policies
+    from retention_jobs.parallel import run_parallel
 
+    options = RunOptions(batch_size=batch_size, max_delete_fraction=None, purge=False)
     t0 = time.perf_counter()
-    report = run_policies(store, policies(*texts), as_of, key(),
-                          RunOptions(batch_size=batch_size, max_delete_fraction=None, purge=False))
+    if workers > 1:  # key ranges, one process each (SQL stores)
+        report = run_parallel(location, policies(*texts), as_of, key(), options, workers)
+    else:
+        report = run_policies(store, policies(*texts), as_of, key(), options)
     seconds = time.perf_counter() - t0
     r = report.rules[0]
     return {"op_seconds": seconds, "anonymised": r.anonymised, "deleted": r.deleted,
             "cascade_deleted": sum(c.deleted for c in r.cascades), "expired": r.plan.expired,
-            "held": r.plan.held, "already_done": r.plan.already_done, "batches": r.batches}
+            "held": r.plan.held, "already_done": r.plan.already_done, "batches": r.batches,
+            "workers": max(1, len(report.worker_runs))}
 
 
 def erasure(store, subject: str | None) -> dict:
@@ -169,17 +176,18 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=5_000)
     ap.add_argument("--subject")
     ap.add_argument("--memory-limit")
+    ap.add_argument("--workers", type=int, default=1, help="anonymise/delete: key ranges in this many processes")
     args = ap.parse_args()
     if args.scenario in ("floor", "per-row"):
         out = floor(args.store) if args.scenario == "floor" else per_row(args.store, args.subset)
     else:
         store = open_store(args.store, args.memory_limit)
         if args.scenario == "anonymise":
-            out = run(store, (W.ANONYMISE_POLICY,), W.AS_OF, args.batch_size)
+            out = run(store, (W.ANONYMISE_POLICY,), W.AS_OF, args.batch_size, args.workers, args.store)
         elif args.scenario == "nothing-to-do":
             out = run(store, (W.ANONYMISE_POLICY,), W.NEXT_DAY, args.batch_size)
         elif args.scenario == "delete":
-            out = run(store, (W.DELETE_POLICY,), W.AS_OF, args.batch_size)
+            out = run(store, (W.DELETE_POLICY,), W.AS_OF, args.batch_size, args.workers, args.store)
         elif args.scenario == "erasure":
             out = erasure(store, args.subject)
         elif args.scenario == "purge":
