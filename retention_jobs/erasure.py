@@ -17,7 +17,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from retention_jobs import control
-from retention_jobs.anonymise import PseudonymKey, keyed_hashes
+from retention_jobs.anonymise import PseudonymKey, hex_digests, keyed_hashes
 from retention_jobs.store.base import Session, Store, TableInfo, sa_table
 
 ANCHOR = 6
@@ -51,7 +51,7 @@ def fingerprints(values: pl.Series, key: PseudonymKey, digests: pl.Series | None
     # multi-byte characters honest
     prefixes = pl.Series([v.encode()[:ANCHOR] for v in df["v"].to_list()], dtype=pl.Binary)
     uniq = prefixes.unique()
-    hashed = pl.Series([_h(p, key) for p in uniq.to_list()], dtype=pl.String)
+    hashed = pl.Series(hex_digests(uniq.to_list(), key), dtype=pl.String)
     anchors = prefixes.replace_strict(uniq, hashed, return_dtype=pl.String)
     return df.select(anchors.alias("anchor_hash"), "value_hash", "value_length")
 

@@ -100,3 +100,15 @@ def test_mask_never_leaves_a_short_value_whole():
     df = pl.DataFrame({"p": ["1", "12", "123", None]})
     out = anonymise_frame(df, {"p": Mask(keep_first=1, keep_last=1)}, {"p": col("p")}, KEY, "nb_NO")["p"]
     assert out.to_list() == ["*", "**", "1*3", None]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.text(), st.binary()), max_size=30))
+def test_hex_digests_equal_keyed_blake2b_of_each_value(values):
+    """The copied keyed state gives exactly RFC 7693 keyed BLAKE2b, value by value."""
+    from retention_jobs.anonymise import hex_digests
+
+    key = PseudonymKey.from_text("hypothesis-key-0123456789")
+    expected = [hashlib.blake2b(v.encode("utf-8") if isinstance(v, str) else v, key=key.secret,
+                                digest_size=16).hexdigest() for v in values]
+    assert hex_digests(values, key) == expected
