@@ -115,10 +115,20 @@ class RunOptions:
     rule's first key column; the worker acts on those ranges only."""
 
 
-def _in_stage(t: sa.TableClause, keys: list[str], stage: sa.TableClause) -> sa.ColumnElement:
+def _in_stage(t: sa.TableClause, keys: list[str], stage: sa.TableClause,
+              span: tuple[Any, Any] | None = None) -> sa.ColumnElement:
+    """`t`'s rows whose keys are in `stage`. `span`: the least and greatest first key of the
+    stage; a redundant range test that lets the store skip what cannot match (DuckDB's zone
+    maps, an index range scan) instead of scanning the whole table for every batch."""
+    prune = [t.c[keys[0]].between(*span)] if span is not None else []
     if len(keys) == 1:
-        return t.c[keys[0]].in_(sa.select(stage.c[keys[0]]))
-    return sa.exists().where(*(stage.c[k] == t.c[k] for k in keys))
+        return sa.and_(*prune, t.c[keys[0]].in_(sa.select(stage.c[keys[0]])))
+    return sa.and_(*prune, sa.exists().where(*(stage.c[k] == t.c[k] for k in keys)))
+
+
+def _span(session: Session, stage: sa.TableClause | sa.Subquery, key: str) -> tuple[Any, Any] | None:
+    lo, hi = session.fetchall(sa.select(sa.func.min(stage.c[key]), sa.func.max(stage.c[key])))[0]
+    return None if lo is None else (lo, hi)
 
 
 def held_fingerprint(session: Session, planner: Planner, b: BoundRule) -> str:
@@ -141,6 +151,8 @@ class Applier:
             control.ensure_control_schema(store, session)
         self.planner = Planner(store, session, policies, as_of, predicates, **predicate_options)
         self.run_id = ("dry-run-" if options.dry_run else "") + control.new_run_id()
+        self._span: tuple[Any, Any] | None = None
+        """The current batch's least and greatest first key (see `_in_stage`)."""
 
     @property
     def pred(self):
@@ -249,6 +261,7 @@ class Applier:
                                              .where(pending.c.rule == b.id, self.pred.in_share(b, pending)))
             n = self.session.scalar(sa.select(sa.func.count()).select_from(stage))
             if n:
+                self._span = _span(self.session, stage, b.rule.keys[0])
                 done += self._delete_batch(b, stage, counts, batches, resumed=True)
                 batches += 1
         if staged is not None:
@@ -257,11 +270,14 @@ class Applier:
             for lo in range(0, total, size):
                 t = alias(b.table)
                 batch = sa.select(*(staged.c[k] for k in b.rule.keys)).where(staged.c.rj_n > lo, staged.c.rj_n <= lo + size)
+                # keys are numbered in key order: a batch spans a narrow range of the first key
+                self._span = _span(self.session, batch.subquery(), b.rule.keys[0])
                 # re-check at the start of each batch: a hold placed or a clock moved since
                 # the run began wins over the staged plan
                 confirmed = self.session.stage_query(
                     "rj_confirmed", sa.select(*(t.c[k] for k in b.rule.keys))
-                    .where(_in_stage(t, b.rule.keys, batch.subquery()), self.pred.actionable(b, t)))
+                    .where(_in_stage(t, b.rule.keys, batch.subquery(), self._span),
+                           self.pred.actionable(b, t, self._span)))
                 if b.rule.action == "delete":
                     done += self._delete_batch(b, confirmed, counts, batches)
                 else:
@@ -269,6 +285,7 @@ class Applier:
                 batches += 1
                 self.progress(b.id, min(lo + size, total), total)
             self.session.drop_stage(staged.name)
+        self._span = None
         self.session.drop_stage("rj_confirmed")
         return RuleResult(
             plan=rp, deleted=done if b.rule.action == "delete" else 0,
@@ -300,17 +317,18 @@ class Applier:
         target = sa_table(b.table)
         t = alias(b.table)
         # holds always win, even over a journalled batch
+        span = self._span
         victims = sa.select(*(t.c[k] for k in keys)).where(
-            _in_stage(t, keys, confirmed), ~self.pred.held(b, t))
+            _in_stage(t, keys, confirmed, span), ~self.pred.held(b, t))
         with self.session.transaction():
             if b.rule.suppress:
                 self._suppress(b, victims)
             erasure.record_where(self.session, self._key(), self.run_id, b.table,
                                  erasure.tracked_columns(b.table, b.rule.suppress),
-                                 lambda r: _in_stage(r, keys, victims.subquery()),
+                                 lambda r: _in_stage(r, keys, victims.subquery(), span),
                                  lambda r, c: self.pred.marked(b.table, keys, r, c))
-            self._drop_markers(b.table, keys, victims)
-            n = self.session.execute(sa.delete(target).where(_in_stage(target, keys, victims.subquery())))
+            self._drop_markers(b.table, keys, victims, span)
+            n = self.session.execute(sa.delete(target).where(_in_stage(target, keys, victims.subquery(), span)))
             if b.cascades:
                 self.session.execute(sa.delete(pending).where(
                     pending.c.rule == b.id, _in_stage(pending, keys, confirmed)))
@@ -322,7 +340,7 @@ class Applier:
         t0 = time.perf_counter()
         root = alias(b.table)
         root_col = path[0].references if path else link.references
-        roots = sa.select(root.c[root_col]).where(_in_stage(root, b.rule.keys, confirmed))
+        roots = sa.select(root.c[root_col]).where(_in_stage(root, b.rule.keys, confirmed, self._span))
         values = parent_values(link, path, roots)
         child = sa_table(link.table)
         action = link.spec.action
@@ -347,17 +365,18 @@ class Applier:
         prev = counts.get(link.table.name, TableCounts(table=link.table.name))
         counts[link.table.name] = prev.model_copy(update={_COUNT[action]: getattr(prev, _COUNT[action]) + n})
 
-    def _drop_markers(self, info: TableInfo, keys: list[str], rows: sa.Select) -> None:
+    def _drop_markers(self, info: TableInfo, keys: list[str], rows: sa.Select,
+                      span: tuple[Any, Any] | None = None) -> None:
         if control.marker_name(info.name) not in self.pred.marker_tables:
             return
         m = control.marker_table(info, keys)
-        self.session.execute(sa.delete(m).where(_in_stage(m, keys, rows.subquery())))
+        self.session.execute(sa.delete(m).where(_in_stage(m, keys, rows.subquery(), span)))
 
     def _suppress(self, b: BoundRule, victims: sa.Select) -> None:
         t = alias(b.table)
         cols = b.rule.suppress
         data = pl.from_arrow(self.session.arrow(
-            sa.select(*(t.c[c] for c in cols)).where(_in_stage(t, b.rule.keys, victims.subquery()))))
+            sa.select(*(t.c[c] for c in cols)).where(_in_stage(t, b.rule.keys, victims.subquery(), self._span))))
         if not isinstance(data, pl.DataFrame) or data.is_empty():
             return
         values = pl.concat([data[c].cast(pl.String).str.strip_chars().str.to_lowercase() for c in cols]).drop_nulls()
@@ -397,18 +416,19 @@ class Applier:
                         rows: sa.Select) -> int:
         """Anonymise `columns` of the rows whose keys `rows` selects; call inside a transaction."""
         key = self._key()
+        span = self._span if info.name == b.table.name and list(keys) == list(b.rule.keys) else None
         control.ensure_marker_table(self.store, self.session, info, keys)
         self.pred.marker_tables.add(control.marker_name(info.name))
         t = alias(info)
         # the batch's markers, grouped once per key (not one subquery per column over every marker)
         m = control.marker_table(info, keys)
         marks = (sa.select(*(m.c[k] for k in keys), sa.func.string_agg(m.c.columns, sa.literal("")).label("cols"))
-                 .where(_in_stage(m, keys, rows.subquery())).group_by(*(m.c[k] for k in keys)).subquery())
+                 .where(_in_stage(m, keys, rows.subquery(), span)).group_by(*(m.c[k] for k in keys)).subquery())
         done_flags = [sa.func.coalesce(marks.c.cols.like(f"%,{c},%"), sa.false()).label(f"_done__{c}") for c in columns]
         data = pl.from_arrow(self.session.arrow(
             sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
             .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
-            .where(_in_stage(t, keys, rows.subquery()))))
+            .where(_in_stage(t, keys, rows.subquery(), span))))
         if data.is_empty():
             return 0
         digests = {c: keyed_hashes(data[c], key) for c, s in columns.items() if needs_digest(s)}
@@ -420,7 +440,8 @@ class Applier:
         staged = self.session.stage("rj_anon", out.select(*keys, *columns).to_arrow())
         target = sa_table(info)
         self.session.execute(sa.update(target).values({c: _as_column_type(staged.c[c], info.columns[c]) for c in columns})
-                             .where(*(target.c[k] == staged.c[k] for k in keys)))
+                             .where(*(target.c[k] == staged.c[k] for k in keys),
+                                    *([target.c[keys[0]].between(*span)] if span else [])))
         fresh = {c: ~pl.col(f"_done__{c}") for c in columns}
         markers = data.with_columns(
             pl.concat_str([pl.lit(","), *(pl.when(fresh[c]).then(pl.lit(f"{c},")).otherwise(pl.lit("")) for c in columns)])

@@ -187,16 +187,20 @@ class Predicates:
         m = control.marker_table(info, list(key))
         return sa.exists().where(m.c.columns.like(f"%,{column},%"), *(m.c[k] == t.c[k] for k in key))
 
-    def done(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def done(self, b: BoundRule, t: sa.TableClause, span: tuple[object, object] | None = None) -> sa.ColumnElement:
         """Every column the rule anonymises is already anonymised (one subquery for all
-        columns: a row's markers, grouped, mention each column in at least one of them)."""
+        columns: a row's markers, grouped, mention each column in at least one of them).
+        `span`: the least and greatest first key of the rows asked about (one batch): only
+        their markers are grouped, not every marker of the table."""
         if control.marker_name(b.table.name) not in self.marker_tables:
             return sa.false()
         keys = list(b.rule.keys)
         m = control.marker_table(b.table, keys)
         # uncorrelated, so PostgreSQL hashes it once (a correlated EXISTS with GROUP BY would
         # rescan the markers for every row) and DuckDB runs one semi join
-        complete = (sa.select(*(m.c[k] for k in keys)).group_by(*(m.c[k] for k in keys))
+        complete = (sa.select(*(m.c[k] for k in keys))
+                    .where(*([m.c[keys[0]].between(*span)] if span is not None else []))
+                    .group_by(*(m.c[k] for k in keys))
                     .having(sa.and_(*(sa.func.max(sa.case((m.c.columns.like(f"%,{c},%"), 1), else_=0)) == 1
                                       for c in b.rule.columns))))
         if len(keys) == 1:
@@ -220,10 +224,10 @@ class Predicates:
         all of them, except in one worker of a parallel run (`KeyRangePredicates`)."""
         return sa.true()
 
-    def actionable(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def actionable(self, b: BoundRule, t: sa.TableClause, span: tuple[object, object] | None = None) -> sa.ColumnElement:
         parts = [self.free(b, t)]
         if b.rule.action == "anonymise":
-            parts += [~self.superseded(b, t), ~self.done(b, t)]
+            parts += [~self.superseded(b, t), ~self.done(b, t, span)]
         return sa.and_(*parts)
 
 
