@@ -654,6 +654,18 @@ def test_duckdb_memory_limit_and_threads_come_from_the_environment(tmp_path, mon
         assert s.scalar(sa.text("SELECT current_setting('memory_limit')")) == "190.7 MiB"
 
 
+
+def test_duckdb_checkpoints_every_256mb_of_wal_unless_told_otherwise(tmp_path, monkeypatch):
+    """Not after every batch's commit (DuckDB's 16 MB default): see docs/performance.md."""
+    path = tmp_path / "w.duckdb"
+    monkeypatch.delenv("RETENTION_DUCKDB_CHECKPOINT_THRESHOLD", raising=False)
+    with DuckDBStore(path).connect() as s:
+        assert s.scalar(sa.text("SELECT current_setting('checkpoint_threshold')")) == "244.1 MiB"
+    monkeypatch.setenv("RETENTION_DUCKDB_CHECKPOINT_THRESHOLD", "16MB")
+    with DuckDBStore(path).connect() as s:
+        assert s.scalar(sa.text("SELECT current_setting('checkpoint_threshold')")) == "15.2 MiB"
+
+
 def test_duckdb_bad_setting_from_the_environment_is_a_config_error(tmp_path, monkeypatch):
     path = tmp_path / "w.duckdb"
     with DuckDBStore(path).connect() as s:

@@ -132,7 +132,15 @@ class DuckDBSession(Session):
 # DuckDB settings an operator sets from the environment (docs/operations.md, docs/scaling.md).
 # DuckDB keeps the blocks it read up to `memory_limit` (80 % of RAM by default), so without
 # one a run's RSS follows the table's size, not the batch size.
-SETTING_ENV = {"memory_limit": "RETENTION_DUCKDB_MEMORY_LIMIT", "threads": "RETENTION_DUCKDB_THREADS"}
+SETTING_ENV = {"memory_limit": "RETENTION_DUCKDB_MEMORY_LIMIT", "threads": "RETENTION_DUCKDB_THREADS",
+               "checkpoint_threshold": "RETENTION_DUCKDB_CHECKPOINT_THRESHOLD"}
+
+# DuckDB checkpoints when its WAL passes 16 MB; a run commits every batch (its rows, markers
+# and erased-value fingerprints), so at the default each batch of a large anonymisation ended
+# in a checkpoint that rewrote the touched row groups again: 15 of 42 s at 10M rows. At 256 MB
+# a checkpoint comes every few batches (29 s; RSS 1.3 GB with memory_limit 1GB); a crash
+# replays at most that much WAL. See docs/performance.md.
+DEFAULT_SETTINGS = {"checkpoint_threshold": "256MB"}
 
 
 class DuckDBStore(Store):
@@ -140,11 +148,12 @@ class DuckDBStore(Store):
 
     def __init__(self, path: str | Path, settings: dict[str, str] | None = None):
         self.path = Path(path)
-        self.settings = {name: os.environ[env] for name, env in SETTING_ENV.items() if os.environ.get(env, "").strip()}
+        self.settings = dict(DEFAULT_SETTINGS)
+        self.settings.update({name: os.environ[env] for name, env in SETTING_ENV.items() if os.environ.get(env, "").strip()})
         self.settings.update(settings or {})
-        """DuckDB settings for every session: `memory_limit` and `threads` from the environment,
-        then the caller's, e.g. {"force_compression": "uncompressed"} in tests that search the
-        file's bytes."""
+        """DuckDB settings for every session: the defaults above, then `memory_limit`, `threads`
+        and `checkpoint_threshold` from the environment, then the caller's, e.g.
+        {"force_compression": "uncompressed"} in tests that search the file's bytes."""
 
     def describe(self) -> str:
         return f"duckdb:{self.path}"
@@ -188,7 +197,7 @@ class DuckDBStore(Store):
                 where = f"environment variable {source}" if source and os.environ.get(source) == value else "store settings"
                 raise ConfigError(
                     f"DuckDB refused the setting {name} = {value!r} (from the {where}): {str(e).splitlines()[0]}; "
-                    + ("use a size such as 2GB or 512MB" if name == "memory_limit" else
+                    + ("use a size such as 2GB or 512MB" if name in ("memory_limit", "checkpoint_threshold") else
                        "use a whole number of threads" if name == "threads" else "fix or remove the setting")
                 ) from e
 
