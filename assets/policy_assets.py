@@ -46,6 +46,10 @@ class RetentionConfig(dg.Config):
         description="Refuse (before changing anything) to delete more than this share of any table. "
                     "To approve a larger deletion after reading the plan, raise it (1.0 = no limit).")
     batch_size: int = Field(default=50_000, ge=1, description="Rows per transaction; bounds memory.")
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="SQL stores only: split each rule's rows into this many key ranges, one process each "
+                    "(docs/scaling.md). A DuckDB file takes one writer: 1.")
 
 
 def partitions_timezone() -> str:
@@ -203,6 +207,8 @@ def report_metadata(f: PolicyFile, report: RunReport, store: str) -> dict[str, A
         "policies_sha256": report.policies_sha256,
         "store": store,
     }
+    if report.worker_runs:
+        md["worker_runs"] = ", ".join(report.worker_runs)
     if report.key_id:
         md["key_id"] = report.key_id
     if report.audit_head:
@@ -269,7 +275,12 @@ def policy_asset(policies: PolicySet, f: PolicyFile, partitions: dg.PartitionsDe
         with engine_errors():
             target = store.open()
             key_ = None if config.dry_run else pseudonym_key.get()
-            report = run_policies(target, policies, as_of, key_, options)
+            if config.workers > 1:
+                from retention_jobs.parallel import run_parallel
+
+                report = run_parallel(store.resolved(), policies, as_of, key_, options, config.workers)
+            else:
+                report = run_policies(target, policies, as_of, key_, options)
         metadata = report_metadata(f, report, store.describe())
         if config.dry_run:
             # a plan changes nothing, so it is an observation, not a materialisation
@@ -279,7 +290,7 @@ def policy_asset(policies: PolicySet, f: PolicyFile, partitions: dg.PartitionsDe
             return
         context.log.info(f"{purpose} as of {as_of}: {rows_changed(report)} rows changed (run {report.run_id})")
         with engine_errors():
-            results = run_checks(target, policies, as_of, key_, run_id=report.run_id,
+            results = run_checks(target, policies, as_of, key_, run_id=report.worker_runs or report.run_id,
                                  held_before=report.held_fingerprints, purposes=[purpose])
         yield dg.MaterializeResult(
             asset_key=key, metadata=metadata,

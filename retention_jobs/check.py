@@ -1,6 +1,7 @@
 """Checks after a run: nothing expired is left, nothing held changed, no original value survives
 in an anonymised column, and the audit ledger recorded the run. Counts only: never a value."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -95,20 +96,30 @@ def no_original_values(planner: Planner, session: Session, key: PseudonymKey,
         else f"{sum(found.values())} anonymised values still equal their original", found)
 
 
-def audit_recorded(session: Session, run_id: str, rule_ids: list[str]) -> CheckResult:
-    """The ledger holds the run's rows: a plan row for every rule."""
-    rows = control.audit_rows(session, run_id)
+def _runs(run_id: str | Sequence[str]) -> tuple[str, ...]:
+    return (run_id,) if isinstance(run_id, str) else tuple(run_id)
+
+
+def _named(runs: tuple[str, ...]) -> str:
+    return f"run {runs[0]}" if len(runs) == 1 else f"runs {', '.join(runs)}"
+
+
+def audit_recorded(session: Session, run_id: str | Sequence[str], rule_ids: list[str]) -> CheckResult:
+    """The ledger holds the run's rows: a plan row for every rule (a parallel run: its workers'
+    runs together)."""
+    runs = _runs(run_id)
+    rows = [r for one in runs for r in control.audit_rows(session, one)]
     seen = {f"{r['purpose']}/{r['rule']}" for r in rows if r["action"] == "plan"}
     missing = [r for r in rule_ids if r not in seen]
     return CheckResult(
         "audit_recorded", bool(rows) and not missing,
-        f"{len(rows)} ledger rows for run {run_id}" if not missing
-        else f"no ledger rows for {', '.join(missing)} in run {run_id}",
+        f"{len(rows)} ledger rows for {_named(runs)}" if not missing
+        else f"no ledger rows for {', '.join(missing)} in {_named(runs)}",
         {"rows": len(rows), "missing": len(missing)})
 
 
-def erasure_verified(store: Store, key: PseudonymKey, run_id: str) -> CheckResult:
-    """None of the values this run erased can be found in the store's raw bytes."""
+def erasure_verified(store: Store, key: PseudonymKey, run_id: str | Sequence[str]) -> CheckResult:
+    """None of the values this run (or these runs) erased can be found in the store's raw bytes."""
     from retention_jobs.erasure import verify
     from retention_jobs.errors import ConfigError
 
@@ -126,7 +137,7 @@ def erasure_verified(store: Store, key: PseudonymKey, run_id: str) -> CheckResul
 
 
 def run_checks(store: Store, policies: PolicySet, as_of: date, key: PseudonymKey,
-               run_id: str | None = None, held_before: dict[str, str] | None = None,
+               run_id: str | Sequence[str] | None = None, held_before: dict[str, str] | None = None,
                purposes: list[str] | None = None) -> list[CheckResult]:
     with store.connect(read_only=True) as session:
         planner = Planner(store, session, policies, as_of)

@@ -191,16 +191,17 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
 @policies_option
 @purpose_option
 @click.option("--as-of", "as_of", default=None)
-@click.option("--run-id", default=None, help="Also check that the ledger holds this run.")
+@click.option("--run-id", "run_ids", multiple=True,
+              help="Also check that the ledger holds this run (repeat for the workers of a parallel run).")
 @click.option("--demo-key", is_flag=True, help="Use the demo's built-in key (only for the demo warehouse).")
-def check(store, policy_dir, purposes, as_of, run_id, demo_key) -> None:
+def check(store, policy_dir, purposes, as_of, run_ids, demo_key) -> None:
     """Check the store: nothing expired left, no original value in anonymised columns."""
     from retention_jobs.check import run_checks
 
     policies = load_policies([policy_dir])
     key = PseudonymKey.from_text(DEMO_KEY_TEXT) if demo_key else key_from_env()
     results = run_checks(open_store(store), policies, _as_of(as_of, policies), key,
-                         run_id=run_id, purposes=list(purposes) or None)
+                         run_id=run_ids or None, purposes=list(purposes) or None)
     for r in results:
         out.print(f"{'PASS' if r.passed else 'FAIL'} {r.name}: {r.summary}", markup=False)
     if not all(r.passed for r in results):

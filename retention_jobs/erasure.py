@@ -10,7 +10,7 @@ live personal column (another purpose keeps the same e-mail) is not reported.
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -158,13 +158,15 @@ def _explained(session: Session, store: Store, found: dict[str, dict[str, bytes]
     return explained
 
 
-def verify(store: Store, key: PseudonymKey, run_id: str | None = None) -> VerifyResult:
+def verify(store: Store, key: PseudonymKey, run_id: str | Sequence[str] | None = None) -> VerifyResult:
+    """Search the store's raw bytes for the values erased by `run_id` (one run id, several, or
+    None for every run)."""
     t0 = time.perf_counter()
     with store.connect(read_only=True) as session:
         ev = control.erased_values
         q = sa.select(ev.c.table_name, ev.c.column_name, ev.c.anchor_hash, ev.c.value_hash, ev.c.value_length)
         if run_id:
-            q = q.where(ev.c.run_id == run_id)
+            q = q.where(ev.c.run_id.in_([run_id] if isinstance(run_id, str) else list(run_id)))
         erased = session.fetchall(q.distinct())
         live = _live_hashes(session, store, key)
         gone = [(f"{t}.{c}", a, v, n) for t, c, a, v, n in erased if v not in live]

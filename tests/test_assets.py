@@ -345,3 +345,14 @@ def test_checks_alone_reread_the_store_without_running(store):
     tampered = dg.materialize([asset], resources=resources, selection=only_checks, raise_on_error=False)
     assert checks(tampered) == {"nothing_expired_left": True, "no_original_values": False}
     assert snapshot(db) == before
+
+
+def test_parallel_workers_on_a_duckdb_store_fail_before_changing_anything(store):
+    db, defs = store
+    before = snapshot(db)
+    result = run(db, defs["customers"], "2026-03-10", raise_on_error=False, workers=2)
+    assert not result.success
+    failure = result.failure_data_for_node(defs["customers"].op.name)
+    assert failure.error.cls_name == "Failure"
+    assert "needs a SQL store" in failure.error.message
+    assert snapshot(db) == before
