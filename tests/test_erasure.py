@@ -13,6 +13,8 @@ from datetime import date
 import duckdb
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retention_jobs import control
 from retention_jobs.anonymise import PseudonymKey
@@ -210,3 +212,25 @@ def test_audit_verify_cli_uses_an_outside_head(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "retention_jobs.cli", "audit", "verify", "--head", head],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and "does not contain head" in bad.stdout
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=12)), max_size=25))
+def test_fingerprints_match_a_value_by_value_reference(values):
+    """Anchors are the keyed hash of the first 6 UTF-8 bytes, whatever the characters; values
+    shorter than an anchor are not tracked; each distinct value once."""
+    import hashlib
+
+    import polars as pl
+
+    from retention_jobs.erasure import ANCHOR, fingerprints
+
+    key = PseudonymKey.from_text("fingerprint-key-0123456789")
+
+    def h(b: bytes) -> str:
+        return hashlib.blake2b(b, key=key.secret, digest_size=16).hexdigest()
+
+    expected = sorted({(h(v.encode()[:ANCHOR]), h(v.encode()), len(v.encode()))
+                       for v in values if v is not None and len(v.encode()) >= ANCHOR})
+    got = fingerprints(pl.Series("c", values, dtype=pl.String), key)
+    assert sorted(got.select("anchor_hash", "value_hash", "value_length").iter_rows()) == expected
