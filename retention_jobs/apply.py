@@ -13,6 +13,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -107,6 +108,9 @@ class RunOptions:
     purposes: tuple[str, ...] | None = None
     mode: str = "run"
     """Recorded in the runs table: run (the policies) or request (a data-subject request)."""
+    overlap: bool = True
+    """DuckDB: prepare anonymise batch n+1 in a thread while batch n is written (see
+    `Applier._anonymise_overlapped`); False runs strictly one batch after the other."""
     purge: bool = True
     """After a run that changed rows, make the old bytes unrecoverable (DuckDB: compact into a
     fresh file; PostgreSQL: VACUUM, or VACUUM FULL where a policy asks for `purge: full`)."""
@@ -267,30 +271,76 @@ class Applier:
         if staged is not None:
             total = self.session.scalar(sa.select(sa.func.count()).select_from(staged))
             size = self.options.batch_size
-            for lo in range(0, total, size):
-                t = alias(b.table)
-                batch = sa.select(*(staged.c[k] for k in b.rule.keys)).where(staged.c.rj_n > lo, staged.c.rj_n <= lo + size)
-                # keys are numbered in key order: a batch spans a narrow range of the first key
-                self._span = _span(self.session, batch.subquery(), b.rule.keys[0])
-                # re-check at the start of each batch: a hold placed or a clock moved since
-                # the run began wins over the staged plan
-                confirmed = self.session.stage_query(
-                    "rj_confirmed", sa.select(*(t.c[k] for k in b.rule.keys))
-                    .where(_in_stage(t, b.rule.keys, batch.subquery(), self._span),
-                           self.pred.actionable(b, t, self._span)))
-                if b.rule.action == "delete":
-                    done += self._delete_batch(b, confirmed, counts, batches)
-                else:
-                    done += self._anonymise_batch(b, confirmed, counts, batches)
-                batches += 1
-                self.progress(b.id, min(lo + size, total), total)
+            if b.rule.action == "anonymise" and self._overlap(b):
+                n, nb = self._anonymise_overlapped(b, staged, total, size, counts, batches)
+                done, batches = done + n, batches + nb
+            else:
+                for lo in range(0, total, size):
+                    confirmed, self._span = self._confirm(b, staged, lo, size, "rj_confirmed")
+                    if b.rule.action == "delete":
+                        done += self._delete_batch(b, confirmed, counts, batches)
+                    else:
+                        done += self._anonymise_batch(b, confirmed, counts, batches)
+                    batches += 1
+                    self.progress(b.id, min(lo + size, total), total)
             self.session.drop_stage(staged.name)
         self._span = None
-        self.session.drop_stage("rj_confirmed")
+        for name in ("rj_confirmed", "rj_confirmed_0", "rj_confirmed_1"):
+            self.session.drop_stage(name)
         return RuleResult(
             plan=rp, deleted=done if b.rule.action == "delete" else 0,
             anonymised=done if b.rule.action == "anonymise" else 0,
             cascades=tuple(counts.values()), batches=batches, seconds=round(time.perf_counter() - t0, 3))
+
+    def _confirm(self, b: BoundRule, staged: sa.TableClause, lo: int, size: int,
+                 name: str) -> tuple[sa.TableClause, tuple[Any, Any] | None]:
+        """Stage the keys of the batch (staged keys numbered lo+1 .. lo+size) that are still
+        actionable, and return them with the batch's key span. Re-checked at the start of each
+        batch: a hold placed or a clock moved since the run began wins over the staged plan."""
+        t = alias(b.table)
+        batch = sa.select(*(staged.c[k] for k in b.rule.keys)).where(staged.c.rj_n > lo, staged.c.rj_n <= lo + size)
+        # keys are numbered in key order: a batch spans a narrow range of the first key
+        span = _span(self.session, batch.subquery(), b.rule.keys[0])
+        confirmed = self.session.stage_query(
+            name, sa.select(*(t.c[k] for k in b.rule.keys))
+            .where(_in_stage(t, b.rule.keys, batch.subquery(), span), self.pred.actionable(b, t, span)))
+        return confirmed, span
+
+    def _overlap(self, b: BoundRule) -> bool:
+        """Whether batch n+1 of an anonymise rule may be read and transformed while batch n is
+        written: on a store with one writer process (DuckDB), where nothing else can change
+        the rows in between, and when no cascade of the rule reaches its own table (a cascade
+        of batch n could then change rows of batch n+1 after they were read)."""
+        return (self.options.overlap and self.store.kind == "duckdb"
+                and all(link.table.name != b.table.name for link, _ in link_paths(b)))
+
+    def _anonymise_overlapped(self, b: BoundRule, staged: sa.TableClause, total: int, size: int,
+                              counts: dict[str, TableCounts], first_batch: int) -> tuple[int, int]:
+        """The batches of an anonymise rule with the Python work of batch n+1 (keyed hashes,
+        fingerprints, strategies, markers) in a worker thread while batch n is written and
+        committed (DuckDB releases the GIL while it runs a statement). Same rows, same values,
+        same transactions as the serial path; at most three batches in memory."""
+        keys, columns = list(b.rule.keys), b.rule.columns
+        self._key()
+        control.ensure_marker_table(self.store, self.session, b.table, keys)
+        starts = list(range(0, total, size))
+        done = 0
+        with ThreadPoolExecutor(1, thread_name_prefix="rj-prepare") as pool:
+
+            def fetch(i: int):
+                confirmed, span = self._confirm(b, staged, starts[i], size, f"rj_confirmed_{i % 2}")
+                data = self._read_rows(b.table, keys, columns, sa.select(*(confirmed.c[k] for k in keys)), span)
+                return confirmed, span, pool.submit(self._prepare_rows, b, b.table, keys, columns, data)
+
+            upcoming = fetch(0)
+            for i, lo in enumerate(starts):
+                confirmed, span, prepared = upcoming
+                # read batch i+1 while batch i is prepared; prepare i+1 while batch i is written
+                upcoming = fetch(i + 1) if i + 1 < len(starts) else None
+                self._span = span
+                done += self._anonymise_batch(b, confirmed, counts, first_batch + i, prepared.result())
+                self.progress(b.id, min(lo + size, total), total)
+        return done, len(starts)
 
     # -- delete ---------------------------------------------------------------------------
 
@@ -400,7 +450,9 @@ class Applier:
     # -- anonymise ------------------------------------------------------------------------
 
     def _anonymise_batch(self, b: BoundRule, confirmed: sa.TableClause, counts: dict[str, TableCounts],
-                         batch_no: int) -> int:
+                         batch_no: int, prepared: "_Prepared | None" = None) -> int:
+        """One batch of an anonymise rule: its cascades, then its own rows in one transaction.
+        `prepared`: the rows already read and transformed (the overlapped path)."""
         for link, path in link_paths(b):
             self._cascade_step(b, link, path, confirmed, counts, batch_no)
         t0 = time.perf_counter()
@@ -408,15 +460,26 @@ class Applier:
         with self.session.transaction():
             if b.rule.suppress:
                 self._suppress(b, rows)
-            n = self._anonymise_rows(b, b.table, b.rule.keys, b.rule.columns, rows)
+            if prepared is None:
+                n = self._anonymise_rows(b, b.table, b.rule.keys, b.rule.columns, rows)
+            else:
+                n = self._write_rows(b.table, b.rule.keys, b.rule.columns, prepared, self._span)
             self._audit(b, b.table.name, "anonymise", batch_no, time.perf_counter() - t0, anonymised=n)
         return n
 
     def _anonymise_rows(self, b: BoundRule, info: TableInfo, keys: list[str], columns: dict,
                         rows: sa.Select) -> int:
         """Anonymise `columns` of the rows whose keys `rows` selects; call inside a transaction."""
-        key = self._key()
         span = self._span if info.name == b.table.name and list(keys) == list(b.rule.keys) else None
+        data = self._read_rows(info, keys, columns, rows, span)
+        if data.is_empty():
+            return 0
+        return self._write_rows(info, keys, columns, self._prepare_rows(b, info, keys, columns, data), span)
+
+    def _read_rows(self, info: TableInfo, keys: list[str], columns: dict, rows: sa.Select,
+                   span: tuple[Any, Any] | None) -> pl.DataFrame:
+        """The keys and `columns` of the rows `rows` selects, with a `_done__<column>` flag per
+        column already anonymised by an earlier run (from the batch's own markers)."""
         control.ensure_marker_table(self.store, self.session, info, keys)
         self.pred.marker_tables.add(control.marker_name(info.name))
         t = alias(info)
@@ -425,23 +488,25 @@ class Applier:
         marks = (sa.select(*(m.c[k] for k in keys), sa.func.string_agg(m.c.columns, sa.literal("")).label("cols"))
                  .where(_in_stage(m, keys, rows.subquery(), span)).group_by(*(m.c[k] for k in keys)).subquery())
         done_flags = [sa.func.coalesce(marks.c.cols.like(f"%,{c},%"), sa.false()).label(f"_done__{c}") for c in columns]
-        data = pl.from_arrow(self.session.arrow(
+        return pl.from_arrow(self.session.arrow(
             sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
             .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
             .where(_in_stage(t, keys, rows.subquery(), span))))
+
+    def _prepare_rows(self, b: BoundRule, info: TableInfo, keys: list[str], columns: dict,
+                      data: pl.DataFrame) -> "_Prepared":
+        """Everything a batch writes, computed without the store: keyed hashes, the erased-value
+        fingerprints, the anonymised values, the markers. Safe in a worker thread."""
+        key = self._key()
         if data.is_empty():
-            return 0
+            return _Prepared(0, None, data, data)
         digests = {c: keyed_hashes(data[c], key) for c, s in columns.items() if needs_digest(s)}
         fresh_rows = ~data.select(pl.all_horizontal(*(pl.col(f"_done__{c}") for c in columns))).to_series()
-        erasure.record(self.session, key, self.run_id, info,
-                       [c for c, s in columns.items() if needs_digest(s) and info.columns[c].type == "string"],
-                       data.filter(fresh_rows), {c: d.filter(fresh_rows) for c, d in digests.items()})
+        fingerprints = erasure.fingerprint_rows(
+            key, self.run_id, info,
+            [c for c, s in columns.items() if needs_digest(s) and info.columns[c].type == "string"],
+            data.filter(fresh_rows), {c: d.filter(fresh_rows) for c, d in digests.items()})
         out = anonymise_frame(data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale, digests)
-        staged = self.session.stage("rj_anon", out.select(*keys, *columns).to_arrow())
-        target = sa_table(info)
-        self.session.execute(sa.update(target).values({c: _as_column_type(staged.c[c], info.columns[c]) for c in columns})
-                             .where(*(target.c[k] == staged.c[k] for k in keys),
-                                    *([target.c[keys[0]].between(*span)] if span else [])))
         fresh = {c: ~pl.col(f"_done__{c}") for c in columns}
         markers = data.with_columns(
             pl.concat_str([pl.lit(","), *(pl.when(fresh[c]).then(pl.lit(f"{c},")).otherwise(pl.lit("")) for c in columns)])
@@ -451,13 +516,38 @@ class Applier:
                 for c in columns if c in digests] or [pl.lit("")]).alias("original_hashes"),
             pl.lit(b.id).alias("rule"), pl.lit(control.now()).alias("anonymised_at"),
         ).select(*keys, "columns", "rule", "original_hashes", "anonymised_at").filter(pl.col("columns") != ",")
-        if not markers.is_empty():
-            ms = self.session.stage("rj_markers", markers.to_arrow())
+        return _Prepared(data.height, fingerprints, out.select(*keys, *columns), markers)
+
+    def _write_rows(self, info: TableInfo, keys: list[str], columns: dict, p: "_Prepared",
+                    span: tuple[Any, Any] | None) -> int:
+        """Write a prepared batch: fingerprints, the new values, the markers. In-transaction."""
+        if not p.height:
+            return 0
+        erasure.insert_fingerprints(self.session, p.fingerprints)
+        staged = self.session.stage("rj_anon", p.values.to_arrow())
+        target = sa_table(info)
+        self.session.execute(sa.update(target).values({c: _as_column_type(staged.c[c], info.columns[c]) for c in columns})
+                             .where(*(target.c[k] == staged.c[k] for k in keys),
+                                    *([target.c[keys[0]].between(*span)] if span else [])))
+        if not p.markers.is_empty():
+            ms = self.session.stage("rj_markers", p.markers.to_arrow())
             m = control.marker_table(info, keys)
-            self.session.execute(sa.insert(m).from_select(list(markers.columns), sa.select(*(ms.c[c] for c in markers.columns))))
+            self.session.execute(sa.insert(m).from_select(list(p.markers.columns),
+                                                          sa.select(*(ms.c[c] for c in p.markers.columns))))
             self.session.drop_stage("rj_markers")
         self.session.drop_stage("rj_anon")
-        return data.height
+        return p.height
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A batch of an anonymise rule, transformed and ready to write."""
+
+    height: int
+    fingerprints: pl.DataFrame | None
+    values: pl.DataFrame
+    """The keys and the anonymised columns."""
+    markers: pl.DataFrame
 
 
 _COUNT = {"delete": "deleted", "unlink": "unlinked", "anonymise": "anonymised"}

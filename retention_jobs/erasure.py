@@ -56,9 +56,10 @@ def fingerprints(values: pl.Series, key: PseudonymKey, digests: pl.Series | None
     return df.select(anchors.alias("anchor_hash"), "value_hash", "value_length")
 
 
-def record(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
-           data: pl.DataFrame, digests: dict[str, pl.Series] | None = None) -> int:
-    """Record the fingerprints of `columns` of `data` (rows about to be erased). In-transaction."""
+def fingerprint_rows(key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
+                     data: pl.DataFrame, digests: dict[str, pl.Series] | None = None) -> pl.DataFrame | None:
+    """The erased-value ledger rows for `columns` of `data` (rows about to be erased), or None.
+    Pure computation: no store access (the applier prepares a batch while the last one commits)."""
     frames = []
     for c in columns:
         if c in data.columns:
@@ -66,13 +67,25 @@ def record(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, co
             if fp.height:
                 frames.append(fp.with_columns(pl.lit(info.name).alias("table_name"), pl.lit(c).alias("column_name")))
     if not frames:
+        return None
+    return pl.concat(frames).with_columns(pl.lit(run_id).alias("run_id"), pl.lit(control.now()).alias("erased_at"))
+
+
+def insert_fingerprints(session: Session, rows: pl.DataFrame | None) -> int:
+    """Write `fingerprint_rows` to the ledger. In-transaction."""
+    if rows is None or rows.is_empty():
         return 0
-    rows = pl.concat(frames).with_columns(pl.lit(run_id).alias("run_id"), pl.lit(control.now()).alias("erased_at"))
     staged = session.stage("rj_erased", rows.to_arrow())
     cols = ["run_id", "table_name", "column_name", "anchor_hash", "value_hash", "value_length", "erased_at"]
     session.execute(sa.insert(control.erased_values).from_select(cols, sa.select(*(staged.c[c] for c in cols))))
     session.drop_stage("rj_erased")
     return rows.height
+
+
+def record(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
+           data: pl.DataFrame, digests: dict[str, pl.Series] | None = None) -> int:
+    """Record the fingerprints of `columns` of `data` (rows about to be erased). In-transaction."""
+    return insert_fingerprints(session, fingerprint_rows(key, run_id, info, columns, data, digests))
 
 
 def record_where(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
