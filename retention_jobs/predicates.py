@@ -217,7 +217,11 @@ class Predicates:
         deleters = [d for d in self.bound if d.rule.action == "delete" and d.table.name == b.table.name and d is not b]
         if b.rule.action != "anonymise" or not deleters:
             return sa.false()
-        return sa.or_(*(self.free(d, t) for d in deleters))
+        return sa.or_(*(self.deleter_frees(d, t) for d in deleters))
+
+    def deleter_frees(self, d: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        """The delete rule `d` removes the row (for `superseded`)."""
+        return self.free(d, t)
 
     def in_share(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
         """Rows of `b`'s keys (in `t`, a table with those key columns) that this run may act on:
@@ -298,12 +302,9 @@ class KeyRangePredicates(Predicates):
     def expired(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
         return sa.and_(super().expired(b, t), self.in_share(b, t))
 
-    def superseded(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
-        deleters = [d for d in self.bound if d.rule.action == "delete" and d.table.name == b.table.name and d is not b]
-        if b.rule.action != "anonymise" or not deleters:
-            return sa.false()
-        return sa.or_(*(sa.and_(super(KeyRangePredicates, self).expired(d, t), ~self.held(d, t), ~self.retained(d, t))
-                        for d in deleters))
+    def deleter_frees(self, d: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+        # whichever worker's range holds the row: deletion wins across ranges
+        return sa.and_(super().expired(d, t), ~self.held(d, t), ~self.retained(d, t))
 
 
 class HoldsReleased(Predicates):
