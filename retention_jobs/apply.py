@@ -530,11 +530,7 @@ class Applier:
                              .where(*(target.c[k] == staged.c[k] for k in keys),
                                     *([target.c[keys[0]].between(*span)] if span else [])))
         if not p.markers.is_empty():
-            ms = self.session.stage("rj_markers", p.markers.to_arrow())
-            m = control.marker_table(info, keys)
-            self.session.execute(sa.insert(m).from_select(list(p.markers.columns),
-                                                          sa.select(*(ms.c[c] for c in p.markers.columns))))
-            self.session.drop_stage("rj_markers")
+            self.session.append(control.marker_table(info, keys), p.markers.to_arrow())
         self.session.drop_stage("rj_anon")
         return p.height
 

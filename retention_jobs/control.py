@@ -37,7 +37,7 @@ audit = sa.table(
 erased_values = sa.table(
     "erased_values", *(sa.column(n, t) for n, t in [
         ("run_id", sa.String()), ("table_name", sa.String()), ("column_name", sa.String()),
-        ("anchor_hash", sa.String()), ("value_hash", sa.String()), ("value_length", sa.BigInteger()),
+        ("anchor_hash", sa.BigInteger()), ("value_hash", sa.BigInteger()), ("value_length", sa.BigInteger()),
         ("erased_at", sa.DateTime())]), schema=C)
 
 runs = sa.table(
@@ -59,8 +59,8 @@ _DDL = {
              "rule {text}, table_name {text}, action {text} NOT NULL, as_of {date}, policy_sha256 {text}, "
              "batch {int}, expired {int}, held {int}, retained {int}, deleted {int}, anonymised {int}, "
              "unlinked {int}, key_id {text}, seconds {float}, prev_hash {text}, row_hash {text}",
-    "erased_values": "run_id {text}, table_name {text}, column_name {text}, anchor_hash {text}, "
-                     "value_hash {text}, value_length {int}, erased_at {ts}",
+    "erased_values": "run_id {text}, table_name {text}, column_name {text}, anchor_hash {int}, "
+                     "value_hash {int}, value_length {int}, erased_at {ts}",
     "runs": "run_id {text} PRIMARY KEY, started_at {ts} NOT NULL, finished_at {ts}, as_of {date}, "
             "mode {text}, status {text}, policies_sha256 {text}, summary {text}",
     "suppression": "identifier_hash {text} PRIMARY KEY, key_id {text} NOT NULL, purpose {text}, added_at {ts}",
@@ -95,6 +95,34 @@ def ensure_control_schema(store: Store, session: Session) -> None:
     for col in ("prev_hash", "row_hash"):
         if col not in have:
             session.execute(f"ALTER TABLE {C}.audit ADD COLUMN {col} {types['text']}")
+    _ledger_hashes_as_integers(store, session)
+
+
+# The erased-value ledger kept its hashes as 32 hex digits before 0.2; now as the signed 64-bit
+# integer of the first 16 (`erasure.ledger_hash`): the same hashes, a third of the write.
+_HEX_TO_INT = {
+    "duckdb": "CAST(CAST(('0x' || substr({c}, 1, 16)) AS UBIGINT)::HUGEINT - CASE WHEN "
+              "CAST(('0x' || substr({c}, 1, 16)) AS UBIGINT) >= 9223372036854775808 "
+              "THEN 18446744073709551616::HUGEINT ELSE 0 END AS BIGINT)",
+    "postgresql": "(('x' || substr({c}, 1, 16))::bit(64))::bigint",
+}
+
+
+def _ledger_hashes_as_integers(store: Store, session: Session) -> None:
+    rows = session.fetchall(sa.text(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :s "
+        "AND table_name = 'erased_values' AND column_name IN ('anchor_hash', 'value_hash')").bindparams(s=C))
+    old = [name for name, dtype in rows if "char" in dtype.lower() or "text" in dtype.lower()]
+    if not old:
+        return
+    convert = _HEX_TO_INT.get(store.kind)
+    if convert is None:
+        raise ConfigError(f"{C}.erased_values keeps its hashes as text (an earlier version); convert "
+                          f"{', '.join(old)} to BIGINT with the first 16 hex digits as a signed integer")
+    with session.transaction():
+        for name in old:
+            session.execute(f"ALTER TABLE {C}.erased_values ALTER COLUMN {name} TYPE BIGINT "
+                            f"USING {convert.format(c=name)}")
 
 
 def control_exists(session: Session) -> bool:

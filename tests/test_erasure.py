@@ -218,7 +218,7 @@ def test_audit_verify_cli_uses_an_outside_head(tmp_path):
 @given(st.lists(st.one_of(st.none(), st.text(max_size=12)), max_size=25))
 def test_fingerprints_match_a_value_by_value_reference(values):
     """Anchors are the keyed hash of the first 6 UTF-8 bytes, whatever the characters; values
-    shorter than an anchor are not tracked; each distinct value once."""
+    shorter than an anchor are not tracked; each distinct value once; hashes as 64-bit integers."""
     import hashlib
 
     import polars as pl
@@ -227,8 +227,8 @@ def test_fingerprints_match_a_value_by_value_reference(values):
 
     key = PseudonymKey.from_text("fingerprint-key-0123456789")
 
-    def h(b: bytes) -> str:
-        return hashlib.blake2b(b, key=key.secret, digest_size=16).hexdigest()
+    def h(b: bytes) -> int:  # the ledger keeps the first 8 digest bytes as a signed integer
+        return int.from_bytes(hashlib.blake2b(b, key=key.secret, digest_size=16).digest()[:8], "big", signed=True)
 
     expected = sorted({(h(v.encode()[:ANCHOR]), h(v.encode()), len(v.encode()))
                        for v in values if v is not None and len(v.encode()) >= ANCHOR})

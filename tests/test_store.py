@@ -679,3 +679,42 @@ def test_duckdb_bad_setting_from_the_environment_is_a_config_error(tmp_path, mon
     monkeypatch.setenv("RETENTION_DUCKDB_MEMORY_LIMIT", "1GB")
     with DuckDBStore(path).connect() as s:
         assert s.scalar(sa.text("SELECT count(*) FROM t")) == 0
+
+
+# --- control schema upgrades ---------------------------------------------------------------------
+
+
+def test_an_erased_value_ledger_with_text_hashes_is_converted_to_the_integer_form(store):
+    """Stores written before 0.2 keep the ledger's hashes as 32 hex digits; the upgrade turns
+    each into the signed integer of its first 16, the form `erasure.ledger_hash` writes now."""
+    import hashlib
+
+    from retention_jobs.erasure import _h, ledger_hash
+
+    key = PseudonymKey.from_text("ledger-upgrade-key-0123")
+    values = [b"kari.nordmann@example.no", b"Storgata 1", b"+47 912 34 567", b"ffffff"]
+    hexes = [hashlib.blake2b(v, key=key.secret, digest_size=16).hexdigest() for v in values]
+    hexes.append("ffffffffffffffff" + "0" * 16)  # the top bit set: a negative integer
+    hexes.append("7fffffffffffffff" + "f" * 16)  # the largest positive one
+    text = store.ddl_types()["text"]
+    with store.connect() as s:
+        s.execute(f"CREATE SCHEMA {control.C}")
+        s.execute(f"CREATE TABLE {control.C}.erased_values (run_id {text}, table_name {text}, column_name "
+                  f"{text}, anchor_hash {text}, value_hash {text}, value_length BIGINT, erased_at TIMESTAMP)")
+        for i, h in enumerate(hexes):
+            s.execute(sa.text(f"INSERT INTO {control.C}.erased_values VALUES ('old-run', 't.c', 'c', :a, :v, :n, "
+                              "TIMESTAMP '2026-01-01 00:00:00')").bindparams(a=h[::-1], v=h, n=i))
+        control.ensure_control_schema(store, s)
+        control.ensure_control_schema(store, s)  # a second upgrade changes nothing
+        got = dict(s.fetchall(sa.text(f"SELECT value_length, value_hash FROM {control.C}.erased_values")))
+        anchors = dict(s.fetchall(sa.text(f"SELECT value_length, anchor_hash FROM {control.C}.erased_values")))
+    # an independent reference: Python's own two's complement of the first 8 bytes
+    expected = [int.from_bytes(bytes.fromhex(h[:16]), "big", signed=True) for h in hexes]
+    assert [got[i] for i in range(len(hexes))] == expected
+    assert [anchors[i] for i in range(len(hexes))] == [int.from_bytes(bytes.fromhex(h[::-1][:16]), "big", signed=True)
+                                                      for h in hexes]
+    assert expected[4] == -1
+    assert expected[5] == 2**63 - 1
+    # the bytes-side hash of the verifier and the column-side form of the runs agree with it
+    assert [_h(v, key) for v in values] == expected[:4]
+    assert ledger_hash(pl.Series(hexes)).to_list() == expected

@@ -63,6 +63,10 @@ def normalise_type(raw: str) -> str:
     return "other"
 
 
+def _quote(ident: str) -> str:
+    return '"' + ident.replace('"', '""') + '"'
+
+
 class DuckDBSession(Session):
     def __init__(self, con: duckdb.DuckDBPyConnection, lock=None):
         self.con = con
@@ -110,6 +114,17 @@ class DuckDBSession(Session):
 
     def drop_stage(self, name: str) -> None:
         self.con.execute(f'DROP TABLE IF EXISTS temp."{safe_ident(name)}"')
+
+    def append(self, target: sa.TableClause, data: pa.Table) -> int:
+        """Insert straight from the Arrow table (a replacement scan): no temporary copy."""
+        cols = ", ".join(_quote(c) for c in data.column_names)
+        name = f"{_quote(target.schema)}.{_quote(target.name)}" if target.schema else _quote(target.name)
+        self.con.register("_append_input", data)
+        try:
+            self.con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _append_input")
+        finally:
+            self.con.unregister("_append_input")
+        return data.num_rows
 
     def begin(self) -> None:
         self.con.execute("BEGIN TRANSACTION")
