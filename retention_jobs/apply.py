@@ -200,10 +200,12 @@ class Applier:
         purposes = list(self.options.purposes) if self.options.purposes else None
         plan = self.planner.plan(purposes)
         bound = {b.id: b for b in self.planner.rules(purposes)}
-        fingerprints = {rp.rule_id: held_fingerprint(self.session, self.planner, bound[rp.rule_id])
-                        for rp in plan.rules if rp.held}
         if self.options.dry_run:
-            return self._report(started, t0, [RuleResult(plan=rp) for rp in plan.rules], fingerprints, dry=True)
+            return self._report(started, t0, [RuleResult(plan=rp) for rp in plan.rules], {}, dry=True)
+        # a run that will change no row cannot change a held one: the fingerprints (a read of
+        # every column of every held row) are taken only when some rule has work
+        fingerprints = {rp.rule_id: held_fingerprint(self.session, self.planner, bound[rp.rule_id])
+                        for rp in plan.rules if rp.held} if self.has_work(plan, bound) else {}
         self.check_delete_share(plan)
         control.start_run(self.session, self.run_id, self.as_of, self.options.mode, self.policies.digest)
         results: dict[str, RuleResult] = {}
@@ -225,6 +227,20 @@ class Applier:
             "rules": {r.plan.rule_id: {"deleted": r.deleted, "anonymised": r.anonymised} for r in report.rules},
         })
         return report
+
+    def has_work(self, plan: Plan, bound: dict[str, BoundRule]) -> bool:
+        """Whether applying `plan` may change a row: a rule with rows to act on, or a journalled
+        delete batch left by an interrupted run."""
+        if any(rp.to_act for rp in plan.rules if rp.action != "retain"):
+            return True
+        for rp in plan.rules:
+            b = bound[rp.rule_id]
+            if b.rule.action == "delete" and b.cascades:
+                pending = self._pending_table(b)
+                if self.session.scalar(sa.select(sa.func.count()).select_from(pending).where(
+                        pending.c.rule == b.id, self.pred.in_share(b, pending))):
+                    return True
+        return False
 
     def _report(self, started, t0, results, fingerprints, dry) -> RunReport:
         return RunReport(

@@ -46,7 +46,8 @@ def held_unchanged(planner: Planner, session: Session, before: dict[str, str],
             changed[b.id] = 1
     return CheckResult(
         "held_rows_unchanged", not changed,
-        f"held rows of {len(before)} rules are unchanged" if not changed
+        (f"held rows of {len(before)} rules are unchanged" if before else
+         "no held rows to compare: the run had no row to change, or no rule has held rows") if not changed
         else f"held rows changed in {len(changed)} rules: {', '.join(changed)}", changed)
 
 

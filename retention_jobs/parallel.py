@@ -127,7 +127,7 @@ def run_parallel(location: str, policies: PolicySet, as_of: date, key: Pseudonym
         # the held rows of the whole tables, before any worker changes anything (the check
         # `held_rows_unchanged` compares them after the run)
         fingerprints = {rp.rule_id: held_fingerprint(session, applier.planner, bound[rp.rule_id])
-                        for rp in plan.rules if rp.held}
+                        for rp in plan.rules if rp.held} if applier.has_work(plan, bound) else {}
         acting = [rp.rule_id for rp in plan.rules if rp.action != "retain"]
         _prepare(applier, acting)
         ranges = key_ranges(applier, acting, workers)

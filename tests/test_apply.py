@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from retention_jobs import control
 from retention_jobs.anonymise import PseudonymKey
-from retention_jobs.apply import RunOptions, run_policies
+from retention_jobs.apply import Applier, RunOptions, run_policies
 from retention_jobs.errors import ApprovalRequired
 from retention_jobs.load import PolicySet, load_text
 from retention_jobs.plan import build_plan
@@ -361,3 +361,41 @@ def test_a_failure_while_preparing_the_next_batch_leaves_whole_batches_and_a_rer
         marked = s.scalar(sa.text("SELECT count(DISTINCT id) FROM retention_control.anonymised__s__customers"))
         left = s.scalar(sa.text("SELECT count(*) FROM s.customers"))
     assert marked == rule.plan.expired == left  # every customer left was inactive: all anonymised once
+
+
+def test_held_rows_are_fingerprinted_only_by_a_run_that_has_work(tmp_path):
+    """The fingerprint reads every column of every held row; a run with nothing to change
+    (the night after) skips it, a run with work takes it, and a journalled batch counts as work."""
+    import textwrap
+
+    from stores import build_smoke
+    from test_store import AS_OF, KEY, SHOP
+
+    from retention_jobs.check import run_checks
+
+    policies = PolicySet((load_text(textwrap.dedent(SHOP), "shop.yaml"),))
+    store = DuckDBStore(tmp_path / "w.duckdb")
+    with store.connect() as s:
+        build_smoke(s)
+        control.ensure_control_schema(store, s)
+        control.add_hold(s, scope="subject", subject="customer:3", case_ref="LIT-1", reason="litigation",
+                         placed_by="test")
+    options = RunOptions(max_delete_fraction=None, batch_size=100, purge=False)
+    first = run_policies(store, policies, AS_OF, KEY, options)
+    assert first.changed and first.held_fingerprints
+    assert set(first.held_fingerprints) == {r.plan.rule_id for r in first.rules if r.plan.held}
+    again = run_policies(store, policies, AS_OF, KEY, options)
+    assert not again.changed and again.held_fingerprints == {}
+    assert any(r.plan.held for r in again.rules)  # there are held rows; they were not read
+    checks = {c.name: c for c in run_checks(store, policies, AS_OF, KEY, run_id=again.run_id,
+                                             held_before=again.held_fingerprints)}
+    assert checks["held_rows_unchanged"].passed
+    with store.connect() as s:  # a journalled delete batch of an interrupted run is work
+        applier = Applier(store, s, policies, AS_OF, KEY, options)
+        plan = applier.planner.plan(None)
+        bound = {b.id: b for b in applier.planner.rules(None)}
+        assert not applier.has_work(plan, bound)
+        journalled = next(b for b in bound.values() if b.rule.action == "delete" and b.cascades)
+        pending = applier._pending_table(journalled)
+        s.execute(sa.insert(pending).values({journalled.rule.keys[0]: 3, "rule": journalled.id}))
+        assert applier.has_work(plan, bound)
