@@ -339,16 +339,32 @@ class SqlSession(Session):
         with self._op(temp_tables=True):
             self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(ident)}")
             self._exec(f"CREATE TEMP TABLE {quote(ident)} ({cols}) ON COMMIT PRESERVE ROWS")
-            if data.num_rows:
-                raw = self.conn.connection.driver_connection
-                with raw.cursor() as cur, cur.copy(
-                        f"COPY pg_temp.{quote(ident)} ({col_list}) FROM STDIN WITH (FORMAT csv)") as copy:
-                    for batch in ready.to_batches(max_chunksize=COPY_ROWS):
-                        sink = pa.BufferOutputStream()
-                        pacsv.write_csv(pa.Table.from_batches([batch], ready.schema), sink, options)
-                        copy.write(sink.getvalue().to_pybytes())
+            self._copy(f"pg_temp.{quote(ident)} ({col_list})", ready, options)
         return sa.table(name, *(sa.column(c, sa_type_for_arrow(t))
                                  for c, t in zip(data.column_names, data.schema.types, strict=True)))
+
+    def _copy(self, target: str, ready: pa.Table, options: pacsv.WriteOptions) -> None:
+        if not ready.num_rows:
+            return
+        raw = self.conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f"COPY {target} FROM STDIN WITH (FORMAT csv)") as copy:
+            for batch in ready.to_batches(max_chunksize=COPY_ROWS):
+                sink = pa.BufferOutputStream()
+                pacsv.write_csv(pa.Table.from_batches([batch], ready.schema), sink, options)
+                copy.write(sink.getvalue().to_pybytes())
+
+    def append(self, target: sa.TableClause, data: pa.Table) -> int:
+        """Rows of `data` into `target` with one `COPY` straight into the table (no temporary
+        copy): the values are parsed as the target's column types, in the open transaction."""
+        quote = self.conn.dialect.identifier_preparer.quote
+        name = f"{quote(target.schema)}.{quote(target.name)}" if target.schema else quote(target.name)
+        col_list = ", ".join(quote(c) for c in data.column_names)
+        with self._op():
+            if not self.conn.in_transaction():
+                self.conn.begin()  # the COPY goes through the driver: let the session own its transaction
+            self._copy(f"{name} ({col_list})", _csv_ready(data),
+                       pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+        return data.num_rows
 
     def stage_query(self, name: str, query: sa.Select) -> sa.TableClause:
         """A temporary table from a query that runs inside the database (values stay bound)."""
