@@ -212,3 +212,17 @@ def anonymise_frame(df: pl.DataFrame, columns: dict[str, Strategy], infos: dict[
 
 
 ORIGINAL_HASH_CHARS = 16
+"""Hex digits of an original value's keyed hash in a marker of the first format (64 bits)."""
+
+MARKER_HASHES_V2 = "2:"
+"""A marker's `original_hashes` in the second format: this prefix, then one token per column
+of the marker's `columns`, in that order, joined by ';': the first 8 bytes of the original
+value's keyed hash in base64 (11 characters), empty where the strategy keeps no hash or the
+value was NULL. The first format, "email=<16 hex digits>;phone=...;", named each column and
+took twice the bytes: at 10M rows its markers were a fifth of an anonymisation's time."""
+
+
+def original_token(hex_digest: pl.Expr) -> pl.Expr:
+    """The marker token of a value from its hex keyed hash (`keyed_hashes`); NULL stays NULL."""
+    return (hex_digest.str.slice(0, ORIGINAL_HASH_CHARS).str.decode("hex").bin.encode("base64")
+            .str.strip_chars_end("="))

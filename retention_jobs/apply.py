@@ -24,11 +24,12 @@ from pydantic import BaseModel, ConfigDict
 
 from retention_jobs import control, erasure
 from retention_jobs.anonymise import (
-    ORIGINAL_HASH_CHARS,
+    MARKER_HASHES_V2,
     PseudonymKey,
     anonymise_frame,
     keyed_hashes,
     needs_digest,
+    original_token,
 )
 from retention_jobs.errors import ApprovalRequired
 from retention_jobs.load import PolicySet
@@ -527,9 +528,10 @@ class Applier:
         markers = data.with_columns(
             pl.concat_str([pl.lit(","), *(pl.when(fresh[c]).then(pl.lit(f"{c},")).otherwise(pl.lit("")) for c in columns)])
             .alias("columns"),
-            pl.concat_str([pl.when(fresh[c]).then(pl.concat_str([pl.lit(f"{c}="), pl.lit(digests[c]).str.slice(
-                0, ORIGINAL_HASH_CHARS).fill_null("null"), pl.lit(";")])).otherwise(pl.lit(""))
-                for c in columns if c in digests] or [pl.lit("")]).alias("original_hashes"),
+            pl.concat_str([pl.lit(MARKER_HASHES_V2), *(
+                pl.when(fresh[c]).then(pl.concat_str([
+                    original_token(pl.lit(digests[c])).fill_null("") if c in digests else pl.lit(""), pl.lit(";")]))
+                .otherwise(pl.lit("")) for c in columns)]).str.strip_suffix(";").alias("original_hashes"),
             pl.lit(b.id).alias("rule"), pl.lit(control.now()).alias("anonymised_at"),
         ).select(*keys, "columns", "rule", "original_hashes", "anonymised_at").filter(pl.col("columns") != ",")
         return _Prepared(data.height, fingerprints, out.select(*keys, *columns), markers)

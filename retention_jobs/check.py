@@ -9,7 +9,13 @@ import polars as pl
 import sqlalchemy as sa
 
 from retention_jobs import control
-from retention_jobs.anonymise import ORIGINAL_HASH_CHARS, PseudonymKey, keyed_hashes
+from retention_jobs.anonymise import (
+    MARKER_HASHES_V2,
+    ORIGINAL_HASH_CHARS,
+    PseudonymKey,
+    keyed_hashes,
+    original_token,
+)
 from retention_jobs.apply import held_fingerprint
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Planner
@@ -80,21 +86,35 @@ def no_original_values(planner: Planner, session: Session, key: PseudonymKey,
                     continue
                 t = alias(info)
                 rows = pl.from_arrow(session.arrow(
-                    sa.select(t.c[col].label("value"), m.c.original_hashes)
+                    sa.select(t.c[col].label("value"), m.c.columns, m.c.original_hashes)
                     .select_from(t.join(m, sa.and_(*(m.c[k] == t.c[k] for k in keys))))
                     .where(m.c.columns.like(f"%,{col},%"))))
                 if rows.is_empty():
                     continue
-                original = rows["original_hashes"].str.extract(rf"(?:^|;){col}=([0-9a-f]+);", 1)
-                now_hash = keyed_hashes(rows["value"], key).str.slice(0, ORIGINAL_HASH_CHARS)
-                checked += int(original.is_not_null().sum())
-                same = int((now_hash == original).fill_null(False).sum())
+                now_hex = keyed_hashes(rows["value"], key).str.slice(0, ORIGINAL_HASH_CHARS)
+                compared = rows.with_columns(now_hex.alias("now")).select(*_original_and_now(col))
+                checked += int(compared["original"].is_not_null().sum())
+                same = int((compared["now"] == compared["original"]).fill_null(False).sum())
                 if same:
                     found[f"{info.name}.{col}"] = same
     return CheckResult(
         "no_original_values", not found,
         f"{checked} anonymised values checked, none is the original" if not found
         else f"{sum(found.values())} anonymised values still equal their original", found)
+
+
+def _original_and_now(col: str) -> tuple[pl.Expr, pl.Expr]:
+    """The original value's hash from a marker (either format, see `MARKER_HASHES_V2`) and the
+    current value's (`now`: 16 hex digits) in the same form."""
+    raw = pl.col("original_hashes")
+    v2 = raw.str.starts_with(MARKER_HASHES_V2)
+    position = pl.col("columns").str.strip_chars(",").str.split(",").list.eval(pl.element() == col).list.arg_max()
+    token = raw.str.strip_prefix(MARKER_HASHES_V2).str.split(";").list.get(position, null_on_oob=True)
+    token = pl.when(token != "").then(token)
+    first = raw.str.extract(rf"(?:^|;){col}=([0-9a-f]+);", 1)
+    now = pl.col("now")
+    return (pl.when(v2).then(token).otherwise(first).alias("original"),
+            pl.when(v2).then(original_token(now)).otherwise(now).alias("now"))
 
 
 def _runs(run_id: str | Sequence[str]) -> tuple[str, ...]:

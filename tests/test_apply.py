@@ -399,3 +399,64 @@ def test_held_rows_are_fingerprinted_only_by_a_run_that_has_work(tmp_path):
         pending = applier._pending_table(journalled)
         s.execute(sa.insert(pending).values({journalled.rule.keys[0]: 3, "rule": journalled.id}))
         assert applier.has_work(plan, bound)
+
+
+def test_markers_keep_each_original_hash_compactly_and_the_check_reads_both_formats(tmp_path):
+    """A marker keeps, per anonymised column, the first 8 bytes of the original value's keyed
+    hash (base64, in the order of its `columns`); the check finds an original value written
+    back, whether the markers are of this format or of the first one (named hex hashes)."""
+    import base64
+    import textwrap
+
+    from stores import build_smoke
+    from test_store import AS_OF, KEY, SHOP
+
+    from retention_jobs.check import no_original_values
+    from retention_jobs.plan import Planner
+
+    def h(value: str) -> bytes:  # an independent reference for the engine's keyed hash
+        return hashlib.blake2b(value.encode(), key=KEY.secret, digest_size=16).digest()[:8]
+
+    policies = PolicySet((load_text(textwrap.dedent(SHOP), "shop.yaml"),))
+    store = DuckDBStore(tmp_path / "w.duckdb")
+    with store.connect() as s:
+        build_smoke(s)
+        before = {r[0]: r[1:] for r in s.fetchall(sa.text("SELECT id, email, name, phone FROM s.customers"))}
+    run_policies(store, policies, AS_OF, KEY, RunOptions(max_delete_fraction=None, purge=False))
+    m = "retention_control.anonymised__s__customers"
+
+    def check():
+        with store.connect(read_only=True) as s:
+            return no_original_values(Planner(store, s, policies, AS_OF), s, KEY, None)
+
+    with store.connect() as s:
+        markers = s.fetchall(sa.text(f"SELECT id, columns, original_hashes FROM {m} ORDER BY id"))
+    assert markers
+    for cid, columns, hashes in markers:
+        assert hashes.startswith("2:")
+        names, tokens = columns.strip(",").split(","), hashes[2:].split(";")
+        assert len(tokens) == len(names)
+        for name, token in zip(names, tokens, strict=True):
+            original = dict(zip(("email", "name", "phone"), before[cid], strict=True)).get(name)
+            if name == "born" or original is None:
+                assert token == ""
+            else:
+                assert base64.b64decode(token + "=") == h(original)
+    assert check().passed
+    victim, columns, _ = next(r for r in markers if ",email," in r[1] and before[r[0]][0])
+    with store.connect() as s:  # a sync job writes one original e-mail back
+        anonymised = s.scalar(sa.text(f"SELECT email FROM s.customers WHERE id = {victim}"))
+        s.execute(sa.text("UPDATE s.customers SET email = :e WHERE id = :i").bindparams(e=before[victim][0], i=victim))
+    first = check()
+    assert not first.passed and first.counts == {"s.customers.email": 1}
+    with store.connect() as s:  # the same markers in the first format
+        for cid, columns, _ in markers:
+            originals = dict(zip(("email", "name", "phone"), before[cid], strict=True))
+            old = "".join(f"{c}={h(originals[c]).hex() if originals[c] is not None else 'null'};"
+                          for c in columns.strip(",").split(",") if c != "born")
+            s.execute(sa.text(f"UPDATE {m} SET original_hashes = :o WHERE id = :i").bindparams(o=old, i=cid))
+    second = check()
+    assert not second.passed and second.counts == first.counts and second.summary == first.summary
+    with store.connect() as s:
+        s.execute(sa.text("UPDATE s.customers SET email = :e WHERE id = :i").bindparams(e=anonymised, i=victim))
+    assert check().passed
