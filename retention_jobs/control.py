@@ -224,10 +224,17 @@ def release_hold(session: Session, hold_id: str, released_by: str | None) -> boo
     return n != 0
 
 
-def list_holds(session: Session, include_released: bool = False) -> list[Hold]:
+def list_holds(session: Session, include_released: bool = False,
+               subject: tuple[str, str] | None = None) -> list[Hold]:
+    """Holds in the order placed. `subject` (kind, id): only the holds that can cover that
+    subject's rows (purpose and table holds, and that subject's own), not the thousands of
+    other subjects' holds a store may have."""
     q = sa.select(*holds.c).order_by(holds.c.placed_at)
     if not include_released:
         q = q.where(holds.c.released_at.is_(None))
+    if subject is not None:
+        q = q.where(sa.or_(holds.c.scope != "subject",
+                           sa.and_(holds.c.subject_kind == subject[0], holds.c.subject_id == subject[1])))
     return [Hold(*row) for row in session.fetchall(q)]
 
 

@@ -146,7 +146,9 @@ class Planner:
             p.expired(b, t).label("e"), p.held(b, t).label("h"), p.retained(b, t).label("r"),
             (p.superseded(b, t) if anon else sa.false()).label("s"),
             (p.done(b, t) if anon else sa.false()).label("d"),
-        ).select_from(t).where(p.expired(b, t)).subquery("rj_flags")
+        ).select_from(t).where(p.expired(b, t)).offset(0).subquery("rj_flags")
+        # OFFSET 0 keeps PostgreSQL from inlining the flags into each sum below, which ran the
+        # hold and marker subqueries once per sum (1.5 s instead of 0.7 s at 1M rows)
         e, h, r, s, d = (flags.c[n] for n in "ehrsd")
         free = sa.and_(e, ~h, ~r)
         cols = [sa.func.count(), _sum(e), _sum(sa.and_(e, h)), _sum(sa.and_(e, ~h, r))]

@@ -196,16 +196,20 @@ class Predicates:
             return sa.false()
         keys = list(b.rule.keys)
         m = control.marker_table(b.table, keys)
-        # uncorrelated, so PostgreSQL hashes it once (a correlated EXISTS with GROUP BY would
-        # rescan the markers for every row) and DuckDB runs one semi join
-        complete = (sa.select(*(m.c[k] for k in keys))
-                    .where(*([m.c[keys[0]].between(*span)] if span is not None else []))
-                    .group_by(*(m.c[k] for k in keys))
-                    .having(sa.and_(*(sa.func.max(sa.case((m.c.columns.like(f"%,{c},%"), 1), else_=0)) == 1
-                                      for c in b.rule.columns))))
-        if len(keys) == 1:
-            return t.c[keys[0]].in_(complete)
-        return sa.tuple_(*(t.c[k] for k in keys)).in_(complete)
+        in_span = [m.c[keys[0]].between(*span)] if span is not None else []
+        # the usual marker is one row naming exactly this rule's columns, in its order (the
+        # applier writes them so): found by equality, one hashed semi join. Only the other
+        # markers (several rules, several runs) are grouped to see if together they name every
+        # column. Both uncorrelated, so PostgreSQL hashes each once (a correlated EXISTS with
+        # GROUP BY would rescan the markers for every row) and DuckDB runs semi joins.
+        whole = "," + "".join(f"{c}," for c in b.rule.columns)
+        exact = sa.select(*(m.c[k] for k in keys)).where(m.c.columns == whole, *in_span)
+        pieced = (sa.select(*(m.c[k] for k in keys)).where(m.c.columns != whole, *in_span)
+                  .group_by(*(m.c[k] for k in keys))
+                  .having(sa.and_(*(sa.func.max(sa.case((m.c.columns.like(f"%,{c},%"), 1), else_=0)) == 1
+                                    for c in b.rule.columns))))
+        row = t.c[keys[0]] if len(keys) == 1 else sa.tuple_(*(t.c[k] for k in keys))
+        return sa.or_(row.in_(exact), row.in_(pieced))
 
     # -- what the rule acts on ------------------------------------------------------------
 

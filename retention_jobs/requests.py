@@ -485,7 +485,8 @@ def process_request(store: Store, session: Session, policies: PolicySet, req: Re
         run_id = report.run_id
         _count_changes(report, outcomes)
         check = Planner(store, session, policies, as_of, SubjectPredicates, **options)
-        to_act = _count_left(check.plan(purposes), check, control.list_holds(session), req, outcomes)
+        holds = control.list_holds(session, subject=(req.subject_kind, req.subject_id))
+        to_act = _count_left(check.plan(purposes), check, holds, req, outcomes)
     held = sum(o.held for o in outcomes.values())
     retained = sum(o.retained for o in outcomes.values())
     status, recheck, deferred_until = "done", None, None
