@@ -2,9 +2,10 @@
 
 When a run deletes or anonymises a personal value, the value's keyed hash, the keyed hash of
 its first bytes (the anchor) and its length go to `retention_control.erased_values`; never
-the value. Both hashes are stored as 64-bit integers (`ledger_hash`). `verify` then scans the DuckDB file's raw bytes (every printable run, anchor by
-anchor) and the live tables for any of them. A value that is still legitimately present in a
-live personal column (another purpose keeps the same e-mail) is not reported.
+the value. Both hashes are stored as 64-bit integers (`ledger_hash`). `verify` then scans
+the DuckDB file's raw bytes (every printable run, anchor by anchor) and the live tables for
+any of them. A value that is still legitimately present in a live personal column (another
+purpose keeps the same e-mail) is not reported.
 """
 
 import hashlib

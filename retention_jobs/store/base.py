@@ -122,14 +122,10 @@ class Session(ABC):
     def drop_stage(self, name: str) -> None:
         ...
 
+    @abstractmethod
     def append(self, target: sa.TableClause, data: pa.Table) -> int:
-        """Insert the rows of `data` into `target` (its columns by name). Through a stage here;
-        a store that can read Arrow in place (DuckDB) skips the stage's copy."""
-        staged = self.stage("rj_append", data)
-        self.execute(sa.insert(target).from_select(list(data.column_names),
-                                                   sa.select(*(staged.c[c] for c in data.column_names))))
-        self.drop_stage("rj_append")
-        return data.num_rows
+        """Insert the rows of `data` into `target` (its columns by name) in the open
+        transaction, without a temporary copy; return the row count."""
 
     def serialize(self, name: str) -> None:
         """Wait until no other session's transaction holds `name`, then hold it until this
