@@ -12,18 +12,20 @@ from retention_jobs.check import CheckResult
 
 CHECKS: dict[str, str] = {
     "nothing_expired_left": "No row past its retention period is left unprocessed, other than held or "
-                            "retained rows.",
+    "retained rows.",
     "held_rows_unchanged": "Every row under a legal hold is byte-for-byte what it was before the run.",
     "no_original_values": "No anonymised column still holds its original value (compared by keyed hash).",
     "audit_recorded": "The audit ledger holds this run's rows: a plan row for every rule of the policy.",
     "erasure_verified": "None of the values this run deleted or anonymised can be found in the store's raw "
-                        "bytes after the purge (searched by keyed hash).",
+    "bytes after the purge (searched by keyed hash).",
 }
 
 
 def check_specs(asset_key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(name, asset=asset_key, description=text, blocking=True)
-            for name, text in CHECKS.items()]
+    return [
+        dg.AssetCheckSpec(name, asset=asset_key, description=text, blocking=True)
+        for name, text in CHECKS.items()
+    ]
 
 
 def to_check_result(asset_key: dg.AssetKey, result: CheckResult) -> dg.AssetCheckResult:
@@ -31,6 +33,10 @@ def to_check_result(asset_key: dg.AssetKey, result: CheckResult) -> dg.AssetChec
     metadata: dict[str, str | int] = {"summary": result.summary}
     metadata.update({name: int(n) for name, n in result.counts.items()})
     return dg.AssetCheckResult(
-        asset_key=asset_key, check_name=result.name, passed=result.passed,
-        severity=dg.AssetCheckSeverity.ERROR, metadata=metadata, description=result.summary,
+        asset_key=asset_key,
+        check_name=result.name,
+        passed=result.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=result.summary,
     )

@@ -40,16 +40,26 @@ COUNTS = ("expired", "held", "retained", "deleted", "anonymised", "kept")
 class RetentionConfig(dg.Config):
     """Launchpad settings of one policy run."""
 
-    dry_run: bool = Field(default=False, description="Only plan: count what would change, change nothing.")
+    dry_run: bool = Field(
+        default=False, description="Only plan: count what would change, change nothing."
+    )
     max_delete_fraction: float = Field(
-        default=0.25, ge=0.0, le=1.0,
+        default=0.25,
+        ge=0.0,
+        le=1.0,
         description="Refuse (before changing anything) to delete more than this share of any table. "
-                    "To approve a larger deletion after reading the plan, raise it (1.0 = no limit).")
-    batch_size: int = Field(default=50_000, ge=1, description="Rows per transaction; bounds memory.")
+        "To approve a larger deletion after reading the plan, raise it (1.0 = no limit).",
+    )
+    batch_size: int = Field(
+        default=50_000, ge=1, description="Rows per transaction; bounds memory."
+    )
     workers: int = Field(
-        default=1, ge=1, le=64,
+        default=1,
+        ge=1,
+        le=64,
         description="SQL stores only: split each rule's rows into this many key ranges, one process each "
-                    "(docs/scaling.md). A DuckDB file takes one writer: 1.")
+        "(docs/scaling.md). A DuckDB file takes one writer: 1.",
+    )
 
 
 def partitions_timezone() -> str:
@@ -100,8 +110,12 @@ def touched_tables(policy: Policy) -> list[str]:
 def source_specs(policies: PolicySet) -> list[dg.AssetSpec]:
     tables = sorted({t for f in policies.files for t in touched_tables(f.policy)})
     return [
-        dg.AssetSpec(source_key(t), group_name=SOURCE_GROUP, kinds={_store_kind()},
-                     description=f"The table {t} in the store (not built by Dagster).")
+        dg.AssetSpec(
+            source_key(t),
+            group_name=SOURCE_GROUP,
+            kinds={_store_kind()},
+            description=f"The table {t} in the store (not built by Dagster).",
+        )
         for t in tables
     ]
 
@@ -120,12 +134,17 @@ def owner(policy: Policy) -> str:
 
 def describe(f: PolicyFile) -> str:
     p = f.policy
-    lines = [p.title, "", f"Legal basis: {p.legal_basis.replace('_', ' ')} (GDPR Art. 6(1)). "
-             f"Policy file: {f.path}."]
+    lines = [
+        p.title,
+        "",
+        f"Legal basis: {p.legal_basis.replace('_', ' ')} (GDPR Art. 6(1)). Policy file: {f.path}.",
+    ]
     if p.description:
         lines += ["", p.description.strip()]
     lines += ["", "Rules:"]
-    lines += [f"- {r.name}: {r.action} {r.table} {r.keep_for} after {_clock(r.clock)}" for r in p.rules]
+    lines += [
+        f"- {r.name}: {r.action} {r.table} {r.keep_for} after {_clock(r.clock)}" for r in p.rules
+    ]
     return "\n".join(lines)
 
 
@@ -145,13 +164,19 @@ def engine_errors() -> Iterator[None]:
     except RetentionError as exc:
         if not exc.terminal:
             raise
-        raise dg.Failure(description=mask_url(str(exc)), allow_retries=False,
-                         metadata={"error": type(exc).__name__}) from None
+        raise dg.Failure(
+            description=mask_url(str(exc)),
+            allow_retries=False,
+            metadata={"error": type(exc).__name__},
+        ) from None
     except dg.DagsterError:
         raise
     except Exception as exc:
-        raise dg.Failure(description=safe_message(exc), allow_retries=True,
-                         metadata={"error": type(exc).__name__}) from None
+        raise dg.Failure(
+            description=safe_message(exc),
+            allow_retries=True,
+            metadata={"error": type(exc).__name__},
+        ) from None
 
 
 # --- metadata ------------------------------------------------------------------------------
@@ -162,8 +187,11 @@ def rule_counts(report: RunReport) -> dict[str, dict[str, int]]:
     for r in report.rules:
         p = r.plan
         out[p.rule] = {
-            "expired": p.expired, "held": p.held, "retained": p.retained,
-            "deleted": r.deleted, "anonymised": r.anonymised,
+            "expired": p.expired,
+            "held": p.held,
+            "retained": p.retained,
+            "deleted": r.deleted,
+            "anonymised": r.anonymised,
             "kept": p.kept if p.action != "retain" else p.retained,
             "to_act": p.to_act,
         }
@@ -171,8 +199,10 @@ def rule_counts(report: RunReport) -> dict[str, dict[str, int]]:
 
 
 def rows_changed(report: RunReport) -> int:
-    return sum(r.deleted + r.anonymised + sum(c.deleted + c.anonymised + c.unlinked for c in r.cascades)
-               for r in report.rules)
+    return sum(
+        r.deleted + r.anonymised + sum(c.deleted + c.anonymised + c.unlinked for c in r.cascades)
+        for r in report.rules
+    )
 
 
 def markdown_table(report: RunReport) -> str:
@@ -181,11 +211,16 @@ def markdown_table(report: RunReport) -> str:
     counts = rule_counts(report)
     for r in report.rules:
         c = counts[r.plan.rule]
-        lines.append(f"| {r.plan.rule} | {r.plan.table} | {r.plan.action} | "
-                     + " | ".join(str(c[k]) for k in COUNTS) + " |")
+        lines.append(
+            f"| {r.plan.rule} | {r.plan.table} | {r.plan.action} | "
+            + " | ".join(str(c[k]) for k in COUNTS)
+            + " |"
+        )
         for casc in r.cascades:
-            lines.append(f"| ↳ cascade | {casc.table} | {', '.join(_cascade_actions(casc))} | | | | "
-                         f"{casc.deleted} | {casc.anonymised} | |")
+            lines.append(
+                f"| ↳ cascade | {casc.table} | {', '.join(_cascade_actions(casc))} | | | | "
+                f"{casc.deleted} | {casc.anonymised} | |"
+            )
     return "\n".join(lines)
 
 
@@ -216,14 +251,24 @@ def report_metadata(f: PolicyFile, report: RunReport, store: str) -> dict[str, A
         md["audit_head"] = report.audit_head
     if report.purge:
         md["purge_method"] = report.purge.get("method", "none")
-        md.update({f"purge_{k}": v for k, v in report.purge.items()
-                   if k in ("bytes_before", "bytes_after", "seconds")})
+        md.update(
+            {
+                f"purge_{k}": v
+                for k, v in report.purge.items()
+                if k in ("bytes_before", "bytes_after", "seconds")
+            }
+        )
     for rule, counts in rule_counts(report).items():
         md.update({f"{rule}/{k}": v for k, v in counts.items()})
     for r in report.rules:
         for c in r.cascades:
-            md.update({f"{r.plan.rule}/cascade/{c.table}/{k}": getattr(c, k)
-                       for k in ("deleted", "anonymised", "unlinked") if getattr(c, k)})
+            md.update(
+                {
+                    f"{r.plan.rule}/cascade/{c.table}/{k}": getattr(c, k)
+                    for k in ("deleted", "anonymised", "unlinked")
+                    if getattr(c, k)
+                }
+            )
     return md
 
 
@@ -234,7 +279,9 @@ def op_name(purpose: str) -> str:
     return "retention__" + re.sub(r"\W", "_", purpose)
 
 
-def policy_asset(policies: PolicySet, f: PolicyFile, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def policy_asset(
+    policies: PolicySet, f: PolicyFile, partitions: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
     """The policy as an asset with its four checks, evaluated by the same step after the run.
 
     A one-spec `multi_asset` with `can_subset=True` rather than `@asset`: that makes the check
@@ -263,46 +310,75 @@ def policy_asset(policies: PolicySet, f: PolicyFile, partitions: dg.PartitionsDe
         retry_policy=RETRY,
         pool=POOL,
     )
-    def _policy(context: dg.AssetExecutionContext, config: RetentionConfig, store: StoreResource,
-                pseudonym_key: PseudonymKeyResource):
+    def _policy(
+        context: dg.AssetExecutionContext,
+        config: RetentionConfig,
+        store: StoreResource,
+        pseudonym_key: PseudonymKeyResource,
+    ):
         selected = {k.name for k in context.selected_asset_check_keys}
         if key not in context.selected_asset_keys:
             yield from _checks_only(context, key, policies, purpose, store, pseudonym_key, selected)
             return
         as_of = date.fromisoformat(context.partition_key)
-        options = RunOptions(batch_size=config.batch_size, max_delete_fraction=config.max_delete_fraction,
-                             dry_run=config.dry_run, purposes=(purpose,))
+        options = RunOptions(
+            batch_size=config.batch_size,
+            max_delete_fraction=config.max_delete_fraction,
+            dry_run=config.dry_run,
+            purposes=(purpose,),
+        )
         with engine_errors():
             target = store.open()
             key_ = None if config.dry_run else pseudonym_key.get()
             if config.workers > 1:
                 from retention_jobs.parallel import run_parallel
 
-                report = run_parallel(store.resolved(), policies, as_of, key_, options, config.workers)
+                report = run_parallel(
+                    store.resolved(), policies, as_of, key_, options, config.workers
+                )
             else:
                 report = run_policies(target, policies, as_of, key_, options)
         metadata = report_metadata(f, report, store.describe())
         if config.dry_run:
             # a plan changes nothing, so it is an observation, not a materialisation
             context.log.info(f"dry run of {purpose} as of {as_of}: nothing was changed")
-            context.log_event(dg.AssetObservation(asset_key=key, partition=context.partition_key,
-                                                  metadata=metadata))
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=key, partition=context.partition_key, metadata=metadata
+                )
+            )
             return
-        context.log.info(f"{purpose} as of {as_of}: {rows_changed(report)} rows changed (run {report.run_id})")
+        context.log.info(
+            f"{purpose} as of {as_of}: {rows_changed(report)} rows changed (run {report.run_id})"
+        )
         with engine_errors():
-            results = run_checks(target, policies, as_of, key_, run_id=report.worker_runs or report.run_id,
-                                 held_before=report.held_fingerprints, purposes=[purpose])
+            results = run_checks(
+                target,
+                policies,
+                as_of,
+                key_,
+                run_id=report.worker_runs or report.run_id,
+                held_before=report.held_fingerprints,
+                purposes=[purpose],
+            )
         yield dg.MaterializeResult(
-            asset_key=key, metadata=metadata,
+            asset_key=key,
+            metadata=metadata,
             check_results=[to_check_result(key, r) for r in results if r.name in selected],
         )
 
     return _policy
 
 
-def _checks_only(context: dg.AssetExecutionContext, key: dg.AssetKey, policies: PolicySet, purpose: str,
-                 store: StoreResource, pseudonym_key: PseudonymKeyResource,
-                 selected: set[str]) -> Iterator[dg.AssetCheckResult]:
+def _checks_only(
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    policies: PolicySet,
+    purpose: str,
+    store: StoreResource,
+    pseudonym_key: PseudonymKeyResource,
+    selected: set[str],
+) -> Iterator[dg.AssetCheckResult]:
     """Checks without a run: what the store shows now (read-only), as of the partition date if
     the run has one, else as of yesterday (the date the nightly run enforced). Whether held
     rows changed and what the ledger recorded belong to a run: those two need a materialisation."""
@@ -318,9 +394,13 @@ def _checks_only(context: dg.AssetExecutionContext, key: dg.AssetKey, policies: 
             yield to_check_result(key, r)
     skipped = selected - {r.name for r in results}
     if skipped:
-        context.log.info(f"{', '.join(sorted(skipped))}: evaluated only with a run; materialise the "
-                         "partition to evaluate them (a re-run changes nothing)")
+        context.log.info(
+            f"{', '.join(sorted(skipped))}: evaluated only with a run; materialise the "
+            "partition to evaluate them (a re-run changes nothing)"
+        )
 
 
-def policy_assets(policies: PolicySet, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def policy_assets(
+    policies: PolicySet, partitions: dg.PartitionsDefinition
+) -> list[dg.AssetsDefinition]:
     return [policy_asset(policies, f, partitions) for f in policies.files]

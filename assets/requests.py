@@ -53,15 +53,16 @@ def _today() -> date:
     key=REQUESTS_KEY,
     group_name=GROUP,
     description="Erasure, consent withdrawal and objection requests processed as of today: the "
-                "subject's rows are deleted or anonymised as the policies say, except rows under a "
-                "legal hold or inside a retain period, which are deferred and finished on their date. "
-                "Access requests need an operator (`retention-jobs requests process ID --out FILE.zip`).",
+    "subject's rows are deleted or anonymised as the policies say, except rows under a "
+    "legal hold or inside a retain period, which are deferred and finished on their date. "
+    "Access requests need an operator (`retention-jobs requests process ID --out FILE.zip`).",
     kinds={_store_kind()},
     pool=POOL,
     retry_policy=RETRY,
 )
-def data_subject_requests(context: dg.AssetExecutionContext, store: StoreResource,
-                          pseudonym_key: PseudonymKeyResource) -> dg.MaterializeResult:
+def data_subject_requests(
+    context: dg.AssetExecutionContext, store: StoreResource, pseudonym_key: PseudonymKeyResource
+) -> dg.MaterializeResult:
     as_of = _today()
     with engine_errors():
         policies = load_policies([_policies_dir()])
@@ -70,17 +71,26 @@ def data_subject_requests(context: dg.AssetExecutionContext, store: StoreResourc
     for p in results:
         state = "failed" if p.failed else "skipped" if p.skipped else p.status
         by_status.setdefault(state, []).append(p.request_id)
-    metadata: dict[str, object] = {"as_of": as_of.isoformat(), "processed": len(results),
-                                   "policies_sha256": policies.digest}
+    metadata: dict[str, object] = {
+        "as_of": as_of.isoformat(),
+        "processed": len(results),
+        "policies_sha256": policies.digest,
+    }
     metadata.update({f"{state}": len(ids) for state, ids in sorted(by_status.items())})
     metadata.update({f"{state}_ids": ", ".join(ids) for state, ids in sorted(by_status.items())})
-    context.log.info(f"{len(results)} requests processed as of {as_of}: "
-                     + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_status.items())) if results
-                     else f"no request due as of {as_of}")
+    context.log.info(
+        f"{len(results)} requests processed as of {as_of}: "
+        + ", ".join(f"{len(v)} {k}" for k, v in sorted(by_status.items()))
+        if results
+        else f"no request due as of {as_of}"
+    )
     if by_status.get("failed"):
         # the others were recorded; the failed ones stay open and are tried again
-        raise dg.Failure(description=f"{len(by_status['failed'])} request(s) failed: {', '.join(by_status['failed'])}",
-                         metadata=metadata, allow_retries=True)
+        raise dg.Failure(
+            description=f"{len(by_status['failed'])} request(s) failed: {', '.join(by_status['failed'])}",
+            metadata=metadata,
+            allow_retries=True,
+        )
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -89,7 +99,7 @@ def data_subject_requests(context: dg.AssetExecutionContext, store: StoreResourc
     asset_selection=[REQUESTS_KEY],
     minimum_interval_seconds=900,
     description="Starts the request processing when a request is pending, or a deferred one's day "
-                "has come (requests waiting on a hold are looked at once a day).",
+    "has come (requests waiting on a hold are looked at once a day).",
     default_status=dg.DefaultSensorStatus.STOPPED,
 )
 def request_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
@@ -114,7 +124,7 @@ def request_sensor(context: dg.SensorEvaluationContext, store: StoreResource):
     asset=REQUESTS_KEY,
     name="request_deadlines",
     description="No open request is past its due date (one month after receipt, GDPR Art. 12(3)); "
-                f"warns when one is due within {DUE_SOON_DAYS} days.",
+    f"warns when one is due within {DUE_SOON_DAYS} days.",
     blocking=False,
 )
 def request_deadline_check(store: StoreResource) -> dg.AssetCheckResult:
@@ -125,22 +135,39 @@ def request_deadline_check(store: StoreResource) -> dg.AssetCheckResult:
     # the pending ones, never answered, that the deadline is about
     unanswered = [r for r in open_ if r.status == "pending"]
     overdue = [r for r in unanswered if today > r.due_on]
-    soon = [r for r in unanswered if r not in overdue and r.due_on <= today + timedelta(days=DUE_SOON_DAYS)]
+    soon = [
+        r
+        for r in unanswered
+        if r not in overdue and r.due_on <= today + timedelta(days=DUE_SOON_DAYS)
+    ]
     metadata = {
-        "open": len(open_), "pending": len(unanswered), "overdue": len(overdue),
+        "open": len(open_),
+        "pending": len(unanswered),
+        "overdue": len(overdue),
         f"due_within_{DUE_SOON_DAYS}_days": len(soon),
         "overdue_ids": ", ".join(r.request_id for r in overdue),
         "due_soon_ids": ", ".join(r.request_id for r in soon),
         "oldest_due": min((r.due_on for r in unanswered), default=today).isoformat(),
     }
     if overdue:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
-                                   description=f"{len(overdue)} request(s) past their due date")
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=metadata,
+            description=f"{len(overdue)} request(s) past their due date",
+        )
     if soon:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
-                                   description=f"{len(soon)} request(s) due within {DUE_SOON_DAYS} days")
-    return dg.AssetCheckResult(passed=True, metadata=metadata,
-                               description=f"{len(unanswered)} pending, none due within {DUE_SOON_DAYS} days")
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata=metadata,
+            description=f"{len(soon)} request(s) due within {DUE_SOON_DAYS} days",
+        )
+    return dg.AssetCheckResult(
+        passed=True,
+        metadata=metadata,
+        description=f"{len(unanswered)} pending, none due within {DUE_SOON_DAYS} days",
+    )
 
 
 request_deadline_job = dg.define_asset_job(

@@ -53,6 +53,14 @@ class PseudonymKeyResource(dg.ConfigurableResource):
 
 
 def resources() -> dict[str, dg.ConfigurableResource]:
-    store = StoreResource(location=dg.EnvVar(STORE_ENV)) if os.environ.get(STORE_ENV) else StoreResource()
-    key = PseudonymKeyResource(key=dg.EnvVar(KEY_ENV)) if os.environ.get(KEY_ENV) else PseudonymKeyResource()
+    store = (
+        StoreResource(location=dg.EnvVar(STORE_ENV))
+        if os.environ.get(STORE_ENV)
+        else StoreResource()
+    )
+    key = (
+        PseudonymKeyResource(key=dg.EnvVar(KEY_ENV))
+        if os.environ.get(KEY_ENV)
+        else PseudonymKeyResource()
+    )
     return {"store": store, "pseudonym_key": key}

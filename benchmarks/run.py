@@ -40,7 +40,15 @@ import warehouse as W  # noqa: E402
 
 SCENARIO = str(HERE / "scenario.py")
 DUCKDB_SCENARIOS = ("anonymise", "nothing-to-do", "purge", "delete", "erasure", "floor", "per-row")
-PG_SCENARIOS = ("anonymise", "nothing-to-do", "delete", "erasure", "floor", "per-row", "pganonymize")
+PG_SCENARIOS = (
+    "anonymise",
+    "nothing-to-do",
+    "delete",
+    "erasure",
+    "floor",
+    "per-row",
+    "pganonymize",
+)
 # plus, with the scenario `workers`: anonymise-wN and delete-wN for each N of --workers
 GENERATOR = hashlib.sha256((HERE / "warehouse.py").read_bytes()).hexdigest()[:10]
 
@@ -60,9 +68,16 @@ def label(n: int) -> str:
 
 
 def machine_load() -> dict:
-    up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip() if shutil.which("uptime") else ""
-    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "uptime": up,
-            "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    up = (
+        subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        if shutil.which("uptime")
+        else ""
+    )
+    return {
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "uptime": up,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -101,8 +116,14 @@ def run_process(cmd: list[str], timeout: float | None = None) -> dict:
     # VmHWM is the exec'd program's own high-water mark; ru_maxrss also counts the pages the
     # child shared with this process between fork and exec, so it is only the fallback
     peak = hwm or usage.ru_maxrss
-    return {"rc": p.returncode, "process_seconds": wall, "peak_rss_mb": round(peak / 1024, 1),
-            "result": result, "stderr": stderr[-3000:], "stdout": stdout[-2000:]}
+    return {
+        "rc": p.returncode,
+        "process_seconds": wall,
+        "peak_rss_mb": round(peak / 1024, 1),
+        "result": result,
+        "stderr": stderr[-3000:],
+        "stdout": stdout[-2000:],
+    }
 
 
 def _vm_hwm_kb(pid: int) -> int:
@@ -119,8 +140,12 @@ def _vm_hwm_kb(pid: int) -> int:
 def build(kind: str, where: str, n: int) -> None:
     """Build in a child process, so this process stays small (its size would count in the
     children's ru_maxrss)."""
-    r = subprocess.run([sys.executable, str(HERE / "warehouse.py"), kind, where, str(n)], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(HERE / "warehouse.py"), kind, where, str(n)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         raise SystemExit(f"building the {kind} warehouse failed:\n{r.stderr[-3000:]}")
 
@@ -130,8 +155,18 @@ class Failed(Exception):
 
 
 def scenario(name: str, store: str, args: argparse.Namespace, *extra: str) -> dict:
-    cmd = [sys.executable, SCENARIO, name, "--store", store, "--batch-size", str(args.batch_size),
-           "--subset", str(args.per_row_subset), *extra]
+    cmd = [
+        sys.executable,
+        SCENARIO,
+        name,
+        "--store",
+        store,
+        "--batch-size",
+        str(args.batch_size),
+        "--subset",
+        str(args.per_row_subset),
+        *extra,
+    ]
     if args.memory_limit:
         cmd += ["--memory-limit", args.memory_limit]
     r = run_process(cmd, args.timeout)
@@ -166,7 +201,12 @@ def duckdb_copy(base: Path, name: str) -> Path:
 
 
 def duckdb_remove(path: Path) -> None:
-    for p in (path, Path(str(path) + ".wal"), Path(str(path) + ".lock"), path.with_name(path.name + ".compact")):
+    for p in (
+        path,
+        Path(str(path) + ".wal"),
+        Path(str(path) + ".lock"),
+        path.with_name(path.name + ".compact"),
+    ):
         p.unlink(missing_ok=True)
 
 
@@ -185,7 +225,9 @@ class Postgres:
     def admin(self, sql: str) -> list:
         import psycopg
 
-        with psycopg.connect(self.db_url(self.url.database or "postgres", "postgresql"), autocommit=True) as c:
+        with psycopg.connect(
+            self.db_url(self.url.database or "postgres", "postgresql"), autocommit=True
+        ) as c:
             cur = c.execute(sql)
             return cur.fetchall() if cur.description else []
 
@@ -234,8 +276,15 @@ class Collector:
     def __init__(self):
         self.rows: list[dict] = []
 
-    def add(self, size: int, store: str, scenario: str, run: dict | None, note: str | None = None,
-            extrapolate_to: int | None = None) -> None:
+    def add(
+        self,
+        size: int,
+        store: str,
+        scenario: str,
+        run: dict | None,
+        note: str | None = None,
+        extrapolate_to: int | None = None,
+    ) -> None:
         key = (size, store, scenario)
         row = next((r for r in self.rows if (r["size"], r["store"], r["scenario"]) == key), None)
         if row is None:
@@ -245,9 +294,13 @@ class Collector:
             row["note"] = note
         if run is None:
             return
-        entry = {"op_seconds": round(run["result"].get("op_seconds", run["process_seconds"]), 4),
-                 "process_seconds": round(run["process_seconds"], 3), "peak_rss_mb": run["peak_rss_mb"],
-                 "loadavg_1m": round(os.getloadavg()[0], 2), "detail": run["result"]}
+        entry = {
+            "op_seconds": round(run["result"].get("op_seconds", run["process_seconds"]), 4),
+            "process_seconds": round(run["process_seconds"], 3),
+            "peak_rss_mb": run["peak_rss_mb"],
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+            "detail": run["result"],
+        }
         if extrapolate_to is not None:
             done = run["result"].get("rows") or 1
             entry["measured_rows"] = done
@@ -268,7 +321,10 @@ class Collector:
 
 def bench_duckdb(n: int, args: argparse.Namespace, col: Collector, log) -> dict:
     base, built = duckdb_base(n, args)
-    log(f"[{label(n)} duckdb] warehouse {base.name}" + (f" built in {built:.1f} s" if built else " (cached)"))
+    log(
+        f"[{label(n)} duckdb] warehouse {base.name}"
+        + (f" built in {built:.1f} s" if built else " (cached)")
+    )
     counts = W.expected_counts(n)
     wanted = set(args.scenarios)
     for k in range(args.runs):
@@ -281,7 +337,9 @@ def bench_duckdb(n: int, args: argparse.Namespace, col: Collector, log) -> dict:
                         r = scenario(name, str(a), args)
                         if name in wanted:
                             col.add(n, "duckdb", name, r)
-                        log(f"  {name:14s} {r['result'].get('op_seconds', 0):8.2f} s  rss {r['peak_rss_mb']:.0f} MB")
+                        log(
+                            f"  {name:14s} {r['result'].get('op_seconds', 0):8.2f} s  rss {r['peak_rss_mb']:.0f} MB"
+                        )
             except Failed as e:
                 col.fail(n, "duckdb", name, str(e))
                 log(f"  {name} FAILED: {e}")
@@ -292,7 +350,9 @@ def bench_duckdb(n: int, args: argparse.Namespace, col: Collector, log) -> dict:
             try:
                 r = scenario("delete", str(b), args)
                 col.add(n, "duckdb", "delete", r)
-                log(f"  delete         {r['result']['op_seconds']:8.2f} s  rss {r['peak_rss_mb']:.0f} MB")
+                log(
+                    f"  delete         {r['result']['op_seconds']:8.2f} s  rss {r['peak_rss_mb']:.0f} MB"
+                )
             except Failed as e:
                 col.fail(n, "duckdb", "delete", str(e))
                 log(f"  delete FAILED: {e}")
@@ -311,11 +371,19 @@ def bench_duckdb(n: int, args: argparse.Namespace, col: Collector, log) -> dict:
                         log(f"  {name} FAILED: {e}")
                         continue
                     if name == "per-row":
-                        col.add(n, "duckdb", name, r, extrapolate_to=counts["to_act"],
-                                note=f"extrapolated linearly from {r['result'].get('rows')} rows")
+                        col.add(
+                            n,
+                            "duckdb",
+                            name,
+                            r,
+                            extrapolate_to=counts["to_act"],
+                            note=f"extrapolated linearly from {r['result'].get('rows')} rows",
+                        )
                     else:
                         col.add(n, "duckdb", name, r)
-                    log(f"  {name:14s} {r['result'].get('op_seconds', 0):8.2f} s  rss {r['peak_rss_mb']:.0f} MB")
+                    log(
+                        f"  {name:14s} {r['result'].get('op_seconds', 0):8.2f} s  rss {r['peak_rss_mb']:.0f} MB"
+                    )
             finally:
                 duckdb_remove(c)
     if not args.keep:
@@ -338,16 +406,27 @@ def bench_postgres(n: int, args: argparse.Namespace, col: Collector, log, pg: Po
         log(f"[{label(n)} postgresql] skipped: {problem}")
         return {}
     base, built = pg.base(n, args)
-    log(f"[{label(n)} postgresql] template {base}" + (f" built in {built:.1f} s" if built else " (cached)"))
+    log(
+        f"[{label(n)} postgresql] template {base}"
+        + (f" built in {built:.1f} s" if built else " (cached)")
+    )
     tool = find_pganonymize(args)
     schema_file = Path(args.work_dir) / "pganonymize.yaml"
     schema_file.write_text(W.PGANONYMIZE_SCHEMA)
     for k in range(args.runs):
         log(f"[{label(n)} postgresql] run {k + 1}/{args.runs}  load {os.getloadavg()[0]:.2f}")
-        plans = [("a", ("anonymise", "nothing-to-do")), ("b", ("delete",)), ("c", ("erasure", "floor", "per-row")),
-                 ("d", ("pganonymize",))]
+        plans = [
+            ("a", ("anonymise", "nothing-to-do")),
+            ("b", ("delete",)),
+            ("c", ("erasure", "floor", "per-row")),
+            ("d", ("pganonymize",)),
+        ]
         if "workers" in wanted:  # the same anonymise and delete over key ranges in W processes
-            plans += [(f"w{w}{op[0]}", (f"{op}-w{w}",)) for w in args.workers for op in ("anonymise", "delete")]
+            plans += [
+                (f"w{w}{op[0]}", (f"{op}-w{w}",))
+                for w in args.workers
+                for op in ("anonymise", "delete")
+            ]
         for suffix, names in plans:
             names = tuple(x for x in names if x in wanted or "-w" in x)
             if not names:
@@ -358,36 +437,74 @@ def bench_postgres(n: int, args: argparse.Namespace, col: Collector, log, pg: Po
                 for name in names:
                     if name == "pganonymize":
                         if tool is None:
-                            col.add(n, "postgresql", name, None,
-                                    note="not measured: pganonymize not installed (pip install pganonymize in "
-                                         "another venv, then --pganonymize PATH or RJ_PGANONYMIZE)")
+                            col.add(
+                                n,
+                                "postgresql",
+                                name,
+                                None,
+                                note="not measured: pganonymize not installed (pip install pganonymize in "
+                                "another venv, then --pganonymize PATH or RJ_PGANONYMIZE)",
+                            )
                             continue
-                        cmd = [tool, "--schema", str(schema_file), "--dbname", db, "--user", pg.url.username or "postgres",
-                               "--host", pg.url.host or "127.0.0.1", "--port", str(pg.url.port or 5432),
-                               "--init-sql", "SET search_path TO bench, public"]
+                        cmd = [
+                            tool,
+                            "--schema",
+                            str(schema_file),
+                            "--dbname",
+                            db,
+                            "--user",
+                            pg.url.username or "postgres",
+                            "--host",
+                            pg.url.host or "127.0.0.1",
+                            "--port",
+                            str(pg.url.port or 5432),
+                            "--init-sql",
+                            "SET search_path TO bench, public",
+                        ]
                         if pg.url.password:
                             cmd += ["--password", str(pg.url.password)]
                         r = run_process(cmd, args.timeout)
                         if r["rc"] != 0:
                             raise Failed(f"pganonymize exited {r['rc']}: {r['stderr'][-1500:]}")
-                        changed = pg_scalar(url, "SELECT count(*) FROM bench.customers WHERE street_address IS NULL")
+                        changed = pg_scalar(
+                            url, "SELECT count(*) FROM bench.customers WHERE street_address IS NULL"
+                        )
                         r["result"] = {"op_seconds": r["process_seconds"], "anonymised": changed}
-                        col.add(n, "postgresql", name, r,
-                                note="op = whole process; birth date set to a constant (no generalise provider)")
+                        col.add(
+                            n,
+                            "postgresql",
+                            name,
+                            r,
+                            note="op = whole process; birth date set to a constant (no generalise provider)",
+                        )
                     elif name == "per-row":
                         r = scenario(name, url, args)
-                        col.add(n, "postgresql", name, r, extrapolate_to=counts["to_act"],
-                                note=f"extrapolated linearly from {r['result'].get('rows')} rows")
+                        col.add(
+                            n,
+                            "postgresql",
+                            name,
+                            r,
+                            extrapolate_to=counts["to_act"],
+                            note=f"extrapolated linearly from {r['result'].get('rows')} rows",
+                        )
                     elif "-w" in name:
                         op, w = name.rsplit("-w", 1)
                         r = scenario(op, url, args, "--workers", w)
-                        col.add(n, "postgresql", name, r,
-                                note=f"{w} worker process(es) over key ranges; RSS: coordinator only" if w != "1"
-                                else "1 process: the same engine as anonymise/delete")
+                        col.add(
+                            n,
+                            "postgresql",
+                            name,
+                            r,
+                            note=f"{w} worker process(es) over key ranges; RSS: coordinator only"
+                            if w != "1"
+                            else "1 process: the same engine as anonymise/delete",
+                        )
                     else:
                         r = scenario(name, url, args)
                         col.add(n, "postgresql", name, r)
-                    log(f"  {name:14s} {r['result'].get('op_seconds', 0):8.2f} s  rss {r['peak_rss_mb']:.0f} MB")
+                    log(
+                        f"  {name:14s} {r['result'].get('op_seconds', 0):8.2f} s  rss {r['peak_rss_mb']:.0f} MB"
+                    )
             except Failed as e:
                 col.fail(n, "postgresql", name, str(e))
                 log(f"  {name} FAILED: {e}")
@@ -407,7 +524,9 @@ def pg_scalar(url: str, sql: str):
 
 
 def find(rows: list[dict], size: int, store: str, scenario: str) -> dict | None:
-    r = next((r for r in rows if (r["size"], r["store"], r["scenario"]) == (size, store, scenario)), None)
+    r = next(
+        (r for r in rows if (r["size"], r["store"], r["scenario"]) == (size, store, scenario)), None
+    )
     return r if r and r.get("runs") else None
 
 
@@ -416,55 +535,110 @@ def targets(rows: list[dict]) -> list[dict]:
     sizes = sorted({r["size"] for r in rows})
 
     def add(name, size, value, goal, met, detail):
-        out.append({"target": name, "size": size, "value": value, "goal": goal, "met": met, "detail": detail})
+        out.append(
+            {
+                "target": name,
+                "size": size,
+                "value": value,
+                "goal": goal,
+                "met": met,
+                "detail": detail,
+            }
+        )
 
     for n in sizes:
         a, f = find(rows, n, "duckdb", "anonymise"), find(rows, n, "duckdb", "floor")
         if a and f:
             ratio = a["median_op_seconds"] / f["median_op_seconds"]
-            add("anonymise within 2x the copy floor", n, round(ratio, 2), "<= 2.0", ratio <= 2.0,
-                f"{a['median_op_seconds']:.2f} s vs CTAS {f['median_op_seconds']:.2f} s")
+            add(
+                "anonymise within 2x the copy floor",
+                n,
+                round(ratio, 2),
+                "<= 2.0",
+                ratio <= 2.0,
+                f"{a['median_op_seconds']:.2f} s vs CTAS {f['median_op_seconds']:.2f} s",
+            )
         for store in ("duckdb", "postgresql"):
             a, p = find(rows, n, store, "anonymise"), find(rows, n, store, "per-row")
             if a and p:
                 ratio = p["median_op_seconds"] / a["median_op_seconds"]
-                add(f"faster than per-row Faker ({store})", n, round(ratio, 1), ">= 100", ratio >= 100,
-                    f"per-row {p['median_op_seconds']:.1f} s (extrapolated) vs {a['median_op_seconds']:.2f} s")
+                add(
+                    f"faster than per-row Faker ({store})",
+                    n,
+                    round(ratio, 1),
+                    ">= 100",
+                    ratio >= 100,
+                    f"per-row {p['median_op_seconds']:.1f} s (extrapolated) vs {a['median_op_seconds']:.2f} s",
+                )
         a, g = find(rows, n, "postgresql", "anonymise"), find(rows, n, "postgresql", "pganonymize")
         if a and g:
             ratio = g["median_process_seconds"] / a["median_process_seconds"]
-            add("faster than pganonymize (PostgreSQL, whole processes)", n, round(ratio, 2), ">= 10", ratio >= 10,
-                f"pganonymize {g['median_process_seconds']:.1f} s vs SqlStore {a['median_process_seconds']:.1f} s")
+            add(
+                "faster than pganonymize (PostgreSQL, whole processes)",
+                n,
+                round(ratio, 2),
+                ">= 10",
+                ratio >= 10,
+                f"pganonymize {g['median_process_seconds']:.1f} s vs SqlStore {a['median_process_seconds']:.1f} s",
+            )
         for store in ("duckdb", "postgresql"):
             a, z = find(rows, n, store, "anonymise"), find(rows, n, store, "nothing-to-do")
             if a and z:
                 ratio = z["median_op_seconds"] / a["median_op_seconds"]
-                add(f"nothing-to-do under 5 % of anonymise ({store})", n, f"{ratio:.1%}", "< 5 %", ratio < 0.05,
-                    f"{z['median_op_seconds']:.2f} s vs {a['median_op_seconds']:.2f} s")
+                add(
+                    f"nothing-to-do under 5 % of anonymise ({store})",
+                    n,
+                    f"{ratio:.1%}",
+                    "< 5 %",
+                    ratio < 0.05,
+                    f"{z['median_op_seconds']:.2f} s vs {a['median_op_seconds']:.2f} s",
+                )
         for store in ("duckdb", "postgresql"):
             e = find(rows, n, store, "erasure")
             if e:
-                add(f"erasure of one subject under 1 s ({store})", n, round(e["median_op_seconds"], 3), "< 1 s",
+                add(
+                    f"erasure of one subject under 1 s ({store})",
+                    n,
+                    round(e["median_op_seconds"], 3),
+                    "< 1 s",
                     e["median_op_seconds"] < 1.0,
-                    f"whole process {e['median_process_seconds']:.2f} s (interpreter start and imports included)")
+                    f"whole process {e['median_process_seconds']:.2f} s (interpreter start and imports included)",
+                )
     for n in sizes:
         for op in ("anonymise", "delete"):
             one = find(rows, n, "postgresql", f"{op}-w1")
             for r in rows:
-                if one and r["size"] == n and r["store"] == "postgresql" and r["scenario"].startswith(f"{op}-w") \
-                        and r["scenario"] != f"{op}-w1" and r.get("runs"):
+                if (
+                    one
+                    and r["size"] == n
+                    and r["store"] == "postgresql"
+                    and r["scenario"].startswith(f"{op}-w")
+                    and r["scenario"] != f"{op}-w1"
+                    and r.get("runs")
+                ):
                     w = int(r["scenario"].rsplit("-w", 1)[1])
                     speedup = one["median_op_seconds"] / r["median_op_seconds"]
-                    add(f"{op} over key ranges, {w} workers vs 1 (PostgreSQL)", n, round(speedup, 2),
-                        "falls as workers are added (> 1)", speedup > 1.0,
-                        f"{r['median_op_seconds']:.2f} s vs {one['median_op_seconds']:.2f} s on {os.cpu_count()} cores")
+                    add(
+                        f"{op} over key ranges, {w} workers vs 1 (PostgreSQL)",
+                        n,
+                        round(speedup, 2),
+                        "falls as workers are added (> 1)",
+                        speedup > 1.0,
+                        f"{r['median_op_seconds']:.2f} s vs {one['median_op_seconds']:.2f} s on {os.cpu_count()} cores",
+                    )
     big = [n for n in sizes if find(rows, n, "duckdb", "anonymise")]
     if len(big) >= 2:
         lo, hi = big[-2], big[-1]
         a, b = find(rows, lo, "duckdb", "anonymise"), find(rows, hi, "duckdb", "anonymise")
         ratio = b["peak_rss_mb"] / a["peak_rss_mb"]
-        add(f"peak RSS bounded by batch size ({label(lo)} vs {label(hi)})", hi, round(ratio, 2), "~1.0 (<= 1.25)",
-            ratio <= 1.25, f"{a['peak_rss_mb']:.0f} MB at {label(lo)}, {b['peak_rss_mb']:.0f} MB at {label(hi)}")
+        add(
+            f"peak RSS bounded by batch size ({label(lo)} vs {label(hi)})",
+            hi,
+            round(ratio, 2),
+            "~1.0 (<= 1.25)",
+            ratio <= 1.25,
+            f"{a['peak_rss_mb']:.0f} MB at {label(lo)}, {b['peak_rss_mb']:.0f} MB at {label(hi)}",
+        )
     return out
 
 
@@ -481,28 +655,50 @@ def rows_acted(r: dict) -> int | None:
     if r["scenario"] == "erasure":
         return sum((d.get("rows_by_table") or {}).values())
     if r["scenario"] == "nothing-to-do":
-        return (d.get("anonymised") or 0)
+        return d.get("anonymised") or 0
     return None
 
 
 def table(rows: list[dict]) -> str:
-    head = ["rows", "store", "scenario", "acted on", "median op s", "median process s", "rows/s", "peak RSS MB", "note"]
+    head = [
+        "rows",
+        "store",
+        "scenario",
+        "acted on",
+        "median op s",
+        "median process s",
+        "rows/s",
+        "peak RSS MB",
+        "note",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         acted = rows_acted(r) if r.get("runs") else None
         op = r.get("median_op_seconds")
-        rate = f"{acted / op:,.0f}" if acted and op and r["scenario"] not in ("erasure", "nothing-to-do", "purge") else ""
+        rate = (
+            f"{acted / op:,.0f}"
+            if acted and op and r["scenario"] not in ("erasure", "nothing-to-do", "purge")
+            else ""
+        )
         note = " ".join((r.get("note") or "").split())
         if len(note) > 240:
             note = note[:120] + " ... " + note[-110:]
         if r["scenario"] == "purge" and r.get("detail"):
-            note = (note + f" {r['detail'].get('bytes_before', 0) / 2**20:,.0f} MB -> "
-                    f"{r['detail'].get('bytes_after', 0) / 2**20:,.0f} MB").strip()
-        cells = [label(r["size"]), r["store"], r["scenario"],
-                 "" if acted is None else f"{acted:,}",
-                 "" if op is None else f"{op:.3f}" if op < 10 else f"{op:.1f}",
-                 "" if r.get("median_process_seconds") is None else f"{r['median_process_seconds']:.2f}",
-                 rate, "" if not r.get("runs") else f"{r['peak_rss_mb']:.0f}", note]
+            note = (
+                note + f" {r['detail'].get('bytes_before', 0) / 2**20:,.0f} MB -> "
+                f"{r['detail'].get('bytes_after', 0) / 2**20:,.0f} MB"
+            ).strip()
+        cells = [
+            label(r["size"]),
+            r["store"],
+            r["scenario"],
+            "" if acted is None else f"{acted:,}",
+            "" if op is None else f"{op:.3f}" if op < 10 else f"{op:.1f}",
+            "" if r.get("median_process_seconds") is None else f"{r['median_process_seconds']:.2f}",
+            rate,
+            "" if not r.get("runs") else f"{r['peak_rss_mb']:.0f}",
+            note,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -510,31 +706,57 @@ def table(rows: list[dict]) -> str:
 def target_table(ts: list[dict]) -> str:
     lines = ["| target | rows | measured | goal | met | detail |", "|---|---|---|---|---|---|"]
     for t in ts:
-        lines.append(f"| {t['target']} | {label(t['size'])} | {t['value']} | {t['goal']} | "
-                     f"{'yes' if t['met'] else 'NO'} | {t['detail']} |")
+        lines.append(
+            f"| {t['target']} | {label(t['size'])} | {t['value']} | {t['goal']} | "
+            f"{'yes' if t['met'] else 'NO'} | {t['detail']} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="1m,10m", help="DuckDB warehouse sizes, e.g. 100k,1m,10m,30m")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--sizes", default="1m,10m", help="DuckDB warehouse sizes, e.g. 100k,1m,10m,30m"
+    )
     ap.add_argument("--pg-sizes", default="1m", help="PostgreSQL sizes ('' for none)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per scenario (the median is reported)")
-    ap.add_argument("--scenarios", default=",".join(DUCKDB_SCENARIOS + ("pganonymize", "workers")),
-                    help="'workers': on PostgreSQL, anonymise and delete over key ranges with each of --workers")
-    ap.add_argument("--workers", default="1,2,4", help="worker processes for the key-range scenarios")
+    ap.add_argument(
+        "--runs", type=int, default=3, help="runs per scenario (the median is reported)"
+    )
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(DUCKDB_SCENARIOS + ("pganonymize", "workers")),
+        help="'workers': on PostgreSQL, anonymise and delete over key ranges with each of --workers",
+    )
+    ap.add_argument(
+        "--workers", default="1,2,4", help="worker processes for the key-range scenarios"
+    )
     ap.add_argument("--batch-size", type=int, default=50_000)
     ap.add_argument("--per-row-subset", type=int, default=5_000)
-    ap.add_argument("--memory-limit", help="DuckDB memory_limit for the engine's sessions, e.g. 2GB")
-    ap.add_argument("--pg-url", default=os.environ.get("RJ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"))
-    ap.add_argument("--pganonymize", help="path of the pganonymize executable (default: on PATH or $RJ_PGANONYMIZE)")
+    ap.add_argument(
+        "--memory-limit", help="DuckDB memory_limit for the engine's sessions, e.g. 2GB"
+    )
+    ap.add_argument(
+        "--pg-url",
+        default=os.environ.get("RJ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    ap.add_argument(
+        "--pganonymize",
+        help="path of the pganonymize executable (default: on PATH or $RJ_PGANONYMIZE)",
+    )
     ap.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "rj-bench"))
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--keep", action="store_true", help="keep the built warehouses for the next invocation")
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the built warehouses for the next invocation"
+    )
     ap.add_argument("--rebuild", action="store_true", help="rebuild warehouses even if cached")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per process")
-    ap.add_argument("--reduced-above", default="10m",
-                    help="sizes above this run only --reduced-scenarios, --reduced-runs times")
+    ap.add_argument(
+        "--reduced-above",
+        default="10m",
+        help="sizes above this run only --reduced-scenarios, --reduced-runs times",
+    )
     ap.add_argument("--reduced-scenarios", default="anonymise,floor")
     ap.add_argument("--reduced-runs", type=int, default=1)
     args = ap.parse_args()
@@ -550,12 +772,24 @@ def main() -> None:
         print(msg, file=sys.stderr, flush=True)
 
     free = shutil.disk_usage(args.work_dir).free
-    git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
-    meta = {"started": machine_load(), "python": sys.version.split()[0], "platform": platform.platform(),
-            "cpus": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "work_dir": args.work_dir, "work_dir_free_gb": round(free / 2**30, 1),
-            "engine_commit": git.stdout.strip() or None, "batch_size": args.batch_size, "runs": args.runs, "generator": GENERATOR, "as_of": str(W.AS_OF),
-            "strategies": W.SIX_STRATEGIES}
+    git = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
+    )
+    meta = {
+        "started": machine_load(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "work_dir": args.work_dir,
+        "work_dir_free_gb": round(free / 2**30, 1),
+        "engine_commit": git.stdout.strip() or None,
+        "batch_size": args.batch_size,
+        "runs": args.runs,
+        "generator": GENERATOR,
+        "as_of": str(W.AS_OF),
+        "strategies": W.SIX_STRATEGIES,
+    }
     from importlib.metadata import PackageNotFoundError, version
 
     for package in ("duckdb", "polars", "sqlalchemy", "psycopg"):
@@ -569,13 +803,25 @@ def main() -> None:
         for n in sizes:
             sub = args
             if n > parse_size(args.reduced_above):
-                sub = argparse.Namespace(**{**vars(args), "runs": args.reduced_runs,
-                                            "scenarios": args.reduced_scenarios.split(",")})
-            per_size[f"duckdb-{label(n)}"] = {"start": machine_load(), **bench_duckdb(n, sub, col, log),
-                                              "end": machine_load(), "runs": sub.runs}
+                sub = argparse.Namespace(
+                    **{
+                        **vars(args),
+                        "runs": args.reduced_runs,
+                        "scenarios": args.reduced_scenarios.split(","),
+                    }
+                )
+            per_size[f"duckdb-{label(n)}"] = {
+                "start": machine_load(),
+                **bench_duckdb(n, sub, col, log),
+                "end": machine_load(),
+                "runs": sub.runs,
+            }
         for n in pg_sizes:
-            per_size[f"postgresql-{label(n)}"] = {"start": machine_load(), **bench_postgres(n, args, col, log, pg),
-                                                  "end": machine_load()}
+            per_size[f"postgresql-{label(n)}"] = {
+                "start": machine_load(),
+                **bench_postgres(n, args, col, log, pg),
+                "end": machine_load(),
+            }
     finally:
         if pg is not None and not args.keep:
             for db in pg.created:
@@ -586,9 +832,11 @@ def main() -> None:
     ts = targets(col.rows)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     doc = {"meta": meta, "results": col.rows, "targets": ts}
-    md = (f"# retention-jobs benchmarks {stamp}\n\nload at start: `{meta['started']['uptime']}`; at end: "
-          f"`{meta['finished']['uptime']}`; commit {meta['engine_commit']}; {meta['cpus']} cores, {meta['memory_gb']} GiB; batch size "
-          f"{args.batch_size}; median of {args.runs} runs\n\n{table(col.rows)}\n\n## Targets\n\n{target_table(ts)}\n")
+    md = (
+        f"# retention-jobs benchmarks {stamp}\n\nload at start: `{meta['started']['uptime']}`; at end: "
+        f"`{meta['finished']['uptime']}`; commit {meta['engine_commit']}; {meta['cpus']} cores, {meta['memory_gb']} GiB; batch size "
+        f"{args.batch_size}; median of {args.runs} runs\n\n{table(col.rows)}\n\n## Targets\n\n{target_table(ts)}\n"
+    )
     for name in (f"results-{stamp}", "latest"):
         (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2, default=str))
         (out_dir / f"{name}.md").write_text(md)

@@ -53,7 +53,14 @@ def key():
     return PseudonymKey.from_text(W.KEY_TEXT)
 
 
-def run(store, texts: tuple[str, ...], as_of: date, batch_size: int, workers: int = 1, location: str = "") -> dict:
+def run(
+    store,
+    texts: tuple[str, ...],
+    as_of: date,
+    batch_size: int,
+    workers: int = 1,
+    location: str = "",
+) -> dict:
     from retention_jobs.apply import RunOptions, run_policies
     from retention_jobs.parallel import run_parallel
 
@@ -65,10 +72,17 @@ def run(store, texts: tuple[str, ...], as_of: date, batch_size: int, workers: in
         report = run_policies(store, policies(*texts), as_of, key(), options)
     seconds = time.perf_counter() - t0
     r = report.rules[0]
-    return {"op_seconds": seconds, "anonymised": r.anonymised, "deleted": r.deleted,
-            "cascade_deleted": sum(c.deleted for c in r.cascades), "expired": r.plan.expired,
-            "held": r.plan.held, "already_done": r.plan.already_done, "batches": r.batches,
-            "workers": max(1, len(report.worker_runs))}
+    return {
+        "op_seconds": seconds,
+        "anonymised": r.anonymised,
+        "deleted": r.deleted,
+        "cascade_deleted": sum(c.deleted for c in r.cascades),
+        "expired": r.plan.expired,
+        "held": r.plan.held,
+        "already_done": r.plan.already_done,
+        "batches": r.batches,
+        "workers": max(1, len(report.worker_runs)),
+    }
 
 
 def erasure(store, subject: str | None) -> dict:
@@ -79,11 +93,17 @@ def erasure(store, subject: str | None) -> dict:
     with store.connect() as s:  # untimed: pick a customer who has orders
         if subject is None:
             n = s.scalar(sa.text("SELECT count(*) FROM bench.orders"))
-            subject = str(s.scalar(sa.text(f"SELECT customer_id FROM bench.orders WHERE order_id = {n // 2 + 1}")))
+            subject = str(
+                s.scalar(
+                    sa.text(f"SELECT customer_id FROM bench.orders WHERE order_id = {n // 2 + 1}")
+                )
+            )
     pol = policies(W.ANONYMISE_POLICY, W.DELETE_POLICY)
     t0 = time.perf_counter()
     with store.connect() as s:
-        req = add_request(s, kind="erasure", subject_kind="customer", subject_id=subject, received_on=W.AS_OF)
+        req = add_request(
+            s, kind="erasure", subject_kind="customer", subject_id=subject, received_on=W.AS_OF
+        )
         done = process_request(store, s, pol, req, W.AS_OF, key())
     seconds = time.perf_counter() - t0
     tables = {t["table"]: t["deleted"] + t["anonymised"] for t in done.receipt["tables"]}
@@ -93,8 +113,12 @@ def erasure(store, subject: str | None) -> dict:
 def purge(store) -> dict:
     t0 = time.perf_counter()
     out = store.purge(["bench.customers"])
-    return {"op_seconds": time.perf_counter() - t0, "method": out.get("method"),
-            "bytes_before": out.get("bytes_before"), "bytes_after": out.get("bytes_after")}
+    return {
+        "op_seconds": time.perf_counter() - t0,
+        "method": out.get("method"),
+        "bytes_before": out.get("bytes_before"),
+        "bytes_after": out.get("bytes_after"),
+    }
 
 
 def floor(location: str) -> dict:
@@ -126,23 +150,29 @@ def per_row(location: str, subset: int) -> dict:
     secret = key().secret
     faker = Faker("no_NO")
     faker.seed_instance(1)
-    select = ("SELECT customer_id, email, full_name, phone, birth_date FROM bench.customers "
-              f"WHERE last_purchase_at <= DATE '{W.CUTOFF}' AND customer_id::VARCHAR NOT IN "
-              "(SELECT subject_id FROM retention_control.holds WHERE scope = 'subject' AND released_at IS NULL) "
-              f"ORDER BY customer_id LIMIT {subset}")
-    update = ("UPDATE bench.customers SET email = {p}, full_name = {p}, phone = {p}, birth_date = {p}, "
-              "street_address = NULL, national_id = NULL WHERE customer_id = {p}")
+    select = (
+        "SELECT customer_id, email, full_name, phone, birth_date FROM bench.customers "
+        f"WHERE last_purchase_at <= DATE '{W.CUTOFF}' AND customer_id::VARCHAR NOT IN "
+        "(SELECT subject_id FROM retention_control.holds WHERE scope = 'subject' AND released_at IS NULL) "
+        f"ORDER BY customer_id LIMIT {subset}"
+    )
+    update = (
+        "UPDATE bench.customers SET email = {p}, full_name = {p}, phone = {p}, birth_date = {p}, "
+        "street_address = NULL, national_id = NULL WHERE customer_id = {p}"
+    )
 
     def transform(rows):
         out = []
         for cid, email, _name, phone, birth in rows:
-            out.append((
-                hashlib.blake2b(email.encode(), key=secret, digest_size=16).hexdigest(),
-                faker.name(),
-                "*" * (len(phone) - 2) + phone[-2:],
-                date(birth.year, 1, 1),
-                cid,
-            ))
+            out.append(
+                (
+                    hashlib.blake2b(email.encode(), key=secret, digest_size=16).hexdigest(),
+                    faker.name(),
+                    "*" * (len(phone) - 2) + phone[-2:],
+                    date(birth.year, 1, 1),
+                    cid,
+                )
+            )
         return out
 
     if "://" in location:
@@ -176,7 +206,9 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=5_000)
     ap.add_argument("--subject")
     ap.add_argument("--memory-limit")
-    ap.add_argument("--workers", type=int, default=1, help="anonymise/delete: key ranges in this many processes")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="anonymise/delete: key ranges in this many processes"
+    )
     args = ap.parse_args()
     # `op_seconds` excludes imports; the engine imports Faker lazily (when a policy names a fake
     # provider), so import it here, untimed, as a long-lived Dagster process has it already
@@ -187,7 +219,9 @@ def main() -> None:
     else:
         store = open_store(args.store, args.memory_limit)
         if args.scenario == "anonymise":
-            out = run(store, (W.ANONYMISE_POLICY,), W.AS_OF, args.batch_size, args.workers, args.store)
+            out = run(
+                store, (W.ANONYMISE_POLICY,), W.AS_OF, args.batch_size, args.workers, args.store
+            )
         elif args.scenario == "nothing-to-do":
             out = run(store, (W.ANONYMISE_POLICY,), W.NEXT_DAY, args.batch_size)
         elif args.scenario == "delete":

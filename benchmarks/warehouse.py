@@ -17,7 +17,9 @@ NEXT_DAY = AS_OF + timedelta(days=1)
 CUTOFF = date(2023, 11, 22)
 """The last `last_purchase_at` date past 3 years on AS_OF (also the pganonymize filter)."""
 KEY_TEXT = "benchmark-key-0123456789"
-SIX_STRATEGIES = "hash, fake name, mask phone, generalise birth date, redact address, redact national id"
+SIX_STRATEGIES = (
+    "hash, fake name, mask phone, generalise birth date, redact address, redact national id"
+)
 
 ANONYMISE_POLICY = """
 purpose: bench-anonymise
@@ -139,7 +141,9 @@ def build_duckdb(path: str, n: int) -> None:
     with store.connect() as s:
         ensure_control_schema(store, s)
     con = duckdb.connect(path)
-    con.execute(f"INSERT INTO retention_control.holds {holds_select(n, series, 'TIMESTAMP ' + repr('2026-11-01 00:00:00'))}")
+    con.execute(
+        f"INSERT INTO retention_control.holds {holds_select(n, series, 'TIMESTAMP ' + repr('2026-11-01 00:00:00'))}"
+    )
     con.execute("CHECKPOINT")
     con.close()
 
@@ -165,12 +169,21 @@ def build_postgres(url: str, n: int) -> None:
     with store.connect() as s:
         ensure_control_schema(store, s)
     with psycopg.connect(plain) as c:
-        c.execute(f"INSERT INTO retention_control.holds {holds_select(n, series, 'TIMESTAMP ' + repr('2026-11-01 00:00:00'))}")
+        c.execute(
+            f"INSERT INTO retention_control.holds {holds_select(n, series, 'TIMESTAMP ' + repr('2026-11-01 00:00:00'))}"
+        )
     with psycopg.connect(plain, autocommit=True) as c:
         c.execute("VACUUM ANALYZE")
 
 
-if __name__ == "__main__":  # python warehouse.py duckdb|postgres PATH_OR_URL ROWS (the harness builds in a child)
-    sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
+if (
+    __name__ == "__main__"
+):  # python warehouse.py duckdb|postgres PATH_OR_URL ROWS (the harness builds in a child)
+    sys.path.insert(
+        0,
+        __import__("os").path.dirname(
+            __import__("os").path.dirname(__import__("os").path.abspath(__file__))
+        ),
+    )
     kind, where, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
     (build_duckdb if kind == "duckdb" else build_postgres)(where, rows)

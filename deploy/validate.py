@@ -64,7 +64,9 @@ def validate_instance(path: Path) -> str:
         if not result.success:
             raise ValueError(f"{section}: " + "; ".join(e.message for e in result.errors))
         checked.append(spec["class"])
-    return "valid against Dagster's instance schema" + (f" and {', '.join(checked)}" if checked else "")
+    return "valid against Dagster's instance schema" + (
+        f" and {', '.join(checked)}" if checked else ""
+    )
 
 
 def env_names(node) -> set[str]:

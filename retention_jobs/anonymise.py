@@ -47,7 +47,9 @@ MIN_KEY_LENGTH = 16
 def key_from_text(text: str) -> PseudonymKey:
     """A key from its secret text, refusing one too short to resist guessing."""
     if len(text) < MIN_KEY_LENGTH:
-        raise ConfigError(f"{KEY_ENV} is too short: use at least {MIN_KEY_LENGTH} random characters")
+        raise ConfigError(
+            f"{KEY_ENV} is too short: use at least {MIN_KEY_LENGTH} random characters"
+        )
     return PseudonymKey.from_text(text)
 
 
@@ -84,7 +86,9 @@ def keyed_hashes(values: pl.Series, key: PseudonymKey) -> pl.Series:
     digests = hex_digests(uniq.to_list(), key)
     if not digests:
         return pl.Series(values.name, [None] * len(values), dtype=pl.String)
-    return text.replace_strict(uniq, pl.Series(digests, dtype=pl.String), default=None, return_dtype=pl.String)
+    return text.replace_strict(
+        uniq, pl.Series(digests, dtype=pl.String), default=None, return_dtype=pl.String
+    )
 
 
 # Faker names Norwegian Bokmål after the older code.
@@ -104,7 +108,9 @@ def faker_for(locale: str):
 def fake_pool(provider: str, locale: str) -> tuple[str, ...]:
     """A deterministic pool of fake values (Faker is slow: build once, pick by hash)."""
     faker = faker_for(locale)
-    faker.seed_instance(int.from_bytes(hashlib.sha256(f"{provider}/{locale}".encode()).digest()[:8], "big"))
+    faker.seed_instance(
+        int.from_bytes(hashlib.sha256(f"{provider}/{locale}".encode()).digest()[:8], "big")
+    )
     try:
         make = getattr(faker, provider)
     except AttributeError:
@@ -143,7 +149,9 @@ def _unique_suffix(fake: pl.Expr, digest: pl.Expr, col: ColumnInfo) -> pl.Expr:
     local, domain = parts.struct.field("field_0"), parts.struct.field("field_1")
     if col.max_length:
         # keep the suffix and the domain whole; shorten the local part to fit
-        room = pl.max_horizontal(pl.lit(1), col.max_length - 14 - domain.str.len_chars().fill_null(-1))
+        room = pl.max_horizontal(
+            pl.lit(1), col.max_length - 14 - domain.str.len_chars().fill_null(-1)
+        )
         local = local.str.slice(0, room)
     with_at = pl.concat_str([local, pl.lit("."), suffix, pl.lit("@"), domain])
     without = pl.concat_str([local, pl.lit("-"), suffix])
@@ -151,8 +159,9 @@ def _unique_suffix(fake: pl.Expr, digest: pl.Expr, col: ColumnInfo) -> pl.Expr:
     return out.str.slice(0, col.max_length) if col.max_length else out
 
 
-def strategy_expr(name: str, s: Strategy, col: ColumnInfo, dtype: pl.DataType, digest: pl.Expr,
-                  locale: str) -> pl.Expr:
+def strategy_expr(
+    name: str, s: Strategy, col: ColumnInfo, dtype: pl.DataType, digest: pl.Expr, locale: str
+) -> pl.Expr:
     """The anonymised value of column `name`; `digest` is the keyed hash of the original."""
     c = pl.col(name)
     if isinstance(s, Redact):
@@ -171,11 +180,16 @@ def strategy_expr(name: str, s: Strategy, col: ColumnInfo, dtype: pl.DataType, d
     if isinstance(s, Mask):
         n = c.str.len_chars()
         whole = n <= (s.keep_first + s.keep_last)
-        middle = c.str.slice(s.keep_first, n - s.keep_first - s.keep_last).str.replace_all(r"(?s).", s.char)
-        masked = pl.concat_str([
-            c.str.slice(0, s.keep_first), middle,
-            c.str.slice(n - s.keep_last, s.keep_last) if s.keep_last else pl.lit(""),
-        ])
+        middle = c.str.slice(s.keep_first, n - s.keep_first - s.keep_last).str.replace_all(
+            r"(?s).", s.char
+        )
+        masked = pl.concat_str(
+            [
+                c.str.slice(0, s.keep_first),
+                middle,
+                c.str.slice(n - s.keep_last, s.keep_last) if s.keep_last else pl.lit(""),
+            ]
+        )
         return pl.when(whole).then(c.str.replace_all(r"(?s).", s.char)).otherwise(masked)
     if isinstance(s, Generalise):
         if s.to:
@@ -191,8 +205,14 @@ def needs_digest(s: Strategy) -> bool:
     return not isinstance(s, (Generalise, Constant))
 
 
-def anonymise_frame(df: pl.DataFrame, columns: dict[str, Strategy], infos: dict[str, ColumnInfo],
-                    key: PseudonymKey, locale: str, digests: dict[str, pl.Series] | None = None) -> pl.DataFrame:
+def anonymise_frame(
+    df: pl.DataFrame,
+    columns: dict[str, Strategy],
+    infos: dict[str, ColumnInfo],
+    key: PseudonymKey,
+    locale: str,
+    digests: dict[str, pl.Series] | None = None,
+) -> pl.DataFrame:
     """Replace each listed column with its anonymised value, except where `_done__<col>` is true
     (already anonymised by an earlier run: anonymising twice would hash a hash). `digests` are
     the keyed hashes of the originals, if the caller has them already."""
@@ -224,5 +244,9 @@ took twice the bytes: at 10M rows its markers were a fifth of an anonymisation's
 
 def original_token(hex_digest: pl.Expr) -> pl.Expr:
     """The marker token of a value from its hex keyed hash (`keyed_hashes`); NULL stays NULL."""
-    return (hex_digest.str.slice(0, ORIGINAL_HASH_CHARS).str.decode("hex").bin.encode("base64")
-            .str.strip_chars_end("="))
+    return (
+        hex_digest.str.slice(0, ORIGINAL_HASH_CHARS)
+        .str.decode("hex")
+        .bin.encode("base64")
+        .str.strip_chars_end("=")
+    )

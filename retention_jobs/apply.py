@@ -91,13 +91,22 @@ class RunReport(_Frozen):
     @property
     def tables_changed(self) -> list[str]:
         out = {r.plan.table for r in self.rules if r.deleted or r.anonymised}
-        out |= {c.table for r in self.rules for c in r.cascades if c.deleted or c.anonymised or c.unlinked}
+        out |= {
+            c.table
+            for r in self.rules
+            for c in r.cascades
+            if c.deleted or c.anonymised or c.unlinked
+        }
         return sorted(out)
 
     @property
     def changed(self) -> bool:
-        return any(r.deleted or r.anonymised or any(c.deleted or c.anonymised or c.unlinked for c in r.cascades)
-                   for r in self.rules)
+        return any(
+            r.deleted
+            or r.anonymised
+            or any(c.deleted or c.anonymised or c.unlinked for c in r.cascades)
+            for r in self.rules
+        )
 
 
 @dataclass(frozen=True)
@@ -120,8 +129,9 @@ class RunOptions:
     rule's first key column; the worker acts on those ranges only."""
 
 
-def _in_stage(t: sa.TableClause, keys: list[str], stage: sa.TableClause,
-              span: tuple[Any, Any] | None = None) -> sa.ColumnElement:
+def _in_stage(
+    t: sa.TableClause, keys: list[str], stage: sa.TableClause, span: tuple[Any, Any] | None = None
+) -> sa.ColumnElement:
     """`t`'s rows whose keys are in `stage`. `span`: the least and greatest first key of the
     stage; a redundant range test that lets the store skip what cannot match (DuckDB's zone
     maps, an index range scan) instead of scanning the whole table for every batch."""
@@ -131,7 +141,9 @@ def _in_stage(t: sa.TableClause, keys: list[str], stage: sa.TableClause,
     return sa.and_(*prune, sa.exists().where(*(stage.c[k] == t.c[k] for k in keys)))
 
 
-def _span(session: Session, stage: sa.TableClause | sa.Subquery, key: str) -> tuple[Any, Any] | None:
+def _span(
+    session: Session, stage: sa.TableClause | sa.Subquery, key: str
+) -> tuple[Any, Any] | None:
     lo, hi = session.fetchall(sa.select(sa.func.min(stage.c[key]), sa.func.max(stage.c[key])))[0]
     return None if lo is None else (lo, hi)
 
@@ -139,16 +151,28 @@ def _span(session: Session, stage: sa.TableClause | sa.Subquery, key: str) -> tu
 def held_fingerprint(session: Session, planner: Planner, b: BoundRule) -> str:
     """A hash over every column of every held row of the rule, in key order."""
     t = alias(b.table)
-    q = (sa.select(*t.c).where(planner.pred.expired(b, t), planner.pred.held(b, t))
-         .order_by(*(t.c[k] for k in b.rule.keys)))
+    q = (
+        sa.select(*t.c)
+        .where(planner.pred.expired(b, t), planner.pred.held(b, t))
+        .order_by(*(t.c[k] for k in b.rule.keys))
+    )
     data = pl.from_arrow(session.arrow(q))
     return hashlib.sha256(data.write_csv().encode()).hexdigest()
 
 
 class Applier:
-    def __init__(self, store: Store, session: Session, policies: PolicySet, as_of: date,
-                 key: PseudonymKey | None, options: RunOptions, progress: Progress | None = None,
-                 predicates: type[Predicates] = Predicates, **predicate_options):
+    def __init__(
+        self,
+        store: Store,
+        session: Session,
+        policies: PolicySet,
+        as_of: date,
+        key: PseudonymKey | None,
+        options: RunOptions,
+        progress: Progress | None = None,
+        predicates: type[Predicates] = Predicates,
+        **predicate_options,
+    ):
         self.store, self.session, self.policies = store, session, policies
         self.as_of, self.key, self.options = as_of, key, options
         self.progress = progress or (lambda *_: None)
@@ -202,31 +226,57 @@ class Applier:
         plan = self.planner.plan(purposes)
         bound = {b.id: b for b in self.planner.rules(purposes)}
         if self.options.dry_run:
-            return self._report(started, t0, [RuleResult(plan=rp) for rp in plan.rules], {}, dry=True)
+            return self._report(
+                started, t0, [RuleResult(plan=rp) for rp in plan.rules], {}, dry=True
+            )
         # a run that will change no row cannot change a held one: the fingerprints (a read of
         # every column of every held row) are taken only when some rule has work
-        fingerprints = {rp.rule_id: held_fingerprint(self.session, self.planner, bound[rp.rule_id])
-                        for rp in plan.rules if rp.held} if self.has_work(plan, bound) else {}
+        fingerprints = (
+            {
+                rp.rule_id: held_fingerprint(self.session, self.planner, bound[rp.rule_id])
+                for rp in plan.rules
+                if rp.held
+            }
+            if self.has_work(plan, bound)
+            else {}
+        )
         self.check_delete_share(plan)
-        control.start_run(self.session, self.run_id, self.as_of, self.options.mode, self.policies.digest)
+        control.start_run(
+            self.session, self.run_id, self.as_of, self.options.mode, self.policies.digest
+        )
         results: dict[str, RuleResult] = {}
         try:
-            ordered = sorted(plan.rules, key=lambda rp: {"delete": 0, "anonymise": 1, "retain": 2}[rp.action])
+            ordered = sorted(
+                plan.rules, key=lambda rp: {"delete": 0, "anonymise": 1, "retain": 2}[rp.action]
+            )
             # every rule's rows are chosen before any rule changes anything: a rule must not act
             # on rows that an earlier rule of the same run turned into matches (its plan did not
             # count them); the per-batch re-check can only drop rows
-            staged = {rp.rule_id: self._stage_keys(bound[rp.rule_id], f"rj_keys_{i}")
-                      for i, rp in enumerate(ordered) if rp.action != "retain" and rp.to_act}
+            staged = {
+                rp.rule_id: self._stage_keys(bound[rp.rule_id], f"rj_keys_{i}")
+                for i, rp in enumerate(ordered)
+                if rp.action != "retain" and rp.to_act
+            }
             for rp in ordered:
                 results[rp.rule_id] = self.apply_rule(bound[rp.rule_id], rp, staged.get(rp.rule_id))
         except BaseException:
             control.finish_run(self.session, self.run_id, "failed", {})
             raise
-        report = self._report(started, t0, [results[rp.rule_id] for rp in plan.rules], fingerprints, dry=False)
-        control.finish_run(self.session, self.run_id, "succeeded", {
-            "held_fingerprints": fingerprints,
-            "rules": {r.plan.rule_id: {"deleted": r.deleted, "anonymised": r.anonymised} for r in report.rules},
-        })
+        report = self._report(
+            started, t0, [results[rp.rule_id] for rp in plan.rules], fingerprints, dry=False
+        )
+        control.finish_run(
+            self.session,
+            self.run_id,
+            "succeeded",
+            {
+                "held_fingerprints": fingerprints,
+                "rules": {
+                    r.plan.rule_id: {"deleted": r.deleted, "anonymised": r.anonymised}
+                    for r in report.rules
+                },
+            },
+        )
         return report
 
     def has_work(self, plan: Plan, bound: dict[str, BoundRule]) -> bool:
@@ -238,38 +288,71 @@ class Applier:
             b = bound[rp.rule_id]
             if b.rule.action == "delete" and b.cascades:
                 pending = self._pending_table(b)
-                if self.session.scalar(sa.select(sa.func.count()).select_from(pending).where(
-                        pending.c.rule == b.id, self.pred.in_share(b, pending))):
+                if self.session.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(pending)
+                    .where(pending.c.rule == b.id, self.pred.in_share(b, pending))
+                ):
                     return True
         return False
 
     def _report(self, started, t0, results, fingerprints, dry) -> RunReport:
         return RunReport(
-            run_id=self.run_id, as_of=self.as_of, store=self.store.describe(), dry_run=dry,
-            policies_sha256=self.policies.digest, key_id=self.key.key_id if self.key else None,
-            started_at=started, seconds=round(time.perf_counter() - t0, 3), rules=tuple(results),
+            run_id=self.run_id,
+            as_of=self.as_of,
+            store=self.store.describe(),
+            dry_run=dry,
+            policies_sha256=self.policies.digest,
+            key_id=self.key.key_id if self.key else None,
+            started_at=started,
+            seconds=round(time.perf_counter() - t0, 3),
+            rules=tuple(results),
             held_fingerprints=fingerprints,
         )
 
-    def _audit(self, b: BoundRule, table: str, action: str, batch: int, seconds: float, **counts: int) -> None:
+    def _audit(
+        self, b: BoundRule, table: str, action: str, batch: int, seconds: float, **counts: int
+    ) -> None:
         control.append_audit(
-            self.session, run_id=self.run_id, purpose=b.policy.purpose, rule=b.rule.name, table_name=table,
-            action=action, as_of=self.as_of, policy_sha256=b.file.sha256, batch=batch,
+            self.session,
+            run_id=self.run_id,
+            purpose=b.policy.purpose,
+            rule=b.rule.name,
+            table_name=table,
+            action=action,
+            as_of=self.as_of,
+            policy_sha256=b.file.sha256,
+            batch=batch,
             key_id=self.key.key_id if self.key and action in ("anonymise", "suppress") else None,
-            seconds=round(seconds, 4), **counts)
+            seconds=round(seconds, 4),
+            **counts,
+        )
 
     def _stage_keys(self, b: BoundRule, name: str) -> sa.TableClause:
         t = alias(b.table)
         key_cols = [t.c[k] for k in b.rule.keys]
         return self.session.stage_query(
-            name, sa.select(*key_cols, sa.func.row_number().over(order_by=key_cols).label("rj_n"))
-            .where(self.pred.actionable(b, t)))
+            name,
+            sa.select(*key_cols, sa.func.row_number().over(order_by=key_cols).label("rj_n")).where(
+                self.pred.actionable(b, t)
+            ),
+        )
 
-    def apply_rule(self, b: BoundRule, rp: RulePlan, staged: sa.TableClause | None = None) -> RuleResult:
+    def apply_rule(
+        self, b: BoundRule, rp: RulePlan, staged: sa.TableClause | None = None
+    ) -> RuleResult:
         t0 = time.perf_counter()
         with self.session.transaction():
-            self._audit(b, b.table.name, "plan", 0, 0.0, expired=rp.expired, held=rp.held,
-                        retained=rp.retained)
+            self._audit(
+                b,
+                b.table.name,
+                "plan",
+                0,
+                0.0,
+                expired=rp.expired,
+                held=rp.held,
+                retained=rp.retained,
+            )
         if b.rule.action == "retain":
             return RuleResult(plan=rp, seconds=time.perf_counter() - t0)
         counts: dict[str, TableCounts] = {}
@@ -278,8 +361,12 @@ class Applier:
         if journal:
             pending = self._pending_table(b)
             # a journalled batch of an interrupted run (in a parallel run, of this worker's range)
-            stage = self.session.stage_query("rj_confirmed", sa.select(*(pending.c[k] for k in b.rule.keys))
-                                             .where(pending.c.rule == b.id, self.pred.in_share(b, pending)))
+            stage = self.session.stage_query(
+                "rj_confirmed",
+                sa.select(*(pending.c[k] for k in b.rule.keys)).where(
+                    pending.c.rule == b.id, self.pred.in_share(b, pending)
+                ),
+            )
             n = self.session.scalar(sa.select(sa.func.count()).select_from(stage))
             if n:
                 self._span = _span(self.session, stage, b.rule.keys[0])
@@ -305,22 +392,32 @@ class Applier:
         for name in ("rj_confirmed", "rj_confirmed_0", "rj_confirmed_1"):
             self.session.drop_stage(name)
         return RuleResult(
-            plan=rp, deleted=done if b.rule.action == "delete" else 0,
+            plan=rp,
+            deleted=done if b.rule.action == "delete" else 0,
             anonymised=done if b.rule.action == "anonymise" else 0,
-            cascades=tuple(counts.values()), batches=batches, seconds=round(time.perf_counter() - t0, 3))
+            cascades=tuple(counts.values()),
+            batches=batches,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
 
-    def _confirm(self, b: BoundRule, staged: sa.TableClause, lo: int, size: int,
-                 name: str) -> tuple[sa.TableClause, tuple[Any, Any] | None]:
+    def _confirm(
+        self, b: BoundRule, staged: sa.TableClause, lo: int, size: int, name: str
+    ) -> tuple[sa.TableClause, tuple[Any, Any] | None]:
         """Stage the keys of the batch (staged keys numbered lo+1 .. lo+size) that are still
         actionable, and return them with the batch's key span. Re-checked at the start of each
         batch: a hold placed or a clock moved since the run began wins over the staged plan."""
         t = alias(b.table)
-        batch = sa.select(*(staged.c[k] for k in b.rule.keys)).where(staged.c.rj_n > lo, staged.c.rj_n <= lo + size)
+        batch = sa.select(*(staged.c[k] for k in b.rule.keys)).where(
+            staged.c.rj_n > lo, staged.c.rj_n <= lo + size
+        )
         # keys are numbered in key order: a batch spans a narrow range of the first key
         span = _span(self.session, batch.subquery(), b.rule.keys[0])
         confirmed = self.session.stage_query(
-            name, sa.select(*(t.c[k] for k in b.rule.keys))
-            .where(_in_stage(t, b.rule.keys, batch.subquery(), span), self.pred.actionable(b, t, span)))
+            name,
+            sa.select(*(t.c[k] for k in b.rule.keys)).where(
+                _in_stage(t, b.rule.keys, batch.subquery(), span), self.pred.actionable(b, t, span)
+            ),
+        )
         return confirmed, span
 
     def _overlap(self, b: BoundRule) -> bool:
@@ -328,11 +425,21 @@ class Applier:
         written: on a store with one writer process (DuckDB), where nothing else can change
         the rows in between, and when no cascade of the rule reaches its own table (a cascade
         of batch n could then change rows of batch n+1 after they were read)."""
-        return (self.options.overlap and self.store.kind == "duckdb"
-                and all(link.table.name != b.table.name for link, _ in link_paths(b)))
+        return (
+            self.options.overlap
+            and self.store.kind == "duckdb"
+            and all(link.table.name != b.table.name for link, _ in link_paths(b))
+        )
 
-    def _anonymise_overlapped(self, b: BoundRule, staged: sa.TableClause, total: int, size: int,
-                              counts: dict[str, TableCounts], first_batch: int) -> tuple[int, int]:
+    def _anonymise_overlapped(
+        self,
+        b: BoundRule,
+        staged: sa.TableClause,
+        total: int,
+        size: int,
+        counts: dict[str, TableCounts],
+        first_batch: int,
+    ) -> tuple[int, int]:
         """The batches of an anonymise rule with the Python work of batch n+1 (keyed hashes,
         fingerprints, strategies, markers) in a worker thread while batch n is written and
         committed (DuckDB releases the GIL while it runs a statement). Same rows, same values,
@@ -346,8 +453,14 @@ class Applier:
 
             def fetch(i: int):
                 confirmed, span = self._confirm(b, staged, starts[i], size, f"rj_confirmed_{i % 2}")
-                data = self._read_rows(b.table, keys, columns, sa.select(*(confirmed.c[k] for k in keys)), span)
-                return confirmed, span, pool.submit(self._prepare_rows, b, b.table, keys, columns, data)
+                data = self._read_rows(
+                    b.table, keys, columns, sa.select(*(confirmed.c[k] for k in keys)), span
+                )
+                return (
+                    confirmed,
+                    span,
+                    pool.submit(self._prepare_rows, b, b.table, keys, columns, data),
+                )
 
             upcoming = fetch(0)
             for i, lo in enumerate(starts):
@@ -355,7 +468,9 @@ class Applier:
                 # read batch i+1 while batch i is prepared; prepare i+1 while batch i is written
                 upcoming = fetch(i + 1) if i + 1 < len(starts) else None
                 self._span = span
-                done += self._anonymise_batch(b, confirmed, counts, first_batch + i, prepared.result())
+                done += self._anonymise_batch(
+                    b, confirmed, counts, first_batch + i, prepared.result()
+                )
                 self.progress(b.id, min(lo + size, total), total)
         return done, len(starts)
 
@@ -364,20 +479,38 @@ class Applier:
     def _pending_table(self, b: BoundRule) -> sa.TableClause:
         name = "pending__" + b.table.name.replace(".", "__")
         types = self.store.ddl_types()
-        cols = ", ".join(f'"{k}" {control.key_column_type(b.table.columns[k], self.store)}' for k in b.rule.keys)
-        self.session.execute(f'CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}."{name}" ({cols}, rule {types["text"]} NOT NULL)')
-        return sa.table(name, *(sa.column(k, sa_type(b.table.columns[k])) for k in b.rule.keys),
-                        sa.column("rule", sa.String()), schema=CONTROL_SCHEMA)
+        cols = ", ".join(
+            f'"{k}" {control.key_column_type(b.table.columns[k], self.store)}' for k in b.rule.keys
+        )
+        self.session.execute(
+            f'CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}."{name}" ({cols}, rule {types["text"]} NOT NULL)'
+        )
+        return sa.table(
+            name,
+            *(sa.column(k, sa_type(b.table.columns[k])) for k in b.rule.keys),
+            sa.column("rule", sa.String()),
+            schema=CONTROL_SCHEMA,
+        )
 
-    def _delete_batch(self, b: BoundRule, confirmed: sa.TableClause, counts: dict[str, TableCounts],
-                      batch_no: int, resumed: bool = False) -> int:
+    def _delete_batch(
+        self,
+        b: BoundRule,
+        confirmed: sa.TableClause,
+        counts: dict[str, TableCounts],
+        batch_no: int,
+        resumed: bool = False,
+    ) -> int:
         keys = b.rule.keys
         if b.cascades:
             pending = self._pending_table(b)
             if not resumed:
                 with self.session.transaction():
-                    self.session.execute(sa.insert(pending).from_select(
-                        [*keys, "rule"], sa.select(*(confirmed.c[k] for k in keys), sa.literal(b.id))))
+                    self.session.execute(
+                        sa.insert(pending).from_select(
+                            [*keys, "rule"],
+                            sa.select(*(confirmed.c[k] for k in keys), sa.literal(b.id)),
+                        )
+                    )
             for link, path in link_paths(b):
                 self._cascade_step(b, link, path, confirmed, counts, batch_no)
         t0 = time.perf_counter()
@@ -386,28 +519,48 @@ class Applier:
         # holds always win, even over a journalled batch
         span = self._span
         victims = sa.select(*(t.c[k] for k in keys)).where(
-            _in_stage(t, keys, confirmed, span), ~self.pred.held(b, t))
+            _in_stage(t, keys, confirmed, span), ~self.pred.held(b, t)
+        )
         with self.session.transaction():
             if b.rule.suppress:
                 self._suppress(b, victims)
-            erasure.record_where(self.session, self._key(), self.run_id, b.table,
-                                 erasure.tracked_columns(b.table, b.rule.suppress),
-                                 lambda r: _in_stage(r, keys, victims.subquery(), span),
-                                 lambda r, c: self.pred.marked(b.table, keys, r, c))
+            erasure.record_where(
+                self.session,
+                self._key(),
+                self.run_id,
+                b.table,
+                erasure.tracked_columns(b.table, b.rule.suppress),
+                lambda r: _in_stage(r, keys, victims.subquery(), span),
+                lambda r, c: self.pred.marked(b.table, keys, r, c),
+            )
             self._drop_markers(b.table, keys, victims, span)
-            n = self.session.execute(sa.delete(target).where(_in_stage(target, keys, victims.subquery(), span)))
+            n = self.session.execute(
+                sa.delete(target).where(_in_stage(target, keys, victims.subquery(), span))
+            )
             if b.cascades:
-                self.session.execute(sa.delete(pending).where(
-                    pending.c.rule == b.id, _in_stage(pending, keys, confirmed)))
+                self.session.execute(
+                    sa.delete(pending).where(
+                        pending.c.rule == b.id, _in_stage(pending, keys, confirmed)
+                    )
+                )
             self._audit(b, b.table.name, "delete", batch_no, time.perf_counter() - t0, deleted=n)
         return n
 
-    def _cascade_step(self, b: BoundRule, link: Link, path: list[Link], confirmed: sa.TableClause,
-                      counts: dict[str, TableCounts], batch_no: int) -> None:
+    def _cascade_step(
+        self,
+        b: BoundRule,
+        link: Link,
+        path: list[Link],
+        confirmed: sa.TableClause,
+        counts: dict[str, TableCounts],
+        batch_no: int,
+    ) -> None:
         t0 = time.perf_counter()
         root = alias(b.table)
         root_col = path[0].references if path else link.references
-        roots = sa.select(root.c[root_col]).where(_in_stage(root, b.rule.keys, confirmed, self._span))
+        roots = sa.select(root.c[root_col]).where(
+            _in_stage(root, b.rule.keys, confirmed, self._span)
+        )
         values = parent_values(link, path, roots)
         child = sa_table(link.table)
         action = link.spec.action
@@ -415,25 +568,47 @@ class Applier:
             if action == "delete":
                 if link.key:
                     c = alias(link.table)
-                    self._drop_markers(link.table, list(link.key),
-                                       sa.select(*(c.c[k] for k in link.key)).where(c.c[link.on].in_(values)))
-                erasure.record_where(self.session, self._key(), self.run_id, link.table,
-                                     erasure.tracked_columns(link.table), lambda r: r.c[link.on].in_(values),
-                                     (lambda r, c: self.pred.marked(link.table, link.key, r, c)) if link.key else None)
+                    self._drop_markers(
+                        link.table,
+                        list(link.key),
+                        sa.select(*(c.c[k] for k in link.key)).where(c.c[link.on].in_(values)),
+                    )
+                erasure.record_where(
+                    self.session,
+                    self._key(),
+                    self.run_id,
+                    link.table,
+                    erasure.tracked_columns(link.table),
+                    lambda r: r.c[link.on].in_(values),
+                    (lambda r, c: self.pred.marked(link.table, link.key, r, c))
+                    if link.key
+                    else None,
+                )
                 n = self.session.execute(sa.delete(child).where(child.c[link.on].in_(values)))
             elif action == "unlink":
-                n = self.session.execute(sa.update(child).where(child.c[link.on].in_(values)).values({link.on: None}))
+                n = self.session.execute(
+                    sa.update(child).where(child.c[link.on].in_(values)).values({link.on: None})
+                )
             else:
                 c = alias(link.table)
                 rows = sa.select(*(c.c[k] for k in link.key)).where(c.c[link.on].in_(values))
                 n = self._anonymise_rows(b, link.table, list(link.key), link.spec.columns, rows)
-            self._audit(b, link.table.name, f"cascade-{action}", batch_no, time.perf_counter() - t0,
-                        **{_COUNT[action]: n})
+            self._audit(
+                b,
+                link.table.name,
+                f"cascade-{action}",
+                batch_no,
+                time.perf_counter() - t0,
+                **{_COUNT[action]: n},
+            )
         prev = counts.get(link.table.name, TableCounts(table=link.table.name))
-        counts[link.table.name] = prev.model_copy(update={_COUNT[action]: getattr(prev, _COUNT[action]) + n})
+        counts[link.table.name] = prev.model_copy(
+            update={_COUNT[action]: getattr(prev, _COUNT[action]) + n}
+        )
 
-    def _drop_markers(self, info: TableInfo, keys: list[str], rows: sa.Select,
-                      span: tuple[Any, Any] | None = None) -> None:
+    def _drop_markers(
+        self, info: TableInfo, keys: list[str], rows: sa.Select, span: tuple[Any, Any] | None = None
+    ) -> None:
         if control.marker_name(info.name) not in self.pred.marker_tables:
             return
         m = control.marker_table(info, keys)
@@ -442,19 +617,34 @@ class Applier:
     def _suppress(self, b: BoundRule, victims: sa.Select) -> None:
         t = alias(b.table)
         cols = b.rule.suppress
-        data = pl.from_arrow(self.session.arrow(
-            sa.select(*(t.c[c] for c in cols)).where(_in_stage(t, b.rule.keys, victims.subquery(), self._span))))
+        data = pl.from_arrow(
+            self.session.arrow(
+                sa.select(*(t.c[c] for c in cols)).where(
+                    _in_stage(t, b.rule.keys, victims.subquery(), self._span)
+                )
+            )
+        )
         if not isinstance(data, pl.DataFrame) or data.is_empty():
             return
-        values = pl.concat([data[c].cast(pl.String).str.strip_chars().str.to_lowercase() for c in cols]).drop_nulls()
+        values = pl.concat(
+            [data[c].cast(pl.String).str.strip_chars().str.to_lowercase() for c in cols]
+        ).drop_nulls()
         hashes = keyed_hashes(values, self._key()).unique()
-        staged = self.session.stage("rj_suppress", pl.DataFrame({"identifier_hash": hashes}).to_arrow())
+        staged = self.session.stage(
+            "rj_suppress", pl.DataFrame({"identifier_hash": hashes}).to_arrow()
+        )
         s = control.suppression
-        self.session.execute(sa.insert(s).from_select(
-            ["identifier_hash", "key_id", "purpose", "added_at"],
-            sa.select(staged.c.identifier_hash, sa.literal(self._key().key_id), sa.literal(b.policy.purpose),
-                      sa.literal(control.now(), sa.DateTime()))
-            .where(~staged.c.identifier_hash.in_(sa.select(s.c.identifier_hash)))))
+        self.session.execute(
+            sa.insert(s).from_select(
+                ["identifier_hash", "key_id", "purpose", "added_at"],
+                sa.select(
+                    staged.c.identifier_hash,
+                    sa.literal(self._key().key_id),
+                    sa.literal(b.policy.purpose),
+                    sa.literal(control.now(), sa.DateTime()),
+                ).where(~staged.c.identifier_hash.in_(sa.select(s.c.identifier_hash))),
+            )
+        )
         self.session.drop_stage("rj_suppress")
 
     def _key(self) -> PseudonymKey:
@@ -466,8 +656,14 @@ class Applier:
 
     # -- anonymise ------------------------------------------------------------------------
 
-    def _anonymise_batch(self, b: BoundRule, confirmed: sa.TableClause, counts: dict[str, TableCounts],
-                         batch_no: int, prepared: "_Prepared | None" = None) -> int:
+    def _anonymise_batch(
+        self,
+        b: BoundRule,
+        confirmed: sa.TableClause,
+        counts: dict[str, TableCounts],
+        batch_no: int,
+        prepared: "_Prepared | None" = None,
+    ) -> int:
         """One batch of an anonymise rule: its cascades, then its own rows in one transaction.
         `prepared`: the rows already read and transformed (the overlapped path)."""
         for link, path in link_paths(b):
@@ -481,20 +677,31 @@ class Applier:
                 n = self._anonymise_rows(b, b.table, b.rule.keys, b.rule.columns, rows)
             else:
                 n = self._write_rows(b.table, b.rule.keys, b.rule.columns, prepared, self._span)
-            self._audit(b, b.table.name, "anonymise", batch_no, time.perf_counter() - t0, anonymised=n)
+            self._audit(
+                b, b.table.name, "anonymise", batch_no, time.perf_counter() - t0, anonymised=n
+            )
         return n
 
-    def _anonymise_rows(self, b: BoundRule, info: TableInfo, keys: list[str], columns: dict,
-                        rows: sa.Select) -> int:
+    def _anonymise_rows(
+        self, b: BoundRule, info: TableInfo, keys: list[str], columns: dict, rows: sa.Select
+    ) -> int:
         """Anonymise `columns` of the rows whose keys `rows` selects; call inside a transaction."""
         span = self._span if info.name == b.table.name and list(keys) == list(b.rule.keys) else None
         data = self._read_rows(info, keys, columns, rows, span)
         if data.is_empty():
             return 0
-        return self._write_rows(info, keys, columns, self._prepare_rows(b, info, keys, columns, data), span)
+        return self._write_rows(
+            info, keys, columns, self._prepare_rows(b, info, keys, columns, data), span
+        )
 
-    def _read_rows(self, info: TableInfo, keys: list[str], columns: dict, rows: sa.Select,
-                   span: tuple[Any, Any] | None) -> pl.DataFrame:
+    def _read_rows(
+        self,
+        info: TableInfo,
+        keys: list[str],
+        columns: dict,
+        rows: sa.Select,
+        span: tuple[Any, Any] | None,
+    ) -> pl.DataFrame:
         """The keys and `columns` of the rows `rows` selects, with a `_done__<column>` flag per
         column already anonymised by an earlier run (from the batch's own markers)."""
         control.ensure_marker_table(self.store, self.session, info, keys)
@@ -502,51 +709,114 @@ class Applier:
         t = alias(info)
         # the batch's markers, grouped once per key (not one subquery per column over every marker)
         m = control.marker_table(info, keys)
-        marks = (sa.select(*(m.c[k] for k in keys), sa.func.string_agg(m.c.columns, sa.literal("")).label("cols"))
-                 .where(_in_stage(m, keys, rows.subquery(), span)).group_by(*(m.c[k] for k in keys)).subquery())
-        done_flags = [sa.func.coalesce(marks.c.cols.like(f"%,{c},%"), sa.false()).label(f"_done__{c}") for c in columns]
-        return pl.from_arrow(self.session.arrow(
-            sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
-            .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
-            .where(_in_stage(t, keys, rows.subquery(), span))))
+        marks = (
+            sa.select(
+                *(m.c[k] for k in keys),
+                sa.func.string_agg(m.c.columns, sa.literal("")).label("cols"),
+            )
+            .where(_in_stage(m, keys, rows.subquery(), span))
+            .group_by(*(m.c[k] for k in keys))
+            .subquery()
+        )
+        done_flags = [
+            sa.func.coalesce(marks.c.cols.like(f"%,{c},%"), sa.false()).label(f"_done__{c}")
+            for c in columns
+        ]
+        return pl.from_arrow(
+            self.session.arrow(
+                sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
+                .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
+                .where(_in_stage(t, keys, rows.subquery(), span))
+            )
+        )
 
-    def _prepare_rows(self, b: BoundRule, info: TableInfo, keys: list[str], columns: dict,
-                      data: pl.DataFrame) -> "_Prepared":
+    def _prepare_rows(
+        self, b: BoundRule, info: TableInfo, keys: list[str], columns: dict, data: pl.DataFrame
+    ) -> "_Prepared":
         """Everything a batch writes, computed without the store: keyed hashes, the erased-value
         fingerprints, the anonymised values, the markers. Safe in a worker thread."""
         key = self._key()
         if data.is_empty():
             return _Prepared(0, None, data, data)
         digests = {c: keyed_hashes(data[c], key) for c, s in columns.items() if needs_digest(s)}
-        fresh_rows = ~data.select(pl.all_horizontal(*(pl.col(f"_done__{c}") for c in columns))).to_series()
+        fresh_rows = ~data.select(
+            pl.all_horizontal(*(pl.col(f"_done__{c}") for c in columns))
+        ).to_series()
         fingerprints = erasure.fingerprint_rows(
-            key, self.run_id, info,
+            key,
+            self.run_id,
+            info,
             [c for c, s in columns.items() if needs_digest(s) and info.columns[c].type == "string"],
-            data.filter(fresh_rows), {c: d.filter(fresh_rows) for c, d in digests.items()})
-        out = anonymise_frame(data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale, digests)
+            data.filter(fresh_rows),
+            {c: d.filter(fresh_rows) for c, d in digests.items()},
+        )
+        out = anonymise_frame(
+            data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale, digests
+        )
         fresh = {c: ~pl.col(f"_done__{c}") for c in columns}
-        markers = data.with_columns(
-            pl.concat_str([pl.lit(","), *(pl.when(fresh[c]).then(pl.lit(f"{c},")).otherwise(pl.lit("")) for c in columns)])
-            .alias("columns"),
-            pl.concat_str([pl.lit(MARKER_HASHES_V2), *(
-                pl.when(fresh[c]).then(pl.concat_str([
-                    original_token(pl.lit(digests[c])).fill_null("") if c in digests else pl.lit(""), pl.lit(";")]))
-                .otherwise(pl.lit("")) for c in columns)]).str.strip_suffix(";").alias("original_hashes"),
-            pl.lit(b.id).alias("rule"), pl.lit(control.now()).alias("anonymised_at"),
-        ).select(*keys, "columns", "rule", "original_hashes", "anonymised_at").filter(pl.col("columns") != ",")
+        markers = (
+            data.with_columns(
+                pl.concat_str(
+                    [
+                        pl.lit(","),
+                        *(
+                            pl.when(fresh[c]).then(pl.lit(f"{c},")).otherwise(pl.lit(""))
+                            for c in columns
+                        ),
+                    ]
+                ).alias("columns"),
+                pl.concat_str(
+                    [
+                        pl.lit(MARKER_HASHES_V2),
+                        *(
+                            pl.when(fresh[c])
+                            .then(
+                                pl.concat_str(
+                                    [
+                                        original_token(pl.lit(digests[c])).fill_null("")
+                                        if c in digests
+                                        else pl.lit(""),
+                                        pl.lit(";"),
+                                    ]
+                                )
+                            )
+                            .otherwise(pl.lit(""))
+                            for c in columns
+                        ),
+                    ]
+                )
+                .str.strip_suffix(";")
+                .alias("original_hashes"),
+                pl.lit(b.id).alias("rule"),
+                pl.lit(control.now()).alias("anonymised_at"),
+            )
+            .select(*keys, "columns", "rule", "original_hashes", "anonymised_at")
+            .filter(pl.col("columns") != ",")
+        )
         return _Prepared(data.height, fingerprints, out.select(*keys, *columns), markers)
 
-    def _write_rows(self, info: TableInfo, keys: list[str], columns: dict, p: "_Prepared",
-                    span: tuple[Any, Any] | None) -> int:
+    def _write_rows(
+        self,
+        info: TableInfo,
+        keys: list[str],
+        columns: dict,
+        p: "_Prepared",
+        span: tuple[Any, Any] | None,
+    ) -> int:
         """Write a prepared batch: fingerprints, the new values, the markers. In-transaction."""
         if not p.height:
             return 0
         erasure.insert_fingerprints(self.session, p.fingerprints)
         staged = self.session.stage("rj_anon", p.values.to_arrow())
         target = sa_table(info)
-        self.session.execute(sa.update(target).values({c: _as_column_type(staged.c[c], info.columns[c]) for c in columns})
-                             .where(*(target.c[k] == staged.c[k] for k in keys),
-                                    *([target.c[keys[0]].between(*span)] if span else [])))
+        self.session.execute(
+            sa.update(target)
+            .values({c: _as_column_type(staged.c[c], info.columns[c]) for c in columns})
+            .where(
+                *(target.c[k] == staged.c[k] for k in keys),
+                *([target.c[keys[0]].between(*span)] if span else []),
+            )
+        )
         if not p.markers.is_empty():
             self.session.append(control.marker_table(info, keys), p.markers.to_arrow())
         self.session.drop_stage("rj_anon")
@@ -582,17 +852,29 @@ class _StoreType(sa.types.UserDefinedType):
 def _as_column_type(value: sa.ColumnElement, col: ColumnInfo) -> sa.ColumnElement:
     """Staged values arrive as Arrow's types; a column of a type Arrow has no name for (UUID on
     PostgreSQL) needs an explicit cast. The name comes from the store's catalog, never a policy."""
-    if col.type == "other" and re.fullmatch(r"[A-Za-z][A-Za-z0-9_ ]*(\(\d+(,\s*\d+)?\))?", col.raw_type):
+    if col.type == "other" and re.fullmatch(
+        r"[A-Za-z][A-Za-z0-9_ ]*(\(\d+(,\s*\d+)?\))?", col.raw_type
+    ):
         return sa.cast(value, _StoreType(col.raw_type))
     return value
 
 
-def run_policies(store: Store, policies: PolicySet, as_of: date, key: PseudonymKey | None,
-                 options: RunOptions = RunOptions(), progress: Progress | None = None) -> RunReport:
+def run_policies(
+    store: Store,
+    policies: PolicySet,
+    as_of: date,
+    key: PseudonymKey | None,
+    options: RunOptions = RunOptions(),
+    progress: Progress | None = None,
+) -> RunReport:
     """Plan and apply on one connection, then purge (after the connection closed: a DuckDB
     compaction needs the file to itself). A dry run only plans."""
     with store.connect(read_only=options.dry_run) as session:
-        ranged = {} if options.key_ranges is None else {"predicates": KeyRangePredicates, "ranges": options.key_ranges}
+        ranged = (
+            {}
+            if options.key_ranges is None
+            else {"predicates": KeyRangePredicates, "ranges": options.key_ranges}
+        )
         report = Applier(store, session, policies, as_of, key, options, progress, **ranged).run()
         head = None if options.dry_run else control.audit_head(session)
     if report.dry_run:
@@ -602,7 +884,13 @@ def run_policies(store: Store, policies: PolicySet, as_of: date, key: PseudonymK
         full = any(f.policy.purge == "full" for f in policies.files)
         purge = store.purge(report.tables_changed, full=full)
         with store.connect() as session, session.transaction():
-            control.append_audit(session, run_id=report.run_id, action=f"purge-{purge['method']}",
-                                 as_of=as_of, policy_sha256=policies.digest, seconds=purge.get("seconds"))
+            control.append_audit(
+                session,
+                run_id=report.run_id,
+                action=f"purge-{purge['method']}",
+                as_of=as_of,
+                policy_sha256=policies.digest,
+                seconds=purge.get("seconds"),
+            )
             head = control.audit_head(session)
     return report.model_copy(update={"audit_head": head, "purge": purge})

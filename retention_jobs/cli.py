@@ -77,12 +77,26 @@ def _as_of(value: str | None, policies: PolicySet) -> date:
         raise ConfigError(f"--as-of {value!r} is not a date; write YYYY-MM-DD") from None
 
 
-store_option = click.option("--store", "store", default=None, envvar="RETENTION_STORE",
-                            help="DuckDB file or SQLAlchemy URL [env RETENTION_STORE; default .retention/warehouse.duckdb].")
-policies_option = click.option("--policies", "policy_dir", default=DEFAULT_POLICIES, show_default=True,
-                               help="Policy directory or file.")
-purpose_option = click.option("--purpose", "purposes", multiple=True, help="Only these purposes (repeatable).")
-format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+store_option = click.option(
+    "--store",
+    "store",
+    default=None,
+    envvar="RETENTION_STORE",
+    help="DuckDB file or SQLAlchemy URL [env RETENTION_STORE; default .retention/warehouse.duckdb].",
+)
+policies_option = click.option(
+    "--policies",
+    "policy_dir",
+    default=DEFAULT_POLICIES,
+    show_default=True,
+    help="Policy directory or file.",
+)
+purpose_option = click.option(
+    "--purpose", "purposes", multiple=True, help="Only these purposes (repeatable)."
+)
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
 
 
 @click.group(cls=_Group)
@@ -100,13 +114,17 @@ def validate(paths: tuple[str, ...], store: str | None) -> None:
     location = store_location(store)
     s = open_store(store)
     if s.kind == "duckdb" and not Path(location).exists():
-        out.print(f"{len(policies.files)} policy files are well-formed (no store at {location}: schema not checked)")
+        out.print(
+            f"{len(policies.files)} policy files are well-formed (no store at {location}: schema not checked)"
+        )
         return
     from retention_jobs.resolve import resolve
 
     with s.connect(read_only=True) as session:
         bound = resolve(policies, s.catalog(session), s.kind)
-    out.print(f"{len(policies.files)} policy files, {len(bound)} rules: valid against {s.describe()}")
+    out.print(
+        f"{len(policies.files)} policy files, {len(bound)} rules: valid against {s.describe()}"
+    )
 
 
 @main.command()
@@ -120,8 +138,14 @@ def schema() -> None:
 def _progress():
     if not err.is_terminal:
         return None, None
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), console=err, transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
     tasks: dict[str, int] = {}
 
     def update(rule_id: str, done: int, total: int) -> None:
@@ -132,7 +156,9 @@ def _progress():
     return bar, update
 
 
-def _execute(store, policy_dir, as_of, purposes, fmt, options: RunOptions, allow_demo_key=False, workers=1):
+def _execute(
+    store, policy_dir, as_of, purposes, fmt, options: RunOptions, allow_demo_key=False, workers=1
+):
     policies = load_policies([policy_dir])
     day = _as_of(as_of, policies)
     s = open_store(store)
@@ -159,10 +185,14 @@ def _execute(store, policy_dir, as_of, purposes, fmt, options: RunOptions, allow
 @policies_option
 @purpose_option
 @format_option
-@click.option("--as-of", "as_of", default=None, help="Date the plan is for (YYYY-MM-DD); default today.")
+@click.option(
+    "--as-of", "as_of", default=None, help="Date the plan is for (YYYY-MM-DD); default today."
+)
 def plan(store, policy_dir, purposes, fmt, as_of) -> None:
     """Show what a run would do (changes nothing)."""
-    _execute(store, policy_dir, as_of, purposes, fmt, RunOptions(dry_run=True, purposes=purposes or None))
+    _execute(
+        store, policy_dir, as_of, purposes, fmt, RunOptions(dry_run=True, purposes=purposes or None)
+    )
 
 
 @main.command()
@@ -170,18 +200,40 @@ def plan(store, policy_dir, purposes, fmt, as_of) -> None:
 @policies_option
 @purpose_option
 @format_option
-@click.option("--as-of", "as_of", default=None, help="Date the run is for (YYYY-MM-DD); default today.")
+@click.option(
+    "--as-of", "as_of", default=None, help="Date the run is for (YYYY-MM-DD); default today."
+)
 @click.option("--batch-size", default=50_000, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-delete-fraction", default=0.25, show_default=True, type=click.FloatRange(0, 1),
-              help="Refuse to delete more than this share of any table (exit 3, nothing changed).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="SQL stores: split each rule's rows into this many key ranges, one process each "
-                   "(docs/scaling.md). A DuckDB file takes one writer: 1 only.")
+@click.option(
+    "--max-delete-fraction",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Refuse to delete more than this share of any table (exit 3, nothing changed).",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="SQL stores: split each rule's rows into this many key ranges, one process each "
+    "(docs/scaling.md). A DuckDB file takes one writer: 1 only.",
+)
 def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction, workers) -> None:
     """Apply the policies: delete and anonymise expired rows, record the audit trail."""
-    _execute(store, policy_dir, as_of, purposes, fmt,
-             RunOptions(batch_size=batch_size, max_delete_fraction=max_delete_fraction, purposes=purposes or None),
-             workers=workers)
+    _execute(
+        store,
+        policy_dir,
+        as_of,
+        purposes,
+        fmt,
+        RunOptions(
+            batch_size=batch_size,
+            max_delete_fraction=max_delete_fraction,
+            purposes=purposes or None,
+        ),
+        workers=workers,
+    )
     if not purposes:  # then the data-subject requests that are due
         _process_requests_after_run(store, policy_dir, as_of, fmt)
 
@@ -191,17 +243,29 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
 @policies_option
 @purpose_option
 @click.option("--as-of", "as_of", default=None)
-@click.option("--run-id", "run_ids", multiple=True,
-              help="Also check that the ledger holds this run (repeat for the workers of a parallel run).")
-@click.option("--demo-key", is_flag=True, help="Use the demo's built-in key (only for the demo warehouse).")
+@click.option(
+    "--run-id",
+    "run_ids",
+    multiple=True,
+    help="Also check that the ledger holds this run (repeat for the workers of a parallel run).",
+)
+@click.option(
+    "--demo-key", is_flag=True, help="Use the demo's built-in key (only for the demo warehouse)."
+)
 def check(store, policy_dir, purposes, as_of, run_ids, demo_key) -> None:
     """Check the store: nothing expired left, no original value in anonymised columns."""
     from retention_jobs.check import run_checks
 
     policies = load_policies([policy_dir])
     key = PseudonymKey.from_text(DEMO_KEY_TEXT) if demo_key else key_from_env()
-    results = run_checks(open_store(store), policies, _as_of(as_of, policies), key,
-                         run_id=run_ids or None, purposes=list(purposes) or None)
+    results = run_checks(
+        open_store(store),
+        policies,
+        _as_of(as_of, policies),
+        key,
+        run_id=run_ids or None,
+        purposes=list(purposes) or None,
+    )
     for r in results:
         out.print(f"{'PASS' if r.passed else 'FAIL'} {r.name}: {r.summary}", markup=False)
     if not all(r.passed for r in results):
@@ -225,13 +289,18 @@ def tables(store) -> None:
     s = open_store(store)
     with s.connect(read_only=True) as session:
         for t in s.catalog(session).tables.values():
-            out.print(f"{t.name}: " + ", ".join(f"{c.name} {c.raw_type}" for c in t.columns.values()), markup=False)
+            out.print(
+                f"{t.name}: " + ", ".join(f"{c.name} {c.raw_type}" for c in t.columns.values()),
+                markup=False,
+            )
 
 
 @main.command("verify-erasure")
 @store_option
 @click.option("--run-id", default=None, help="Only the values erased by this run.")
-@click.option("--demo-key", is_flag=True, help="Use the demo's built-in key (only for the demo warehouse).")
+@click.option(
+    "--demo-key", is_flag=True, help="Use the demo's built-in key (only for the demo warehouse)."
+)
 @format_option
 def verify_erasure(store, run_id, demo_key, fmt) -> None:
     """Look for erased values (known only as keyed hashes) in the store's raw bytes; exit 1 if any."""
@@ -243,9 +312,11 @@ def verify_erasure(store, run_id, demo_key, fmt) -> None:
         click.echo(json.dumps(result.__dict__, indent=2))
     else:
         where = ", ".join(f"{w}: {n}" for w, n in sorted(result.found.items())) or "none"
-        out.print(f"{result.tracked} erased values tracked; scanned {result.scanned_bytes:,} bytes "
-                  f"({', '.join(result.sources) or 'nothing'}) in {result.seconds:.2f} s; found again: {where}",
-                  markup=False)
+        out.print(
+            f"{result.tracked} erased values tracked; scanned {result.scanned_bytes:,} bytes "
+            f"({', '.join(result.sources) or 'nothing'}) in {result.seconds:.2f} s; found again: {where}",
+            markup=False,
+        )
     if not result.clean:
         sys.exit(1)
 
@@ -262,8 +333,13 @@ def purge(store, policy_dir) -> None:
         tables = list(s.catalog(session).tables)
     result = s.purge(tables, full=full)
     with s.connect() as session, session.transaction():
-        control.append_audit(session, run_id="manual-purge", action=f"purge-{result['method']}",
-                             policy_sha256=policies.digest, seconds=result.get("seconds"))
+        control.append_audit(
+            session,
+            run_id="manual-purge",
+            action=f"purge-{result['method']}",
+            policy_sha256=policies.digest,
+            seconds=result.get("seconds"),
+        )
     out.print(json.dumps(result), markup=False)
 
 
@@ -274,7 +350,11 @@ def audit() -> None:
 
 @audit.command("verify")
 @store_option
-@click.option("--head", default=None, help="A head hash kept outside the store (Dagster metadata): must be in the chain.")
+@click.option(
+    "--head",
+    default=None,
+    help="A head hash kept outside the store (Dagster metadata): must be in the chain.",
+)
 def audit_verify(store, head) -> None:
     """Recompute the hash chain; name the first row that was changed, removed or reordered."""
     s = open_store(store)
@@ -285,10 +365,15 @@ def audit_verify(store, head) -> None:
         out.print(f"BROKEN after {n - 1} good rows: {broken.problem}", markup=False)
         sys.exit(1)
     if head and head not in hashes:
-        out.print(f"the chain is consistent but does not contain head {head}: rows were removed or rewritten "
-                  "since it was recorded", markup=False)
+        out.print(
+            f"the chain is consistent but does not contain head {head}: rows were removed or rewritten "
+            "since it was recorded",
+            markup=False,
+        )
         sys.exit(1)
-    out.print(f"audit ledger intact: {n} rows chained" + (", head found" if head else ""), markup=False)
+    out.print(
+        f"audit ledger intact: {n} rows chained" + (", head found" if head else ""), markup=False
+    )
 
 
 # --- holds -----------------------------------------------------------------------------------
@@ -312,7 +397,9 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
     """Place a hold on a subject, a table or a purpose."""
     given = [x for x in (subject, table, purpose) if x]
     if len(given) != 1:
-        raise ConfigError("give exactly one of --subject KIND:ID, --table SCHEMA.TABLE, --purpose NAME")
+        raise ConfigError(
+            "give exactly one of --subject KIND:ID, --table SCHEMA.TABLE, --purpose NAME"
+        )
     scope = "subject" if subject else "table" if table else "purpose"
     if table and not re.match(r"^\w+\.\w+$", table):
         raise ConfigError(f"--table {table!r}: write schema.table")
@@ -325,8 +412,17 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
     s = open_store(store)
     with s.connect() as session:
         control.ensure_control_schema(s, session)
-        hold_id = control.add_hold(session, scope=scope, subject=subject, table=table, purpose=purpose,
-                                   case_ref=case_ref, reason=reason, placed_by=placed_by, review_at=review_at)
+        hold_id = control.add_hold(
+            session,
+            scope=scope,
+            subject=subject,
+            table=table,
+            purpose=purpose,
+            case_ref=case_ref,
+            reason=reason,
+            placed_by=placed_by,
+            review_at=review_at,
+        )
     out.print(f"hold {hold_id} placed ({scope}, case {case_ref})", markup=False)
 
 
@@ -335,7 +431,12 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
 @policies_option
 @click.argument("hold_id")
 @click.option("--by", "released_by", default=None)
-@click.option("--as-of", "as_of", default=None, help="Date to count the freed rows for (YYYY-MM-DD); default today.")
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    help="Date to count the freed rows for (YYYY-MM-DD); default today.",
+)
 def holds_release(store, policy_dir, hold_id, released_by, as_of) -> None:
     """Release a hold; its rows become eligible at the next run (prints how many, counts only)."""
     from retention_jobs.requests import hold_effect
@@ -346,8 +447,12 @@ def holds_release(store, policy_dir, hold_id, released_by, as_of) -> None:
         effect = hold_effect(s, session, policies, _as_of(as_of, policies), hold_id)
         if not control.release_hold(session, hold_id, released_by):
             raise ConfigError(f"no active hold {hold_id!r}; see `retention-jobs holds list`")
-    out.print(f"hold {hold_id} released: it protected {effect.protected} rows past their period; the next run "
-              f"acts on {effect.freed} of them (+{effect.cascade_rows} cascade rows)", markup=False, soft_wrap=True)
+    out.print(
+        f"hold {hold_id} released: it protected {effect.protected} rows past their period; the next run "
+        f"acts on {effect.freed} of them (+{effect.cascade_rows} cascade rows)",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @holds.command("list")
@@ -364,8 +469,10 @@ def holds_list(store, include_released, fmt) -> None:
         return
     for h in rows:
         state = f"released {h.released_at:%Y-%m-%d}" if h.released_at else "active"
-        out.print(f"{h.hold_id}  {h.target}  case {h.case_ref}  ({h.reason})  placed {h.placed_at:%Y-%m-%d}  {state}",
-                  markup=False)
+        out.print(
+            f"{h.hold_id}  {h.target}  case {h.case_ref}  ({h.reason})  placed {h.placed_at:%Y-%m-%d}  {state}",
+            markup=False,
+        )
     if not rows:
         out.print("no holds")
 
@@ -377,7 +484,12 @@ def holds_list(store, include_released, fmt) -> None:
 @store_option
 @policies_option
 @click.option("--rows", default=20_000, show_default=True, type=click.IntRange(min=100))
-@click.option("--as-of", "as_of", default=None, help="Date the demo data and run are built for; default today.")
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    help="Date the demo data and run are built for; default today.",
+)
 @format_option
 def demo(store, policy_dir, rows, as_of, fmt) -> None:
     """Build the demo warehouse (deterministic, Faker), place demo holds, run the nightly retention."""
@@ -394,30 +506,72 @@ def demo(store, policy_dir, rows, as_of, fmt) -> None:
         for h in demo_mod.demo_holds_for(s, session):
             control.add_hold(session, **h)
     if fmt == "table":
-        out.print(f"demo warehouse: {sum(counts.values())} rows in {len(counts)} tables, built in {built:.1f} s "
-                  f"at {s.describe()}")
-    _execute(store, policy_dir, day.isoformat(), (), fmt, RunOptions(max_delete_fraction=None), allow_demo_key=True)
+        out.print(
+            f"demo warehouse: {sum(counts.values())} rows in {len(counts)} tables, built in {built:.1f} s "
+            f"at {s.describe()}"
+        )
+    _execute(
+        store,
+        policy_dir,
+        day.isoformat(),
+        (),
+        fmt,
+        RunOptions(max_delete_fraction=None),
+        allow_demo_key=True,
+    )
     if fmt == "table":
-        out.print(f"demo done in {time.perf_counter() - t0:.1f} s (with the built-in demo key; real runs need "
-                  "RETENTION_PSEUDONYM_KEY). Next: `retention-jobs plan` (nothing left to do), "
-                  "`retention-jobs check --demo-key`, `retention-jobs holds list`")
+        out.print(
+            f"demo done in {time.perf_counter() - t0:.1f} s (with the built-in demo key; real runs need "
+            "RETENTION_PSEUDONYM_KEY). Next: `retention-jobs plan` (nothing left to do), "
+            "`retention-jobs check --demo-key`, `retention-jobs holds list`"
+        )
 
 
 # --- review: diff and lint -------------------------------------------------------------------
 
 
 @main.command("diff")
-@click.option("--base", "base_ref", required=True, help="Git revision of the policies before the change, e.g. origin/main.")
-@click.option("--head", "head_ref", default=None, help="Git revision after the change; default: the working tree.")
-@click.option("--as-of", "as_of", default=None, help="Date both plans are for (YYYY-MM-DD); default today.")
+@click.option(
+    "--base",
+    "base_ref",
+    required=True,
+    help="Git revision of the policies before the change, e.g. origin/main.",
+)
+@click.option(
+    "--head",
+    "head_ref",
+    default=None,
+    help="Git revision after the change; default: the working tree.",
+)
+@click.option(
+    "--as-of", "as_of", default=None, help="Date both plans are for (YYYY-MM-DD); default today."
+)
 @store_option
 @policies_option
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "json"]), default="table", show_default=True)
-@click.option("--max-delete-fraction", default=0.25, show_default=True, type=click.FloatRange(0, 1),
-              help="Exit 3 when the change makes a run delete more than this share of a table, unless approved.")
-@click.option("--approvals", "approvals_dir", default="approvals", show_default=True,
-              help="Directory of approval files (read at --head).")
-def diff_command(base_ref, head_ref, as_of, store, policy_dir, fmt, max_delete_fraction, approvals_dir) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--max-delete-fraction",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Exit 3 when the change makes a run delete more than this share of a table, unless approved.",
+)
+@click.option(
+    "--approvals",
+    "approvals_dir",
+    default="approvals",
+    show_default=True,
+    help="Directory of approval files (read at --head).",
+)
+def diff_command(
+    base_ref, head_ref, as_of, store, policy_dir, fmt, max_delete_fraction, approvals_dir
+) -> None:
     """Compare what a run would do under two revisions of the policies (read only; counts only).
 
     Exit 3 when the change would delete more than --max-delete-fraction of a table and no
@@ -436,8 +590,15 @@ def diff_command(base_ref, head_ref, as_of, store, policy_dir, fmt, max_delete_f
     approvals = diff_mod.load_approvals(head_ref, approvals_dir)
     day = _as_of(as_of, sides["head"] if sides["head"].files else sides["base"])
     result = diff_mod.compute_diff(
-        open_store(store), sides["base"], sides["head"], day, base_label=base_ref,
-        head_label=head_ref or diff_mod.WORKING_TREE, max_delete_fraction=max_delete_fraction, approvals=approvals)
+        open_store(store),
+        sides["base"],
+        sides["head"],
+        day,
+        base_label=base_ref,
+        head_label=head_ref or diff_mod.WORKING_TREE,
+        max_delete_fraction=max_delete_fraction,
+        approvals=approvals,
+    )
     if fmt == "json":
         click.echo(diff_mod.to_json(result))
     elif fmt == "markdown":
@@ -450,8 +611,13 @@ def diff_command(base_ref, head_ref, as_of, store, policy_dir, fmt, max_delete_f
 
 @main.command("lint")
 @click.argument("paths", nargs=-1)
-@click.option("--store", "store", default=None, envvar="RETENTION_STORE",
-              help="Also look for personal-looking tables no policy covers (RJ106) in this store [env RETENTION_STORE].")
+@click.option(
+    "--store",
+    "store",
+    default=None,
+    envvar="RETENTION_STORE",
+    help="Also look for personal-looking tables no policy covers (RJ106) in this store [env RETENTION_STORE].",
+)
 def lint_command(paths: tuple[str, ...], store: str | None) -> None:
     """Find problems validation does not catch (codes RJ101-RJ106, docs/review.md).
 
@@ -465,7 +631,9 @@ def lint_command(paths: tuple[str, ...], store: str | None) -> None:
     for p in problems:
         click.echo(str(p))
     if problems:
-        err.print(f"{len(problems)} lint problem(s) in {len(policies.files)} policy files", style="red")
+        err.print(
+            f"{len(problems)} lint problem(s) in {len(policies.files)} policy files", style="red"
+        )
         sys.exit(1)
     out.print(f"{len(policies.files)} policy files: no lint problems")
 
@@ -485,8 +653,10 @@ def _request_line(r, today: date) -> str:
     purpose = f" ({r.purpose})" if r.purpose else ""
     nxt = f"  next check {r.recheck_on}" if r.recheck_on and r.is_open else ""
     late = "  OVERDUE" if r.overdue(today) else ""
-    return (f"{r.request_id}  {r.kind}{purpose}  subject kind {r.subject_kind}  received {r.received_on}  "
-            f"due {r.due_on}  {r.status}{nxt}{late}")
+    return (
+        f"{r.request_id}  {r.kind}{purpose}  subject kind {r.subject_kind}  received {r.received_on}  "
+        f"due {r.due_on}  {r.status}{nxt}{late}"
+    )
 
 
 @main.group("requests")
@@ -498,16 +668,38 @@ def requests_group() -> None:
 @requests_group.command("add")
 @store_option
 @policies_option
-@click.option("--kind", "kind", required=True,
-              type=click.Choice(["erasure", "consent_withdrawal", "objection", "access"]))
-@click.option("--subject", default=None, help="KIND:ID as in the policies' subject fields, e.g. customer:1042.")
-@click.option("--email", default=None,
-              help="Find the subject(s) by e-mail address instead ('-' reads it from stdin, out of the shell history).")
-@click.option("--purpose", default=None, help="consent_withdrawal: the purpose consented to; objection: optional.")
-@click.option("--received", default=None, help="Date the request was received (YYYY-MM-DD); default today.")
-@click.option("--accept-shared-kind", is_flag=True,
-              help="Record it although the subject kind's ids live in differently named columns.")
-def requests_add(store, policy_dir, kind, subject, email, purpose, received, accept_shared_kind) -> None:
+@click.option(
+    "--kind",
+    "kind",
+    required=True,
+    type=click.Choice(["erasure", "consent_withdrawal", "objection", "access"]),
+)
+@click.option(
+    "--subject",
+    default=None,
+    help="KIND:ID as in the policies' subject fields, e.g. customer:1042.",
+)
+@click.option(
+    "--email",
+    default=None,
+    help="Find the subject(s) by e-mail address instead ('-' reads it from stdin, out of the shell history).",
+)
+@click.option(
+    "--purpose",
+    default=None,
+    help="consent_withdrawal: the purpose consented to; objection: optional.",
+)
+@click.option(
+    "--received", default=None, help="Date the request was received (YYYY-MM-DD); default today."
+)
+@click.option(
+    "--accept-shared-kind",
+    is_flag=True,
+    help="Record it although the subject kind's ids live in differently named columns.",
+)
+def requests_add(
+    store, policy_dir, kind, subject, email, purpose, received, accept_shared_kind
+) -> None:
     """Record a request; it is due one calendar month after it was received."""
     from retention_jobs import requests as rq
 
@@ -522,34 +714,65 @@ def requests_add(store, policy_dir, kind, subject, email, purpose, received, acc
             subjects = [rq.parse_subject(subject)]
         else:
             address = sys.stdin.readline() if email == "-" else email
-            subjects = [rq.parse_subject(x) for x in rq.resolve_email(s, session, policies, address)]
+            subjects = [
+                rq.parse_subject(x) for x in rq.resolve_email(s, session, policies, address)
+            ]
             if not subjects:
-                raise ConfigError("no subject has that address in the policies' e-mail columns; nothing was recorded")
+                raise ConfigError(
+                    "no subject has that address in the policies' e-mail columns; nothing was recorded"
+                )
             kinds = sorted({k for k, _ in subjects})
-            subjects = [x for x in subjects if kind in ("erasure", "access")
-                        or rq.scope_purposes(policies, kind, x[0], purpose)]
+            subjects = [
+                x
+                for x in subjects
+                if kind in ("erasure", "access") or rq.scope_purposes(policies, kind, x[0], purpose)
+            ]
             if not subjects:
-                raise ConfigError(f"the address belongs to subjects of kind {', '.join(kinds)}, which this "
-                                  f"{kind} does not apply to; nothing was recorded")
-            out.print(f"the address belongs to {len(subjects)} subject(s): one request each", markup=False, soft_wrap=True)
+                raise ConfigError(
+                    f"the address belongs to subjects of kind {', '.join(kinds)}, which this "
+                    f"{kind} does not apply to; nothing was recorded"
+                )
+            out.print(
+                f"the address belongs to {len(subjects)} subject(s): one request each",
+                markup=False,
+                soft_wrap=True,
+            )
         for subject_kind, _ in subjects:
             rq.check_request(policies, kind, subject_kind, purpose)
             scope = rq.scope_purposes(policies, kind, subject_kind, purpose)
             problem = rq.shared_kind_problem(policies, subject_kind, scope)
             if problem and not accept_shared_kind:
-                raise ConfigError(problem + "; nothing was recorded (--accept-shared-kind records it anyway)")
+                raise ConfigError(
+                    problem + "; nothing was recorded (--accept-shared-kind records it anyway)"
+                )
         for subject_kind, subject_id in subjects:
-            r = rq.add_request(session, kind=kind, subject_kind=subject_kind, subject_id=subject_id,
-                               received_on=received_on, purpose=purpose)
-            out.print(f"request {r.request_id} recorded: {kind}{f' ({purpose})' if purpose else ''}, subject kind "
-                      f"{subject_kind}, received {r.received_on}, due {r.due_on}", markup=False, soft_wrap=True)
+            r = rq.add_request(
+                session,
+                kind=kind,
+                subject_kind=subject_kind,
+                subject_id=subject_id,
+                received_on=received_on,
+                purpose=purpose,
+            )
+            out.print(
+                f"request {r.request_id} recorded: {kind}{f' ({purpose})' if purpose else ''}, subject kind "
+                f"{subject_kind}, received {r.received_on}, due {r.due_on}",
+                markup=False,
+                soft_wrap=True,
+            )
 
 
 @requests_group.command("list")
 @store_option
-@click.option("--status", "statuses", multiple=True,
-              type=click.Choice(["pending", "done", "partially_done", "deferred", "rejected"]))
-@click.option("--as-of", "as_of", default=None, help="Date for the overdue flag (YYYY-MM-DD); default today.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["pending", "done", "partially_done", "deferred", "rejected"]),
+)
+@click.option(
+    "--as-of", "as_of", default=None, help="Date for the overdue flag (YYYY-MM-DD); default today."
+)
 @format_option
 def requests_list(store, statuses, as_of, fmt) -> None:
     """List requests: kind, dates, status (never the subject)."""
@@ -558,10 +781,21 @@ def requests_list(store, statuses, as_of, fmt) -> None:
     today = date.fromisoformat(as_of) if as_of else date.today()
     s = open_store(store)
     with s.connect(read_only=True) as session:
-        rows = rq.list_requests(session, statuses or None) if control.control_exists(session) else []
+        rows = (
+            rq.list_requests(session, statuses or None) if control.control_exists(session) else []
+        )
     if fmt == "json":
-        click.echo(json.dumps([{k: v for k, v in r.__dict__.items() if k != "subject_id"} | {"overdue": r.overdue(today)}
-                               for r in rows], default=str, indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {k: v for k, v in r.__dict__.items() if k != "subject_id"}
+                    | {"overdue": r.overdue(today)}
+                    for r in rows
+                ],
+                default=str,
+                indent=2,
+            )
+        )
         return
     for r in rows:
         out.print(_request_line(r, today), markup=False, soft_wrap=True)
@@ -572,8 +806,14 @@ def requests_list(store, statuses, as_of, fmt) -> None:
 @requests_group.command("show")
 @store_option
 @click.argument("request_id")
-@click.option("--receipt", is_flag=True, help="Print the latest receipt as JSON (no personal data).")
-@click.option("--show-subject", is_flag=True, help="Also print the subject's KIND:ID (for authorised operators).")
+@click.option(
+    "--receipt", is_flag=True, help="Print the latest receipt as JSON (no personal data)."
+)
+@click.option(
+    "--show-subject",
+    is_flag=True,
+    help="Also print the subject's KIND:ID (for authorised operators).",
+)
 def requests_show(store, request_id, receipt, show_subject) -> None:
     """Show a request: status, per-table outcome, deferrals, export records."""
     from retention_jobs import requests as rq
@@ -592,8 +832,13 @@ def requests_show(store, request_id, receipt, show_subject) -> None:
         n_receipts = len(rq.receipts(session, request_id))
     out.print(_request_line(r, date.today()), markup=False, soft_wrap=True)
     if show_subject:
-        out.print(f"  subject {r.subject_kind}:{r.subject_id}" if r.subject_id else "  subject: forgotten (closed)",
-                  markup=False, soft_wrap=True)
+        out.print(
+            f"  subject {r.subject_kind}:{r.subject_id}"
+            if r.subject_id
+            else "  subject: forgotten (closed)",
+            markup=False,
+            soft_wrap=True,
+        )
     if r.status_note:
         out.print(f"  note: {r.status_note}", markup=False, soft_wrap=True)
     for o in outcomes.values():
@@ -604,18 +849,33 @@ def requests_show(store, request_id, receipt, show_subject) -> None:
             line += f"; {o.retained} retained by {', '.join(sorted(o.retained_by))} until {o.free_from or 'unknown'}"
         out.print(line, markup=False, soft_wrap=True)
     for e in exports:
-        out.print(f"  export produced {e['produced_at']:%Y-%m-%d %H:%M} UTC: {e['row_count']} rows in "
-                  f"{e['table_count']} tables, sha256 {e['sha256']} (no copy kept)", markup=False, soft_wrap=True)
-    out.print(f"  {n_receipts} receipt(s); `retention-jobs requests show {request_id} --receipt`", markup=False, soft_wrap=True)
+        out.print(
+            f"  export produced {e['produced_at']:%Y-%m-%d %H:%M} UTC: {e['row_count']} rows in "
+            f"{e['table_count']} tables, sha256 {e['sha256']} (no copy kept)",
+            markup=False,
+            soft_wrap=True,
+        )
+    out.print(
+        f"  {n_receipts} receipt(s); `retention-jobs requests show {request_id} --receipt`",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @requests_group.command("process")
 @store_option
 @policies_option
 @click.argument("request_ids", nargs=-1)
-@click.option("--as-of", "as_of", default=None, help="Date to process as of (YYYY-MM-DD); default today.")
-@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False),
-              help="Access request: write the export here (a new .zip file); needs exactly one request id.")
+@click.option(
+    "--as-of", "as_of", default=None, help="Date to process as of (YYYY-MM-DD); default today."
+)
+@click.option(
+    "--out",
+    "out_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Access request: write the export here (a new .zip file); needs exactly one request id.",
+)
 @format_option
 def requests_process(store, policy_dir, request_ids, as_of, out_path, fmt) -> None:
     """Process the given requests, or every request that is due (pending; deferred ones whose
@@ -625,8 +885,14 @@ def requests_process(store, policy_dir, request_ids, as_of, out_path, fmt) -> No
     if out_path and len(request_ids) != 1:
         raise ConfigError("--out writes one access request's export: give exactly one request id")
     policies = load_policies([policy_dir])
-    results = rq.process_requests(open_store(store), policies, _as_of(as_of, policies), key_from_env(),
-                                  list(request_ids) or None, out_path)
+    results = rq.process_requests(
+        open_store(store),
+        policies,
+        _as_of(as_of, policies),
+        key_from_env(),
+        list(request_ids) or None,
+        out_path,
+    )
     _print_processed(results, fmt)
 
 
@@ -634,8 +900,21 @@ def _print_processed(results, fmt: str, console: Console | None = None) -> None:
     from retention_jobs import requests as rq
 
     if fmt == "json":
-        click.echo(json.dumps([{"request_id": p.request_id, "status": p.status, "skipped": p.skipped,
-                                "failed": p.failed, "receipt": p.receipt} for p in results], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "request_id": p.request_id,
+                        "status": p.status,
+                        "skipped": p.skipped,
+                        "failed": p.failed,
+                        "receipt": p.receipt,
+                    }
+                    for p in results
+                ],
+                indent=2,
+            )
+        )
     else:
         for p in results:
             (console or out).print(rq.summary_line(p), markup=False, soft_wrap=True)
@@ -649,7 +928,9 @@ def _process_requests_after_run(store, policy_dir, as_of, fmt) -> None:
     from retention_jobs import requests as rq
 
     policies = load_policies([policy_dir])
-    results = rq.process_requests(open_store(store), policies, _as_of(as_of, policies), key_from_env())
+    results = rq.process_requests(
+        open_store(store), policies, _as_of(as_of, policies), key_from_env()
+    )
     if results:
         _print_processed(results, "table", err if fmt == "json" else out)
 
@@ -658,8 +939,13 @@ def _process_requests_after_run(store, policy_dir, as_of, fmt) -> None:
 @store_option
 @policies_option
 @click.argument("request_id")
-@click.option("--reason", required=True,
-              type=click.Choice(["identity_not_verified", "manifestly_unfounded", "excessive", "not_applicable"]))
+@click.option(
+    "--reason",
+    required=True,
+    type=click.Choice(
+        ["identity_not_verified", "manifestly_unfounded", "excessive", "not_applicable"]
+    ),
+)
 def requests_reject(store, policy_dir, request_id, reason) -> None:
     """Close a request without acting on it, with the reason (a receipt records it)."""
     from retention_jobs import requests as rq
@@ -675,7 +961,9 @@ def requests_reject(store, policy_dir, request_id, reason) -> None:
 @store_option
 @click.argument("check_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--purpose", default=None, help="Only entries added for this purpose.")
-@click.option("--demo-key", is_flag=True, help="Use the demo's built-in key (only for the demo warehouse).")
+@click.option(
+    "--demo-key", is_flag=True, help="Use the demo's built-in key (only for the demo warehouse)."
+)
 def suppressed(store, check_file, purpose, demo_key) -> None:
     """Flag the rows of a CSV import (with a header) that hold a suppressed e-mail or phone number:
     prints row numbers and columns, never a value. Exit 1 when any row matches."""
@@ -688,11 +976,19 @@ def suppressed(store, check_file, purpose, demo_key) -> None:
     for row, column in result.matches:
         out.print(f"row {row}: {column}", markup=False, soft_wrap=True)
     if result.other_key_entries:
-        err.print(f"warning: {result.other_key_entries} suppression entries were hashed with another key and "
-                  "were not compared; run with the key that wrote them", markup=False, soft_wrap=True)
+        err.print(
+            f"warning: {result.other_key_entries} suppression entries were hashed with another key and "
+            "were not compared; run with the key that wrote them",
+            markup=False,
+            soft_wrap=True,
+        )
     hit = len({row for row, _ in result.matches})
-    out.print(f"{hit} of {result.rows} rows match the suppression list (row 1 is the first line after the header)"
-              + ("; do not import or contact them" if hit else ""), markup=False, soft_wrap=True)
+    out.print(
+        f"{hit} of {result.rows} rows match the suppression list (row 1 is the first line after the header)"
+        + ("; do not import or contact them" if hit else ""),
+        markup=False,
+        soft_wrap=True,
+    )
     if hit:
         sys.exit(1)
 
@@ -700,9 +996,15 @@ def suppressed(store, check_file, purpose, demo_key) -> None:
 @holds.command("review")
 @store_option
 @policies_option
-@click.option("--as-of", "as_of", default=None, help="List holds whose review date is on or before this day.")
-@click.option("--counts/--no-counts", default=True, show_default=True,
-              help="Plan with and without each hold to count the rows it protects.")
+@click.option(
+    "--as-of", "as_of", default=None, help="List holds whose review date is on or before this day."
+)
+@click.option(
+    "--counts/--no-counts",
+    default=True,
+    show_default=True,
+    help="Plan with and without each hold to count the rows it protects.",
+)
 def holds_review(store, policy_dir, as_of, counts) -> None:
     """Holds past their review date, with how many rows each protects: decide to keep or release."""
     from retention_jobs import requests as rq
@@ -713,18 +1015,26 @@ def holds_review(store, policy_dir, as_of, counts) -> None:
     with s.connect(read_only=True) as session:
         due, undated = rq.holds_for_review(session, day)
         for h in due:
-            line = (f"{h.hold_id}  {h.target}  case {h.case_ref}  ({h.reason})  review was due {h.review_at} "
-                    f"({(day - h.review_at).days} days ago)")
+            line = (
+                f"{h.hold_id}  {h.target}  case {h.case_ref}  ({h.reason})  review was due {h.review_at} "
+                f"({(day - h.review_at).days} days ago)"
+            )
             if counts:
                 e = rq.hold_effect(s, session, policies, day, h.hold_id)
-                line += (f"  protects {e.protected} rows past their period; a release frees {e.freed} "
-                         f"(+{e.cascade_rows} cascade rows) at the next run")
+                line += (
+                    f"  protects {e.protected} rows past their period; a release frees {e.freed} "
+                    f"(+{e.cascade_rows} cascade rows) at the next run"
+                )
             out.print(line, markup=False, soft_wrap=True)
     if not due:
         out.print(f"no hold is due for review on {day}", markup=False, soft_wrap=True)
     if undated:
-        out.print(f"{len(undated)} active hold(s) have no review date: "
-                  f"{', '.join(h.hold_id for h in undated)}", markup=False, soft_wrap=True)
+        out.print(
+            f"{len(undated)} active hold(s) have no review date: "
+            f"{', '.join(h.hold_id for h in undated)}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 if __name__ == "__main__":

@@ -17,64 +17,131 @@ from retention_jobs.store.base import CONTROL_SCHEMA, ColumnInfo, Session, Store
 C = CONTROL_SCHEMA
 
 holds = sa.table(
-    "holds", *(sa.column(n, t) for n, t in [
-        ("hold_id", sa.String()), ("scope", sa.String()), ("subject_kind", sa.String()),
-        ("subject_id", sa.String()), ("table_name", sa.String()), ("purpose", sa.String()),
-        ("case_ref", sa.String()), ("reason", sa.String()), ("placed_by", sa.String()),
-        ("placed_at", sa.DateTime()), ("review_at", sa.Date()), ("released_at", sa.DateTime()),
-        ("released_by", sa.String())]), schema=C)
+    "holds",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("hold_id", sa.String()),
+            ("scope", sa.String()),
+            ("subject_kind", sa.String()),
+            ("subject_id", sa.String()),
+            ("table_name", sa.String()),
+            ("purpose", sa.String()),
+            ("case_ref", sa.String()),
+            ("reason", sa.String()),
+            ("placed_by", sa.String()),
+            ("placed_at", sa.DateTime()),
+            ("review_at", sa.Date()),
+            ("released_at", sa.DateTime()),
+            ("released_by", sa.String()),
+        ]
+    ),
+    schema=C,
+)
 
 audit = sa.table(
-    "audit", *(sa.column(n, t) for n, t in [
-        ("seq", sa.BigInteger()), ("run_id", sa.String()), ("recorded_at", sa.DateTime()),
-        ("purpose", sa.String()), ("rule", sa.String()), ("table_name", sa.String()),
-        ("action", sa.String()), ("as_of", sa.Date()), ("policy_sha256", sa.String()),
-        ("batch", sa.BigInteger()), ("expired", sa.BigInteger()), ("held", sa.BigInteger()),
-        ("retained", sa.BigInteger()), ("deleted", sa.BigInteger()), ("anonymised", sa.BigInteger()),
-        ("unlinked", sa.BigInteger()), ("key_id", sa.String()), ("seconds", sa.Float()),
-        ("prev_hash", sa.String()), ("row_hash", sa.String())]), schema=C)
+    "audit",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("seq", sa.BigInteger()),
+            ("run_id", sa.String()),
+            ("recorded_at", sa.DateTime()),
+            ("purpose", sa.String()),
+            ("rule", sa.String()),
+            ("table_name", sa.String()),
+            ("action", sa.String()),
+            ("as_of", sa.Date()),
+            ("policy_sha256", sa.String()),
+            ("batch", sa.BigInteger()),
+            ("expired", sa.BigInteger()),
+            ("held", sa.BigInteger()),
+            ("retained", sa.BigInteger()),
+            ("deleted", sa.BigInteger()),
+            ("anonymised", sa.BigInteger()),
+            ("unlinked", sa.BigInteger()),
+            ("key_id", sa.String()),
+            ("seconds", sa.Float()),
+            ("prev_hash", sa.String()),
+            ("row_hash", sa.String()),
+        ]
+    ),
+    schema=C,
+)
 
 erased_values = sa.table(
-    "erased_values", *(sa.column(n, t) for n, t in [
-        ("run_id", sa.String()), ("table_name", sa.String()), ("column_name", sa.String()),
-        ("anchor_hash", sa.BigInteger()), ("value_hash", sa.BigInteger()), ("value_length", sa.BigInteger()),
-        ("erased_at", sa.DateTime())]), schema=C)
+    "erased_values",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("run_id", sa.String()),
+            ("table_name", sa.String()),
+            ("column_name", sa.String()),
+            ("anchor_hash", sa.BigInteger()),
+            ("value_hash", sa.BigInteger()),
+            ("value_length", sa.BigInteger()),
+            ("erased_at", sa.DateTime()),
+        ]
+    ),
+    schema=C,
+)
 
 runs = sa.table(
-    "runs", *(sa.column(n, t) for n, t in [
-        ("run_id", sa.String()), ("started_at", sa.DateTime()), ("finished_at", sa.DateTime()),
-        ("as_of", sa.Date()), ("mode", sa.String()), ("status", sa.String()),
-        ("policies_sha256", sa.String()), ("summary", sa.String())]), schema=C)
+    "runs",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("run_id", sa.String()),
+            ("started_at", sa.DateTime()),
+            ("finished_at", sa.DateTime()),
+            ("as_of", sa.Date()),
+            ("mode", sa.String()),
+            ("status", sa.String()),
+            ("policies_sha256", sa.String()),
+            ("summary", sa.String()),
+        ]
+    ),
+    schema=C,
+)
 
 suppression = sa.table(
-    "suppression", *(sa.column(n, t) for n, t in [
-        ("identifier_hash", sa.String()), ("key_id", sa.String()), ("purpose", sa.String()),
-        ("added_at", sa.DateTime())]), schema=C)
+    "suppression",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("identifier_hash", sa.String()),
+            ("key_id", sa.String()),
+            ("purpose", sa.String()),
+            ("added_at", sa.DateTime()),
+        ]
+    ),
+    schema=C,
+)
 
 _DDL = {
     "holds": "hold_id {text} PRIMARY KEY, scope {text} NOT NULL, subject_kind {text}, subject_id {text}, "
-             "table_name {text}, purpose {text}, case_ref {text} NOT NULL, reason {text} NOT NULL, "
-             "placed_by {text}, placed_at {ts} NOT NULL, review_at {date}, released_at {ts}, released_by {text}",
+    "table_name {text}, purpose {text}, case_ref {text} NOT NULL, reason {text} NOT NULL, "
+    "placed_by {text}, placed_at {ts} NOT NULL, review_at {date}, released_at {ts}, released_by {text}",
     "audit": "seq {int} PRIMARY KEY, run_id {text} NOT NULL, recorded_at {ts} NOT NULL, purpose {text}, "
-             "rule {text}, table_name {text}, action {text} NOT NULL, as_of {date}, policy_sha256 {text}, "
-             "batch {int}, expired {int}, held {int}, retained {int}, deleted {int}, anonymised {int}, "
-             "unlinked {int}, key_id {text}, seconds {float}, prev_hash {text}, row_hash {text}",
+    "rule {text}, table_name {text}, action {text} NOT NULL, as_of {date}, policy_sha256 {text}, "
+    "batch {int}, expired {int}, held {int}, retained {int}, deleted {int}, anonymised {int}, "
+    "unlinked {int}, key_id {text}, seconds {float}, prev_hash {text}, row_hash {text}",
     "erased_values": "run_id {text}, table_name {text}, column_name {text}, anchor_hash {int}, "
-                     "value_hash {int}, value_length {int}, erased_at {ts}",
+    "value_hash {int}, value_length {int}, erased_at {ts}",
     "runs": "run_id {text} PRIMARY KEY, started_at {ts} NOT NULL, finished_at {ts}, as_of {date}, "
-            "mode {text}, status {text}, policies_sha256 {text}, summary {text}",
+    "mode {text}, status {text}, policies_sha256 {text}, summary {text}",
     "suppression": "identifier_hash {text} PRIMARY KEY, key_id {text} NOT NULL, purpose {text}, added_at {ts}",
     # data-subject requests (requests.py): the request names its subject while it is open
     "requests": "request_id {text} PRIMARY KEY, kind {text} NOT NULL, purpose {text}, subject_kind {text} NOT NULL, "
-                "subject_id {text}, received_on {date} NOT NULL, due_on {date} NOT NULL, status {text} NOT NULL, "
-                "status_note {text}, recheck_on {date}, created_at {ts} NOT NULL, updated_at {ts}, completed_at {ts}",
+    "subject_id {text}, received_on {date} NOT NULL, due_on {date} NOT NULL, status {text} NOT NULL, "
+    "status_note {text}, recheck_on {date}, created_at {ts} NOT NULL, updated_at {ts}, completed_at {ts}",
     "request_outcomes": "request_id {text} NOT NULL, table_name {text} NOT NULL, deleted {int}, anonymised {int}, "
-                        "unlinked {int}, held {int}, retained {int}, hold_cases {text}, retained_by {text}, "
-                        "free_from {date}, updated_at {ts}, PRIMARY KEY (request_id, table_name)",
+    "unlinked {int}, held {int}, retained {int}, hold_cases {text}, retained_by {text}, "
+    "free_from {date}, updated_at {ts}, PRIMARY KEY (request_id, table_name)",
     "request_receipts": "request_id {text} NOT NULL, receipt_no {int} NOT NULL, issued_at {ts} NOT NULL, "
-                        "status {text} NOT NULL, body {text} NOT NULL, PRIMARY KEY (request_id, receipt_no)",
+    "status {text} NOT NULL, body {text} NOT NULL, PRIMARY KEY (request_id, receipt_no)",
     "request_exports": "request_id {text} NOT NULL, produced_at {ts} NOT NULL, table_count {int}, row_count {int}, "
-                       "byte_count {int}, sha256 {text} NOT NULL",
+    "byte_count {int}, sha256 {text} NOT NULL",
 }
 
 
@@ -89,9 +156,14 @@ def ensure_control_schema(store: Store, session: Session) -> None:
     for name, cols in _DDL.items():
         session.execute(f"CREATE TABLE IF NOT EXISTS {C}.{name} ({cols.format(**types)})")
     # stores created by an earlier version get the columns added since
-    have = {r[0] for r in session.fetchall(sa.text(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = :s AND table_name = 'audit'"
-    ).bindparams(s=C))}
+    have = {
+        r[0]
+        for r in session.fetchall(
+            sa.text(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = :s AND table_name = 'audit'"
+            ).bindparams(s=C)
+        )
+    }
     for col in ("prev_hash", "row_hash"):
         if col not in have:
             session.execute(f"ALTER TABLE {C}.audit ADD COLUMN {col} {types['text']}")
@@ -102,27 +174,34 @@ def ensure_control_schema(store: Store, session: Session) -> None:
 # integer of the first 16 (`erasure.ledger_hash`): the same hashes, a third of the write.
 _HEX_TO_INT = {
     "duckdb": "CAST(CAST(('0x' || substr({c}, 1, 16)) AS UBIGINT)::HUGEINT - CASE WHEN "
-              "CAST(('0x' || substr({c}, 1, 16)) AS UBIGINT) >= 9223372036854775808 "
-              "THEN 18446744073709551616::HUGEINT ELSE 0 END AS BIGINT)",
+    "CAST(('0x' || substr({c}, 1, 16)) AS UBIGINT) >= 9223372036854775808 "
+    "THEN 18446744073709551616::HUGEINT ELSE 0 END AS BIGINT)",
     "postgresql": "(('x' || substr({c}, 1, 16))::bit(64))::bigint",
 }
 
 
 def _ledger_hashes_as_integers(store: Store, session: Session) -> None:
-    rows = session.fetchall(sa.text(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :s "
-        "AND table_name = 'erased_values' AND column_name IN ('anchor_hash', 'value_hash')").bindparams(s=C))
+    rows = session.fetchall(
+        sa.text(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = :s "
+            "AND table_name = 'erased_values' AND column_name IN ('anchor_hash', 'value_hash')"
+        ).bindparams(s=C)
+    )
     old = [name for name, dtype in rows if "char" in dtype.lower() or "text" in dtype.lower()]
     if not old:
         return
     convert = _HEX_TO_INT.get(store.kind)
     if convert is None:
-        raise ConfigError(f"{C}.erased_values keeps its hashes as text (an earlier version); convert "
-                          f"{', '.join(old)} to BIGINT with the first 16 hex digits as a signed integer")
+        raise ConfigError(
+            f"{C}.erased_values keeps its hashes as text (an earlier version); convert "
+            f"{', '.join(old)} to BIGINT with the first 16 hex digits as a signed integer"
+        )
     with session.transaction():
         for name in old:
-            session.execute(f"ALTER TABLE {C}.erased_values ALTER COLUMN {name} TYPE BIGINT "
-                            f"USING {convert.format(c=name)}")
+            session.execute(
+                f"ALTER TABLE {C}.erased_values ALTER COLUMN {name} TYPE BIGINT "
+                f"USING {convert.format(c=name)}"
+            )
 
 
 def control_exists(session: Session) -> bool:
@@ -145,9 +224,15 @@ def marker_table(info: TableInfo, key: list[str]) -> sa.TableClause:
     (",email,phone,"), `original_hashes` a short keyed hash of each original value
     ("email=ab12...;phone=..."), so a later check can prove no original value came back."""
     cols = [sa.column(k, sa_type(info.columns[k])) for k in key]
-    return sa.table(marker_name(info.name), *cols, sa.column("columns", sa.String()),
-                    sa.column("rule", sa.String()), sa.column("original_hashes", sa.String()),
-                    sa.column("anonymised_at", sa.DateTime()), schema=C)
+    return sa.table(
+        marker_name(info.name),
+        *cols,
+        sa.column("columns", sa.String()),
+        sa.column("rule", sa.String()),
+        sa.column("original_hashes", sa.String()),
+        sa.column("anonymised_at", sa.DateTime()),
+        schema=C,
+    )
 
 
 def ensure_marker_table(store: Store, session: Session, info: TableInfo, key: list[str]) -> None:
@@ -155,19 +240,23 @@ def ensure_marker_table(store: Store, session: Session, info: TableInfo, key: li
     keycols = ", ".join(f'"{k}" {key_column_type(info.columns[k], store)}' for k in key)
     session.execute(
         f'CREATE TABLE IF NOT EXISTS {C}."{marker_name(info.name)}" ({keycols}, columns {types["text"]} NOT NULL, '
-        f'rule {types["text"]}, original_hashes {types["text"]}, anonymised_at {types["ts"]})'
+        f"rule {types['text']}, original_hashes {types['text']}, anonymised_at {types['ts']})"
     )
 
 
 def key_column_type(col: ColumnInfo, store: Store) -> str:
     """The control-schema type for a copy of a data table's key column."""
-    return {"integer": "BIGINT", "string": store.ddl_types()["text"], "date": "DATE"}.get(col.type, col.raw_type)
+    return {"integer": "BIGINT", "string": store.ddl_types()["text"], "date": "DATE"}.get(
+        col.type, col.raw_type
+    )
 
 
 def marker_tables_present(session: Session, store: Store) -> set[str]:
-    rows = session.fetchall(sa.text(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"
-    ).bindparams(s=C))
+    rows = session.fetchall(
+        sa.text(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = :s"
+        ).bindparams(s=C)
+    )
     return {r[0] for r in rows}
 
 
@@ -199,9 +288,18 @@ class Hold:
         return f"purpose {self.purpose}"
 
 
-def add_hold(session: Session, *, scope: str, case_ref: str, reason: str, placed_by: str | None,
-             subject: str | None = None, table: str | None = None, purpose: str | None = None,
-             review_at: date | None = None) -> str:
+def add_hold(
+    session: Session,
+    *,
+    scope: str,
+    case_ref: str,
+    reason: str,
+    placed_by: str | None,
+    subject: str | None = None,
+    table: str | None = None,
+    purpose: str | None = None,
+    review_at: date | None = None,
+) -> str:
     kind = sid = None
     if scope == "subject":
         if not subject or ":" not in subject:
@@ -209,23 +307,39 @@ def add_hold(session: Session, *, scope: str, case_ref: str, reason: str, placed
         kind, sid = subject.split(":", 1)
     hold_id = "H-" + uuid.uuid4().hex[:10]
     with session.transaction():
-        session.execute(sa.insert(holds).values(
-            hold_id=hold_id, scope=scope, subject_kind=kind, subject_id=sid, table_name=table,
-            purpose=purpose, case_ref=case_ref, reason=reason, placed_by=placed_by, placed_at=now(),
-            review_at=review_at, released_at=None, released_by=None))
+        session.execute(
+            sa.insert(holds).values(
+                hold_id=hold_id,
+                scope=scope,
+                subject_kind=kind,
+                subject_id=sid,
+                table_name=table,
+                purpose=purpose,
+                case_ref=case_ref,
+                reason=reason,
+                placed_by=placed_by,
+                placed_at=now(),
+                review_at=review_at,
+                released_at=None,
+                released_by=None,
+            )
+        )
     return hold_id
 
 
 def release_hold(session: Session, hold_id: str, released_by: str | None) -> bool:
     with session.transaction():
         n = session.execute(
-            sa.update(holds).where(holds.c.hold_id == hold_id, holds.c.released_at.is_(None))
-            .values(released_at=now(), released_by=released_by))
+            sa.update(holds)
+            .where(holds.c.hold_id == hold_id, holds.c.released_at.is_(None))
+            .values(released_at=now(), released_by=released_by)
+        )
     return n != 0
 
 
-def list_holds(session: Session, include_released: bool = False,
-               subject: tuple[str, str] | None = None) -> list[Hold]:
+def list_holds(
+    session: Session, include_released: bool = False, subject: tuple[str, str] | None = None
+) -> list[Hold]:
     """Holds in the order placed. `subject` (kind, id): only the holds that can cover that
     subject's rows (purpose and table holds, and that subject's own), not the thousands of
     other subjects' holds a store may have."""
@@ -233,8 +347,12 @@ def list_holds(session: Session, include_released: bool = False,
     if not include_released:
         q = q.where(holds.c.released_at.is_(None))
     if subject is not None:
-        q = q.where(sa.or_(holds.c.scope != "subject",
-                           sa.and_(holds.c.subject_kind == subject[0], holds.c.subject_id == subject[1])))
+        q = q.where(
+            sa.or_(
+                holds.c.scope != "subject",
+                sa.and_(holds.c.subject_kind == subject[0], holds.c.subject_id == subject[1]),
+            )
+        )
     return [Hold(*row) for row in session.fetchall(q)]
 
 
@@ -247,15 +365,27 @@ def new_run_id() -> str:
 
 def start_run(session: Session, run_id: str, as_of: date, mode: str, digest: str) -> None:
     with session.transaction():
-        session.execute(sa.insert(runs).values(run_id=run_id, started_at=now(), finished_at=None,
-                                               as_of=as_of, mode=mode, status="running",
-                                               policies_sha256=digest, summary=None))
+        session.execute(
+            sa.insert(runs).values(
+                run_id=run_id,
+                started_at=now(),
+                finished_at=None,
+                as_of=as_of,
+                mode=mode,
+                status="running",
+                policies_sha256=digest,
+                summary=None,
+            )
+        )
 
 
 def finish_run(session: Session, run_id: str, status: str, summary: dict[str, Any]) -> None:
     with session.transaction():
-        session.execute(sa.update(runs).where(runs.c.run_id == run_id).values(
-            finished_at=now(), status=status, summary=json.dumps(summary, default=str)))
+        session.execute(
+            sa.update(runs)
+            .where(runs.c.run_id == run_id)
+            .values(finished_at=now(), status=status, summary=json.dumps(summary, default=str))
+        )
 
 
 GENESIS = "0" * 64
@@ -264,8 +394,11 @@ GENESIS = "0" * 64
 def audit_row_hash(row: dict[str, Any]) -> str:
     """The hash chaining a ledger row to its predecessor: SHA-256 over the previous row's hash
     and the row's own fields in a canonical form."""
-    fields = {k: (v.isoformat() if isinstance(v, (date, datetime)) else v)
-              for k, v in sorted(row.items()) if k != "row_hash"}
+    fields = {
+        k: (v.isoformat() if isinstance(v, (date, datetime)) else v)
+        for k, v in sorted(row.items())
+        if k != "row_hash"
+    }
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -273,7 +406,9 @@ def append_audit(session: Session, **row: Any) -> str:
     """Append one ledger row chained to the last one; call inside the transaction of the change
     it records. Returns the new head hash."""
     session.serialize("retention_control.audit")  # one writer extends the chain at a time
-    last = session.fetchall(sa.select(audit.c.seq, audit.c.row_hash).order_by(audit.c.seq.desc()).limit(1))
+    last = session.fetchall(
+        sa.select(audit.c.seq, audit.c.row_hash).order_by(audit.c.seq.desc()).limit(1)
+    )
     seq, prev = (last[0][0] + 1, last[0][1] or GENESIS) if last else (1, GENESIS)
     full = {c.name: None for c in audit.c if c.name != "row_hash"}
     full.update(row, seq=seq, recorded_at=now(), prev_hash=prev)
@@ -301,10 +436,15 @@ def verify_audit_chain(session: Session) -> tuple[int, ChainBreak | None]:
         row = dict(zip(names, values, strict=True))
         n += 1
         if row["seq"] != expected_seq:
-            return n, ChainBreak(expected_seq, f"row {expected_seq} is missing (next row is {row['seq']})")
+            return n, ChainBreak(
+                expected_seq, f"row {expected_seq} is missing (next row is {row['seq']})"
+            )
         if row["prev_hash"] != prev:
-            return n, ChainBreak(row["seq"], f"row {row['seq']} does not follow row {row['seq'] - 1}: "
-                                             "a row before it was changed, removed or reordered")
+            return n, ChainBreak(
+                row["seq"],
+                f"row {row['seq']} does not follow row {row['seq'] - 1}: "
+                "a row before it was changed, removed or reordered",
+            )
         if audit_row_hash(row) != row["row_hash"]:
             return n, ChainBreak(row["seq"], f"row {row['seq']} was changed after it was written")
         prev, expected_seq = row["row_hash"], expected_seq + 1
@@ -325,26 +465,76 @@ def audit_rows(session: Session, run_id: str | None = None) -> list[dict[str, An
 # rule ids and hashes only.
 
 subject_requests = sa.table(
-    "requests", *(sa.column(n, t) for n, t in [
-        ("request_id", sa.String()), ("kind", sa.String()), ("purpose", sa.String()),
-        ("subject_kind", sa.String()), ("subject_id", sa.String()), ("received_on", sa.Date()),
-        ("due_on", sa.Date()), ("status", sa.String()), ("status_note", sa.String()),
-        ("recheck_on", sa.Date()), ("created_at", sa.DateTime()), ("updated_at", sa.DateTime()),
-        ("completed_at", sa.DateTime())]), schema=C)
+    "requests",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("request_id", sa.String()),
+            ("kind", sa.String()),
+            ("purpose", sa.String()),
+            ("subject_kind", sa.String()),
+            ("subject_id", sa.String()),
+            ("received_on", sa.Date()),
+            ("due_on", sa.Date()),
+            ("status", sa.String()),
+            ("status_note", sa.String()),
+            ("recheck_on", sa.Date()),
+            ("created_at", sa.DateTime()),
+            ("updated_at", sa.DateTime()),
+            ("completed_at", sa.DateTime()),
+        ]
+    ),
+    schema=C,
+)
 
 request_outcomes = sa.table(
-    "request_outcomes", *(sa.column(n, t) for n, t in [
-        ("request_id", sa.String()), ("table_name", sa.String()), ("deleted", sa.BigInteger()),
-        ("anonymised", sa.BigInteger()), ("unlinked", sa.BigInteger()), ("held", sa.BigInteger()),
-        ("retained", sa.BigInteger()), ("hold_cases", sa.String()), ("retained_by", sa.String()),
-        ("free_from", sa.Date()), ("updated_at", sa.DateTime())]), schema=C)
+    "request_outcomes",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("request_id", sa.String()),
+            ("table_name", sa.String()),
+            ("deleted", sa.BigInteger()),
+            ("anonymised", sa.BigInteger()),
+            ("unlinked", sa.BigInteger()),
+            ("held", sa.BigInteger()),
+            ("retained", sa.BigInteger()),
+            ("hold_cases", sa.String()),
+            ("retained_by", sa.String()),
+            ("free_from", sa.Date()),
+            ("updated_at", sa.DateTime()),
+        ]
+    ),
+    schema=C,
+)
 
 request_receipts = sa.table(
-    "request_receipts", *(sa.column(n, t) for n, t in [
-        ("request_id", sa.String()), ("receipt_no", sa.BigInteger()), ("issued_at", sa.DateTime()),
-        ("status", sa.String()), ("body", sa.String())]), schema=C)
+    "request_receipts",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("request_id", sa.String()),
+            ("receipt_no", sa.BigInteger()),
+            ("issued_at", sa.DateTime()),
+            ("status", sa.String()),
+            ("body", sa.String()),
+        ]
+    ),
+    schema=C,
+)
 
 request_exports = sa.table(
-    "request_exports", *(sa.column(n, t) for n, t in [
-        ("request_id", sa.String()), ("produced_at", sa.DateTime()), ("table_count", sa.BigInteger()),
-        ("row_count", sa.BigInteger()), ("byte_count", sa.BigInteger()), ("sha256", sa.String())]), schema=C)
+    "request_exports",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("request_id", sa.String()),
+            ("produced_at", sa.DateTime()),
+            ("table_count", sa.BigInteger()),
+            ("row_count", sa.BigInteger()),
+            ("byte_count", sa.BigInteger()),
+            ("sha256", sa.String()),
+        ]
+    ),
+    schema=C,
+)

@@ -91,7 +91,11 @@ def build_definitions(policies: str | Path | None = None) -> dg.Definitions:
     partitions = partitions_def()
     job = nightly_job()
     return dg.Definitions(
-        assets=[*source_specs(policy_set), *policy_assets(policy_set, partitions), data_subject_requests],
+        assets=[
+            *source_specs(policy_set),
+            *policy_assets(policy_set, partitions),
+            data_subject_requests,
+        ],
         asset_checks=[request_deadline_check],
         jobs=[job, request_deadline_job],
         schedules=[nightly_schedule(job), request_deadline_schedule],

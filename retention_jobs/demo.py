@@ -264,7 +264,9 @@ class _Random:
         """Floats in [0, 1)."""
         return (self._u64(n) // 2048).cast(pl.Float64) * 2.0**-53
 
-    def choice(self, n: int, values: tuple | list, weights: tuple | list | None = None) -> pl.Series:
+    def choice(
+        self, n: int, values: tuple | list, weights: tuple | list | None = None
+    ) -> pl.Series:
         weights = weights or [1] * len(values)
         total = sum(weights)
         edges, acc = [], 0.0
@@ -283,7 +285,14 @@ def _slug(e: pl.Expr) -> pl.Expr:
     )
 
 
-_POOL_SIZES = {"first": 400, "last": 800, "street": 1000, "place": 400, "company": 250, "domain": 30}
+_POOL_SIZES = {
+    "first": 400,
+    "last": 800,
+    "street": 1000,
+    "place": 400,
+    "company": 250,
+    "domain": 30,
+}
 
 
 @lru_cache(maxsize=4)
@@ -346,7 +355,9 @@ class _Gen:
 
     def moment(self, days_ago: pl.Expr) -> pl.Expr:
         """A timestamp `days_ago` (fractional) days before the as-of date's midnight, always before it."""
-        return pl.lit(self.midnight) - pl.duration(seconds=(days_ago * 86400).floor().cast(pl.Int64) + 1)
+        return pl.lit(self.midnight) - pl.duration(
+            seconds=(days_ago * 86400).floor().cast(pl.Int64) + 1
+        )
 
     def pick(self, field: str, country: pl.Series, rnd: _Random) -> pl.DataFrame:
         frame, offsets, sizes = self.pools[field]
@@ -363,18 +374,22 @@ class _Gen:
         with_digits = rnd.uniform(n) < 0.4
         local = first["slug"] + "." + last["slug"]
         local = pl.select(pl.when(with_digits).then(local + digits).otherwise(local)).to_series()
-        return pl.DataFrame({
-            "full_name": first["value"] + " " + last["value"],
-            "local": local,
-            "email": local + "@" + domain,
-        })
+        return pl.DataFrame(
+            {
+                "full_name": first["value"] + " " + last["value"],
+                "local": local,
+                "email": local + "@" + domain,
+            }
+        )
 
     @staticmethod
     def phone(country: pl.Series, rnd: _Random) -> pl.Series:
         x = rnd.ints(len(country))
         return pl.select(
-            pl.when(country == "NO").then(pl.lit("+47") + (40_000_000 + x % 60_000_000).cast(pl.String))
-            .when(country == "SE").then(pl.lit("+467") + (x % 100_000_000).cast(pl.String).str.zfill(8))
+            pl.when(country == "NO")
+            .then(pl.lit("+47") + (40_000_000 + x % 60_000_000).cast(pl.String))
+            .when(country == "SE")
+            .then(pl.lit("+467") + (x % 100_000_000).cast(pl.String).str.zfill(8))
             .otherwise(pl.lit("+45") + (20_000_000 + x % 80_000_000).cast(pl.String))
         ).to_series()
 
@@ -383,15 +398,21 @@ class _Gen:
         """Shaped like the country's number and matching the birth date; not valid (no checksum)."""
         x = rnd.ints(len(country))
         return pl.select(
-            pl.when(country == "NO").then(birth.dt.strftime("%d%m%y") + (x % 100_000).cast(pl.String).str.zfill(5))
-            .when(country == "SE").then(birth.dt.strftime("%Y%m%d-") + (x % 10_000).cast(pl.String).str.zfill(4))
+            pl.when(country == "NO")
+            .then(birth.dt.strftime("%d%m%y") + (x % 100_000).cast(pl.String).str.zfill(5))
+            .when(country == "SE")
+            .then(birth.dt.strftime("%Y%m%d-") + (x % 10_000).cast(pl.String).str.zfill(4))
             .otherwise(birth.dt.strftime("%d%m%y-") + (x % 10_000).cast(pl.String).str.zfill(4))
         ).to_series()
 
 
 def _number(df: pl.DataFrame, name: str, by: list[str]) -> pl.DataFrame:
     """Sort by `by` (time first) and number the rows from 1: ids grow with time, as they do."""
-    return df.sort(by, maintain_order=True).with_row_index(name, offset=1).with_columns(pl.col(name).cast(pl.Int64))
+    return (
+        df.sort(by, maintain_order=True)
+        .with_row_index(name, offset=1)
+        .with_columns(pl.col(name).cast(pl.Int64))
+    )
 
 
 def _uniforms(rnd: _Random, n: int, *names: str) -> dict[str, pl.Series]:
@@ -408,38 +429,61 @@ def _marketing(g: _Gen) -> dict[str, pl.DataFrame]:
     r = g.random("marketing")
     country = r.choice(n, COUNTRIES, (0.6, 0.25, 0.15))
     p = g.person(country, r)
-    s = pl.DataFrame({
-        "subscriber_id": pl.int_range(1, n + 1, eager=True),
-        "email": p["email"], "full_name": p["full_name"], "country": country,
-        "consent_source": r.choice(n, ("signup_form", "checkout", "event", "webinar"), (6, 2, 1, 1)),
-        "k": 1 + r.below(n, len(_LISTS)), "first_list": r.below(n, len(_LISTS)),
-        **_uniforms(r, n, "u_since", "u_churn", "u_name"),
-    }).with_columns(
+    s = pl.DataFrame(
+        {
+            "subscriber_id": pl.int_range(1, n + 1, eager=True),
+            "email": p["email"],
+            "full_name": p["full_name"],
+            "country": country,
+            "consent_source": r.choice(
+                n, ("signup_form", "checkout", "event", "webinar"), (6, 2, 1, 1)
+            ),
+            "k": 1 + r.below(n, len(_LISTS)),
+            "first_list": r.below(n, len(_LISTS)),
+            **_uniforms(r, n, "u_since", "u_churn", "u_name"),
+        }
+    ).with_columns(
         since=1 + pl.col("u_since") * 8 * _YEAR,
         # about one in five has left every list: those are the rows the newsletter rule erases
         churned=pl.col("u_churn") < 0.2,
         full_name=pl.when(pl.col("u_name") < 0.1).then(None).otherwise(pl.col("full_name")),
     )
     subscribers = s.select(
-        "subscriber_id", "email", "full_name",
+        "subscriber_id",
+        "email",
+        "full_name",
         locale=pl.col("country").replace_strict(_LOCALE_TAG, return_dtype=pl.String),
-        subscribed_at=g.moment(pl.col("since")), consent_source="consent_source",
+        subscribed_at=g.moment(pl.col("since")),
+        consent_source="consent_source",
     )
-    ls = s.select("subscriber_id", "since", "churned", "first_list", j=pl.int_ranges(0, "k")).explode("j")
+    ls = s.select(
+        "subscriber_id", "since", "churned", "first_list", j=pl.int_ranges(0, "k")
+    ).explode("j")
     m = ls.height
     ls = ls.with_columns(**_uniforms(r, m, "u_join", "u_unsub", "u_left")).with_columns(
-        joined=pl.when(pl.col("j") == 0).then(pl.col("since"))
+        joined=pl.when(pl.col("j") == 0)
+        .then(pl.col("since"))
         .otherwise(pl.col("since") * (1 - 0.5 * pl.col("u_join"))),
         unsub=pl.col("churned") | ((pl.col("j") > 0) & (pl.col("u_unsub") < 0.3)),
     )
-    lists = ls.select(
-        "subscriber_id",
-        list_name=((pl.col("first_list") + pl.col("j")) % len(_LISTS)).replace_strict(
-            dict(enumerate(_LISTS)), return_dtype=pl.String),
-        status=pl.when(pl.col("unsub")).then(pl.lit("unsubscribed")).otherwise(pl.lit("subscribed")),
-        changed_at=g.moment(pl.when(pl.col("unsub")).then(pl.col("joined") * pl.col("u_left"))
-                            .otherwise(pl.col("joined"))),
-    ).with_row_index("subscription_id", offset=1).with_columns(pl.col("subscription_id").cast(pl.Int64))
+    lists = (
+        ls.select(
+            "subscriber_id",
+            list_name=((pl.col("first_list") + pl.col("j")) % len(_LISTS)).replace_strict(
+                dict(enumerate(_LISTS)), return_dtype=pl.String
+            ),
+            status=pl.when(pl.col("unsub"))
+            .then(pl.lit("unsubscribed"))
+            .otherwise(pl.lit("subscribed")),
+            changed_at=g.moment(
+                pl.when(pl.col("unsub"))
+                .then(pl.col("joined") * pl.col("u_left"))
+                .otherwise(pl.col("joined"))
+            ),
+        )
+        .with_row_index("subscription_id", offset=1)
+        .with_columns(pl.col("subscription_id").cast(pl.Int64))
+    )
     return {"marketing.newsletter_subscribers": subscribers, "marketing.list_subscriptions": lists}
 
 
@@ -448,48 +492,95 @@ def _app(g: _Gen) -> dict[str, pl.DataFrame]:
     n_org = max(8, g.rows // 100)
     oc = r.choice(n_org, COUNTRIES, (0.7, 0.15, 0.15))
     company = g.pick("company", oc, r)
-    org = pl.DataFrame({
-        "org_id": pl.int_range(1, n_org + 1, eager=True), "name": company["value"], "slug": company["slug"],
-        "country": oc, **_uniforms(r, n_org, "u_start", "u_end", "u_ended"),
-    }).with_columns(start_ago=(60 + pl.col("u_start") * 9 * _YEAR).floor())
+    org = pl.DataFrame(
+        {
+            "org_id": pl.int_range(1, n_org + 1, eager=True),
+            "name": company["value"],
+            "slug": company["slug"],
+            "country": oc,
+            **_uniforms(r, n_org, "u_start", "u_end", "u_ended"),
+        }
+    ).with_columns(start_ago=(60 + pl.col("u_start") * 9 * _YEAR).floor())
     org = org.with_columns(
-        end_ago=pl.when(pl.col("u_ended") < 0.22)
-        .then((1 + pl.col("u_end") * pl.min_horizontal(pl.col("start_ago") - 30, 6 * _YEAR)).floor())
+        end_ago=pl.when(pl.col("u_ended") < 0.22).then(
+            (1 + pl.col("u_end") * pl.min_horizontal(pl.col("start_ago") - 30, 6 * _YEAR)).floor()
+        )
     )
     organisations = org.select(
-        "org_id", "name", "country", agreement_started_at=g.day(pl.col("start_ago")),
+        "org_id",
+        "name",
+        "country",
+        agreement_started_at=g.day(pl.col("start_ago")),
         agreement_ended_at=g.day(pl.col("end_ago")),
     )
 
     n_u = max(30, g.rows * 2 // 5)
-    uc = pl.DataFrame({"org_id": 1 + r.below(n_u, n_org)}).join(org, on="org_id", how="left", maintain_order="left")
+    uc = pl.DataFrame({"org_id": 1 + r.below(n_u, n_org)}).join(
+        org, on="org_id", how="left", maintain_order="left"
+    )
     p = g.person(uc["country"], r)
-    u = pl.DataFrame({
-        "user_id": pl.int_range(1, n_u + 1, eager=True), "org_id": uc["org_id"],
-        "email": p["local"] + "@" + uc["slug"] + "." + uc["country"].replace_strict(_TLD, return_dtype=pl.String),
-        "full_name": p["full_name"], "phone": g.phone(uc["country"], r),
-        "start_ago": uc["start_ago"], "end_ago": uc["end_ago"],
-        **_uniforms(r, n_u, "u_created", "u_closed", "u_close_at", "u_pic", "u_withdraw", "u_withdraw_at"),
-    }).with_columns(
-        created_ago=pl.col("end_ago").fill_null(0)
-        + pl.col("u_created") * (pl.col("start_ago") - pl.col("end_ago").fill_null(0)),
-    ).with_columns(
-        # When the employer's agreement ends most accounts are closed with it; some are
-        # forgotten, which the saas-users rule on the organisation's end date catches.
-        closed_ago=pl.when(pl.col("end_ago").is_not_null() & (pl.col("u_closed") < 0.85))
-        .then(pl.min_horizontal(pl.col("created_ago"), pl.col("end_ago") + pl.col("u_close_at") * 20))
-        .when(pl.col("end_ago").is_null() & (pl.col("u_closed") < 0.15))
-        .then(pl.col("u_close_at") * pl.col("created_ago")),
-        has_picture=pl.col("u_pic") < 0.65,
-    ).with_columns(
-        withdrawn_ago=pl.when(pl.col("has_picture") & (pl.col("u_withdraw") < 0.15)).then(
-            pl.col("closed_ago").fill_null(0)
-            + pl.col("u_withdraw_at") * (pl.col("created_ago") - pl.col("closed_ago").fill_null(0))),
+    u = (
+        pl.DataFrame(
+            {
+                "user_id": pl.int_range(1, n_u + 1, eager=True),
+                "org_id": uc["org_id"],
+                "email": p["local"]
+                + "@"
+                + uc["slug"]
+                + "."
+                + uc["country"].replace_strict(_TLD, return_dtype=pl.String),
+                "full_name": p["full_name"],
+                "phone": g.phone(uc["country"], r),
+                "start_ago": uc["start_ago"],
+                "end_ago": uc["end_ago"],
+                **_uniforms(
+                    r,
+                    n_u,
+                    "u_created",
+                    "u_closed",
+                    "u_close_at",
+                    "u_pic",
+                    "u_withdraw",
+                    "u_withdraw_at",
+                ),
+            }
+        )
+        .with_columns(
+            created_ago=pl.col("end_ago").fill_null(0)
+            + pl.col("u_created") * (pl.col("start_ago") - pl.col("end_ago").fill_null(0)),
+        )
+        .with_columns(
+            # When the employer's agreement ends most accounts are closed with it; some are
+            # forgotten, which the saas-users rule on the organisation's end date catches.
+            closed_ago=pl.when(pl.col("end_ago").is_not_null() & (pl.col("u_closed") < 0.85))
+            .then(
+                pl.min_horizontal(
+                    pl.col("created_ago"), pl.col("end_ago") + pl.col("u_close_at") * 20
+                )
+            )
+            .when(pl.col("end_ago").is_null() & (pl.col("u_closed") < 0.15))
+            .then(pl.col("u_close_at") * pl.col("created_ago")),
+            has_picture=pl.col("u_pic") < 0.65,
+        )
+        .with_columns(
+            withdrawn_ago=pl.when(pl.col("has_picture") & (pl.col("u_withdraw") < 0.15)).then(
+                pl.col("closed_ago").fill_null(0)
+                + pl.col("u_withdraw_at")
+                * (pl.col("created_ago") - pl.col("closed_ago").fill_null(0))
+            ),
+        )
     )
     users = u.select(
-        "user_id", "org_id", "email", "full_name", "phone",
+        "user_id",
+        "org_id",
+        "email",
+        "full_name",
+        "phone",
         profile_picture_url=pl.when(pl.col("has_picture")).then(
-            pl.lit("https://cdn.miros.example/avatars/") + pl.col("user_id").cast(pl.String) + ".jpg"),
+            pl.lit("https://cdn.miros.example/avatars/")
+            + pl.col("user_id").cast(pl.String)
+            + ".jpg"
+        ),
         created_at=g.moment(pl.col("created_ago")),
         photo_consent_withdrawn_at=g.moment(pl.col("withdrawn_ago")),
         account_closed_at=g.moment(pl.col("closed_ago")),
@@ -498,19 +589,44 @@ def _app(g: _Gen) -> dict[str, pl.DataFrame]:
     n_p = max(10, g.rows // 40)
     pc = r.choice(n_p, COUNTRIES, (0.7, 0.15, 0.15))
     pp, company = g.person(pc, r), g.pick("company", pc, r)
-    partners = pl.DataFrame({
-        "contact_id": pl.int_range(1, n_p + 1, eager=True), "company": company["value"],
-        "full_name": pp["full_name"],
-        "email": pp["local"] + "@" + company["slug"] + "." + pc.replace_strict(_TLD, return_dtype=pl.String),
-        "phone": g.phone(pc, r), "country": pc, **_uniforms(r, n_p, "u_start", "u_ended", "u_end"),
-    }).with_columns(start_ago=(30 + pl.col("u_start") * 8 * _YEAR).floor()).with_columns(
-        agreement_started_at=g.day(pl.col("start_ago")),
-        agreement_ended_at=g.day(pl.when(pl.col("u_ended") < 0.45).then(pl.col("u_end") * pl.col("start_ago"))),
-    ).select(table_columns("app.partner_contacts"))
+    partners = (
+        pl.DataFrame(
+            {
+                "contact_id": pl.int_range(1, n_p + 1, eager=True),
+                "company": company["value"],
+                "full_name": pp["full_name"],
+                "email": pp["local"]
+                + "@"
+                + company["slug"]
+                + "."
+                + pc.replace_strict(_TLD, return_dtype=pl.String),
+                "phone": g.phone(pc, r),
+                "country": pc,
+                **_uniforms(r, n_p, "u_start", "u_ended", "u_end"),
+            }
+        )
+        .with_columns(start_ago=(30 + pl.col("u_start") * 8 * _YEAR).floor())
+        .with_columns(
+            agreement_started_at=g.day(pl.col("start_ago")),
+            agreement_ended_at=g.day(
+                pl.when(pl.col("u_ended") < 0.45).then(pl.col("u_end") * pl.col("start_ago"))
+            ),
+        )
+        .select(table_columns("app.partner_contacts"))
+    )
 
-    calls = _calls(g, r, u.join(org.select("org_id", "country"), on="org_id", how="left", maintain_order="left"), n_org)
-    return {"app.organisations": organisations, "app.users": users, "app.partner_contacts": partners,
-            "telephony.call_records": calls}
+    calls = _calls(
+        g,
+        r,
+        u.join(org.select("org_id", "country"), on="org_id", how="left", maintain_order="left"),
+        n_org,
+    )
+    return {
+        "app.organisations": organisations,
+        "app.users": users,
+        "app.partner_contacts": partners,
+        "telephony.call_records": calls,
+    }
 
 
 def _calls(g: _Gen, r: _Random, users: pl.DataFrame, n_org: int) -> pl.DataFrame:
@@ -520,189 +636,409 @@ def _calls(g: _Gen, r: _Random, users: pl.DataFrame, n_org: int) -> pl.DataFrame
         pl.col("user_id", "org_id", "phone", "country", "created_ago", "closed_ago").gather(pick)
     ).with_columns(**_uniforms(r, n, "u_when", "u_queue", "u_dur"))
     c = c.with_columns(
-        hi=pl.col("closed_ago").fill_null(0), lo=pl.min_horizontal(pl.col("created_ago"), 3 * _YEAR),
-    ).with_columns(lo=pl.when(pl.col("lo") < pl.col("hi")).then(pl.col("created_ago")).otherwise(pl.col("lo")))
+        hi=pl.col("closed_ago").fill_null(0),
+        lo=pl.min_horizontal(pl.col("created_ago"), 3 * _YEAR),
+    ).with_columns(
+        lo=pl.when(pl.col("lo") < pl.col("hi")).then(pl.col("created_ago")).otherwise(pl.col("lo"))
+    )
     c = c.with_columns(
         ago=pl.col("hi") + pl.col("u_when") * (pl.col("lo") - pl.col("hi")),
         # calls to a queue nobody picked up have no user
         user_id=pl.when(pl.col("u_queue") < 0.05).then(None).otherwise(pl.col("user_id")),
         direction=r.choice(n, ("inbound", "outbound", "internal"), (5, 4, 1)),
-        other=g.phone(c["country"], r), switchboard=g.phone(c["country"], r),
-    ).with_columns(own=pl.when(pl.col("user_id").is_null()).then(pl.col("switchboard")).otherwise(pl.col("phone")))
+        other=g.phone(c["country"], r),
+        switchboard=g.phone(c["country"], r),
+    ).with_columns(
+        own=pl.when(pl.col("user_id").is_null())
+        .then(pl.col("switchboard"))
+        .otherwise(pl.col("phone"))
+    )
     c = c.with_columns(
-        caller_number=pl.when(pl.col("direction") == "inbound").then(pl.col("other")).otherwise(pl.col("own")),
-        callee_number=pl.when(pl.col("direction") == "inbound").then(pl.col("own")).otherwise(pl.col("other")),
+        caller_number=pl.when(pl.col("direction") == "inbound")
+        .then(pl.col("other"))
+        .otherwise(pl.col("own")),
+        callee_number=pl.when(pl.col("direction") == "inbound")
+        .then(pl.col("own"))
+        .otherwise(pl.col("other")),
         started_at=g.moment(pl.col("ago")),
         duration_s=(5 - 200 * (1 - pl.col("u_dur")).log()).cast(pl.Int32),
     )
     return _number(c, "call_id", ["started_at"]).select(table_columns("telephony.call_records"))
 
 
-_PRODUCTS = {"Standard": 1490.0, "Pluss": 2490.0, "Premium": 3990.0, "Bedrift": 8900.0, "Service": 690.0}
-_BUREAUS = {"NO": ("Experian", "Dun & Bradstreet"), "SE": ("UC", "Creditsafe"), "DK": ("Experian", "Creditsafe")}
+_PRODUCTS = {
+    "Standard": 1490.0,
+    "Pluss": 2490.0,
+    "Premium": 3990.0,
+    "Bedrift": 8900.0,
+    "Service": 690.0,
+}
+_BUREAUS = {
+    "NO": ("Experian", "Dun & Bradstreet"),
+    "SE": ("UC", "Creditsafe"),
+    "DK": ("Experian", "Creditsafe"),
+}
 
 
 def _billing(g: _Gen) -> dict[str, pl.DataFrame]:
     n = max(50, g.rows)
     r = g.random("billing")
     country = r.choice(n, COUNTRIES, (0.5, 0.3, 0.2))
-    p, street, place = g.person(country, r), g.pick("street", country, r), g.pick("place", country, r)
-    c = pl.DataFrame({
-        "customer_id": pl.int_range(1, n + 1, eager=True), "full_name": p["full_name"], "email": p["email"],
-        "phone": g.phone(country, r), "street_address": street["value"],
-        "postal_code": place["postal_code"], "city": place["city"], "country": country,
-        **_uniforms(r, n, "u_status", "u_end", "u_span", "u_dormant", "u_last", "u_age", "u_consent",
-                    "u_subs", "u_oneoff", "u_check", "u_recheck"),
-    }).with_columns(closed=pl.col("u_status") < 0.35)
-    c = c.with_columns(
-        # closed customers ended up to 8.5 years ago: the oldest are past year end + 5 years
-        end_ago=pl.when(pl.col("closed")).then((1 + pl.col("u_end") * 8.5 * _YEAR).floor()),
-    ).with_columns(
-        start_ago=pl.when(pl.col("closed"))
-        .then(pl.min_horizontal(pl.col("end_ago") + (120 + pl.col("u_span") * (6 * _YEAR - 120)).floor(),
-                                pl.max_horizontal(pl.col("end_ago") + 60, int(10 * _YEAR))))
-        .otherwise((30 + pl.col("u_span") * (9 * _YEAR - 30)).floor()),
-    ).with_columns(
-        # active but silent for over three years: the marketing profile is reduced
-        dormant=~pl.col("closed") & (pl.col("u_dormant") < 0.3) & (pl.col("start_ago") > 3.3 * _YEAR),
-    ).with_columns(
-        last_ago=pl.when(pl.col("closed")).then(pl.col("end_ago"))
-        .when(pl.col("dormant")).then((3.05 * _YEAR + pl.col("u_last") * (pl.col("start_ago") - 3.05 * _YEAR)).floor())
-        .otherwise(0.0),
-        birth_date=g.day(18 * _YEAR + pl.col("u_age") * 67 * _YEAR),
+    p, street, place = (
+        g.person(country, r),
+        g.pick("street", country, r),
+        g.pick("place", country, r),
+    )
+    c = pl.DataFrame(
+        {
+            "customer_id": pl.int_range(1, n + 1, eager=True),
+            "full_name": p["full_name"],
+            "email": p["email"],
+            "phone": g.phone(country, r),
+            "street_address": street["value"],
+            "postal_code": place["postal_code"],
+            "city": place["city"],
+            "country": country,
+            **_uniforms(
+                r,
+                n,
+                "u_status",
+                "u_end",
+                "u_span",
+                "u_dormant",
+                "u_last",
+                "u_age",
+                "u_consent",
+                "u_subs",
+                "u_oneoff",
+                "u_check",
+                "u_recheck",
+            ),
+        }
+    ).with_columns(closed=pl.col("u_status") < 0.35)
+    c = (
+        c.with_columns(
+            # closed customers ended up to 8.5 years ago: the oldest are past year end + 5 years
+            end_ago=pl.when(pl.col("closed")).then((1 + pl.col("u_end") * 8.5 * _YEAR).floor()),
+        )
+        .with_columns(
+            start_ago=pl.when(pl.col("closed"))
+            .then(
+                pl.min_horizontal(
+                    pl.col("end_ago") + (120 + pl.col("u_span") * (6 * _YEAR - 120)).floor(),
+                    pl.max_horizontal(pl.col("end_ago") + 60, int(10 * _YEAR)),
+                )
+            )
+            .otherwise((30 + pl.col("u_span") * (9 * _YEAR - 30)).floor()),
+        )
+        .with_columns(
+            # active but silent for over three years: the marketing profile is reduced
+            dormant=~pl.col("closed")
+            & (pl.col("u_dormant") < 0.3)
+            & (pl.col("start_ago") > 3.3 * _YEAR),
+        )
+        .with_columns(
+            last_ago=pl.when(pl.col("closed"))
+            .then(pl.col("end_ago"))
+            .when(pl.col("dormant"))
+            .then((3.05 * _YEAR + pl.col("u_last") * (pl.col("start_ago") - 3.05 * _YEAR)).floor())
+            .otherwise(0.0),
+            birth_date=g.day(18 * _YEAR + pl.col("u_age") * 67 * _YEAR),
+        )
     )
     c = c.with_columns(national_id=g.national_id(c["birth_date"], country, r))
 
-    s = c.select(
-        "customer_id", "start_ago", "last_ago", ongoing=~pl.col("closed") & ~pl.col("dormant"),
-        k=1 + (pl.col("u_subs") < 0.5).cast(pl.Int64) + (pl.col("u_subs") < 0.2).cast(pl.Int64),
-    ).with_columns(j=pl.int_ranges(0, "k")).explode("j")
+    s = (
+        c.select(
+            "customer_id",
+            "start_ago",
+            "last_ago",
+            ongoing=~pl.col("closed") & ~pl.col("dormant"),
+            k=1 + (pl.col("u_subs") < 0.5).cast(pl.Int64) + (pl.col("u_subs") < 0.2).cast(pl.Int64),
+        )
+        .with_columns(j=pl.int_ranges(0, "k"))
+        .explode("j")
+    )
     m = s.height
-    s = s.with_columns(product=r.choice(m, tuple(_PRODUCTS), (5, 3, 2, 1, 2)),
-                       **_uniforms(r, m, "u_start", "u_open", "u_end"))
     s = s.with_columns(
-        sub_start=pl.when(pl.col("j") == 0).then(pl.col("start_ago"))
-        .otherwise(pl.col("start_ago") - (pl.col("u_start") * (pl.col("start_ago") - pl.col("last_ago")) * 0.8).floor()),
+        product=r.choice(m, tuple(_PRODUCTS), (5, 3, 2, 1, 2)),
+        **_uniforms(r, m, "u_start", "u_open", "u_end"),
+    )
+    s = s.with_columns(
+        sub_start=pl.when(pl.col("j") == 0)
+        .then(pl.col("start_ago"))
+        .otherwise(
+            pl.col("start_ago")
+            - (pl.col("u_start") * (pl.col("start_ago") - pl.col("last_ago")) * 0.8).floor()
+        ),
     ).with_columns(
-        sub_end=pl.when(pl.col("ongoing") & ((pl.col("j") == 0) | (pl.col("u_open") < 0.5))).then(None)
-        .when(pl.col("j") == 0).then(pl.col("last_ago"))
-        .otherwise(pl.col("sub_start") - (pl.col("u_end") * (pl.col("sub_start") - pl.col("last_ago"))).floor()),
+        sub_end=pl.when(pl.col("ongoing") & ((pl.col("j") == 0) | (pl.col("u_open") < 0.5)))
+        .then(None)
+        .when(pl.col("j") == 0)
+        .then(pl.col("last_ago"))
+        .otherwise(
+            pl.col("sub_start")
+            - (pl.col("u_end") * (pl.col("sub_start") - pl.col("last_ago"))).floor()
+        ),
     )
     s = _number(s, "subscription_id", ["customer_id", "j"])
-    subscriptions = s.select("subscription_id", "customer_id", "product", started_at=g.day(pl.col("sub_start")),
-                             ended_at=g.day(pl.col("sub_end")))
+    subscriptions = s.select(
+        "subscription_id",
+        "customer_id",
+        "product",
+        started_at=g.day(pl.col("sub_start")),
+        ended_at=g.day(pl.col("sub_end")),
+    )
 
     # yearly invoices over each subscription, plus the odd one-off purchase
-    inv = s.select(
-        "customer_id", "subscription_id", "product", "sub_start",
-        dur=pl.col("sub_start") - pl.col("sub_end").fill_null(0),
-    ).with_columns(k=(pl.col("dur") // 365 + 1).clip(1, 10).cast(pl.Int64)).with_columns(
-        i=pl.int_ranges(0, "k")).explode("i")
-    inv = inv.with_columns(u=r.uniform(inv.height)).with_columns(
-        ago=pl.col("sub_start") - ((pl.col("i") + pl.col("u")) * pl.col("dur") / pl.col("k")).floor(),
-        base=pl.col("product").replace_strict(_PRODUCTS, return_dtype=pl.Float64),
-    ).select("customer_id", "subscription_id", "ago", "base", "i")
+    inv = (
+        s.select(
+            "customer_id",
+            "subscription_id",
+            "product",
+            "sub_start",
+            dur=pl.col("sub_start") - pl.col("sub_end").fill_null(0),
+        )
+        .with_columns(k=(pl.col("dur") // 365 + 1).clip(1, 10).cast(pl.Int64))
+        .with_columns(i=pl.int_ranges(0, "k"))
+        .explode("i")
+    )
+    inv = (
+        inv.with_columns(u=r.uniform(inv.height))
+        .with_columns(
+            ago=pl.col("sub_start")
+            - ((pl.col("i") + pl.col("u")) * pl.col("dur") / pl.col("k")).floor(),
+            base=pl.col("product").replace_strict(_PRODUCTS, return_dtype=pl.Float64),
+        )
+        .select("customer_id", "subscription_id", "ago", "base", "i")
+    )
     oneoff = c.filter(pl.col("u_oneoff") < 0.3)
     oneoff = oneoff.select(
-        "customer_id", subscription_id=pl.lit(None, pl.Int64),
-        ago=pl.col("last_ago") + (r.uniform(oneoff.height) * (pl.col("start_ago") - pl.col("last_ago"))).floor(),
-        base=pl.lit(450.0), i=pl.lit(0, pl.Int64),
+        "customer_id",
+        subscription_id=pl.lit(None, pl.Int64),
+        ago=pl.col("last_ago")
+        + (r.uniform(oneoff.height) * (pl.col("start_ago") - pl.col("last_ago"))).floor(),
+        base=pl.lit(450.0),
+        i=pl.lit(0, pl.Int64),
     )
-    inv = pl.concat([inv, oneoff]).join(c.select("customer_id", "full_name", "street_address", "postal_code",
-                                                 "city", "country"), on="customer_id", how="left")
-    inv = _number(inv.with_columns(neg_ago=-pl.col("ago")), "invoice_id",
-                  ["neg_ago", "customer_id", "subscription_id", "i"])
+    inv = pl.concat([inv, oneoff]).join(
+        c.select("customer_id", "full_name", "street_address", "postal_code", "city", "country"),
+        on="customer_id",
+        how="left",
+    )
+    inv = _number(
+        inv.with_columns(neg_ago=-pl.col("ago")),
+        "invoice_id",
+        ["neg_ago", "customer_id", "subscription_id", "i"],
+    )
     invoices = inv.with_columns(u=r.uniform(inv.height)).select(
-        "invoice_id", "customer_id", "subscription_id", invoice_date=g.day(pl.col("ago")),
+        "invoice_id",
+        "customer_id",
+        "subscription_id",
+        invoice_date=g.day(pl.col("ago")),
         amount=(pl.col("base") * (0.9 + 0.2 * pl.col("u"))).round(2).cast(pl.Decimal(12, 2)),
-        currency=pl.col("country").replace_strict(_CURRENCY, return_dtype=pl.String), country="country",
+        currency=pl.col("country").replace_strict(_CURRENCY, return_dtype=pl.String),
+        country="country",
         customer_name="full_name",
-        billing_address=pl.concat_str([pl.col("street_address"), pl.lit(", "), pl.col("postal_code"), pl.lit(" "),
-                                       pl.col("city")]),
+        billing_address=pl.concat_str(
+            [
+                pl.col("street_address"),
+                pl.lit(", "),
+                pl.col("postal_code"),
+                pl.lit(" "),
+                pl.col("city"),
+            ]
+        ),
     )
     last = inv.group_by("customer_id").agg(last_ago=pl.col("ago").min())
-    customers = c.drop("last_ago").join(last, on="customer_id", how="left", maintain_order="left").select(
-        "customer_id", "full_name", "email", "phone", "street_address", "postal_code", "city", "birth_date",
-        "national_id", "country",
-        status=pl.when(pl.col("closed")).then(pl.lit("closed")).otherwise(pl.lit("active")),
-        customer_since=g.day(pl.col("start_ago")), relationship_ended_at=g.day(pl.col("end_ago")),
-        last_purchase_at=g.day(pl.col("last_ago")), marketing_consent=pl.col("u_consent") < 0.4,
+    customers = (
+        c.drop("last_ago")
+        .join(last, on="customer_id", how="left", maintain_order="left")
+        .select(
+            "customer_id",
+            "full_name",
+            "email",
+            "phone",
+            "street_address",
+            "postal_code",
+            "city",
+            "birth_date",
+            "national_id",
+            "country",
+            status=pl.when(pl.col("closed")).then(pl.lit("closed")).otherwise(pl.lit("active")),
+            customer_since=g.day(pl.col("start_ago")),
+            relationship_ended_at=g.day(pl.col("end_ago")),
+            last_purchase_at=g.day(pl.col("last_ago")),
+            marketing_consent=pl.col("u_consent") < 0.4,
+        )
     )
 
     first = c.filter(pl.col("u_check") < 0.65)
-    first = first.select("customer_id", "country",
-                         ago=pl.col("start_ago") + (r.uniform(first.height) * 14).floor())
+    first = first.select(
+        "customer_id", "country", ago=pl.col("start_ago") + (r.uniform(first.height) * 14).floor()
+    )
     again = c.filter(pl.col("u_recheck") < 0.15)
-    again = again.select("customer_id", "country", ago=pl.col("last_ago") + (
-        r.uniform(again.height) * (pl.col("start_ago") - pl.col("last_ago"))).floor())
+    again = again.select(
+        "customer_id",
+        "country",
+        ago=pl.col("last_ago")
+        + (r.uniform(again.height) * (pl.col("start_ago") - pl.col("last_ago"))).floor(),
+    )
     cc = pl.concat([first, again]).with_columns(neg_ago=-pl.col("ago"))
     cc = _number(cc, "check_id", ["neg_ago", "customer_id"])
-    cc = cc.with_columns(b=r.below(cc.height, 2), score=(1 + r.below(cc.height, 100)).cast(pl.Int32))
+    cc = cc.with_columns(
+        b=r.below(cc.height, 2), score=(1 + r.below(cc.height, 100)).cast(pl.Int32)
+    )
     credit_checks = cc.select(
-        "check_id", "customer_id", checked_at=g.day(pl.col("ago")),
+        "check_id",
+        "customer_id",
+        checked_at=g.day(pl.col("ago")),
         bureau=pl.when(pl.col("b") == 0)
-        .then(pl.col("country").replace_strict({k: v[0] for k, v in _BUREAUS.items()}, return_dtype=pl.String))
-        .otherwise(pl.col("country").replace_strict({k: v[1] for k, v in _BUREAUS.items()}, return_dtype=pl.String)),
+        .then(
+            pl.col("country").replace_strict(
+                {k: v[0] for k, v in _BUREAUS.items()}, return_dtype=pl.String
+            )
+        )
+        .otherwise(
+            pl.col("country").replace_strict(
+                {k: v[1] for k, v in _BUREAUS.items()}, return_dtype=pl.String
+            )
+        ),
         score="score",
     )
-    return {"billing.customers": customers, "billing.subscriptions": subscriptions,
-            "billing.invoices": invoices, "billing.credit_checks": credit_checks}
+    return {
+        "billing.customers": customers,
+        "billing.subscriptions": subscriptions,
+        "billing.invoices": invoices,
+        "billing.credit_checks": credit_checks,
+    }
 
 
 _KINDS = ("email", "call", "meeting", "event", "note")
-_NOTES = ("Uppföljning av offert", "Demo bokad", "Skickade prislista", "Träffades på mässan",
-          "Ringde, inget svar", "Frågade om integrationer", "Bad om referenskund", None)
+_NOTES = (
+    "Uppföljning av offert",
+    "Demo bokad",
+    "Skickade prislista",
+    "Träffades på mässan",
+    "Ringde, inget svar",
+    "Frågade om integrationer",
+    "Bad om referenskund",
+    None,
+)
 
 
 def _crm(g: _Gen) -> dict[str, pl.DataFrame]:
     r = g.random("crm")
     n_t = max(5, g.rows // 200)
     tc = r.choice(n_t, COUNTRIES, (0.2, 0.6, 0.2))
-    t = pl.DataFrame({
-        "tenant_id": pl.int_range(1, n_t + 1, eager=True), "name": g.pick("company", tc, r)["value"],
-        **_uniforms(r, n_t, "u_start", "u_ended", "u_end"),
-    }).with_columns(
-        # tenant 1 is the vendor's own CRM: the data it controls itself
-        own_use=pl.col("tenant_id") == 1,
-        start_ago=pl.when(pl.col("tenant_id") == 1).then(10 * _YEAR).otherwise(60 + pl.col("u_start") * 9 * _YEAR).floor(),
-    ).with_columns(
-        name=pl.when(pl.col("own_use")).then(pl.lit("Mira Network AB")).otherwise(pl.col("name")),
-        end_ago=pl.when(~pl.col("own_use") & (pl.col("u_ended") < 0.25)).then(
-            (1 + pl.col("u_end") * pl.min_horizontal(pl.col("start_ago") - 30, 5 * _YEAR)).floor()),
+    t = (
+        pl.DataFrame(
+            {
+                "tenant_id": pl.int_range(1, n_t + 1, eager=True),
+                "name": g.pick("company", tc, r)["value"],
+                **_uniforms(r, n_t, "u_start", "u_ended", "u_end"),
+            }
+        )
+        .with_columns(
+            # tenant 1 is the vendor's own CRM: the data it controls itself
+            own_use=pl.col("tenant_id") == 1,
+            start_ago=pl.when(pl.col("tenant_id") == 1)
+            .then(10 * _YEAR)
+            .otherwise(60 + pl.col("u_start") * 9 * _YEAR)
+            .floor(),
+        )
+        .with_columns(
+            name=pl.when(pl.col("own_use"))
+            .then(pl.lit("Mira Network AB"))
+            .otherwise(pl.col("name")),
+            end_ago=pl.when(~pl.col("own_use") & (pl.col("u_ended") < 0.25)).then(
+                (
+                    1 + pl.col("u_end") * pl.min_horizontal(pl.col("start_ago") - 30, 5 * _YEAR)
+                ).floor()
+            ),
+        )
     )
-    tenants = t.select("tenant_id", "name", "own_use", contract_started_at=g.day(pl.col("start_ago")),
-                       contract_ended_at=g.day(pl.col("end_ago")))
+    tenants = t.select(
+        "tenant_id",
+        "name",
+        "own_use",
+        contract_started_at=g.day(pl.col("start_ago")),
+        contract_ended_at=g.day(pl.col("end_ago")),
+    )
 
     n = max(40, g.rows // 2)
     own = r.uniform(n) < 0.3
     tenant_id = pl.select(pl.when(own).then(1).otherwise(2 + r.below(n, n_t - 1))).to_series()
     cc = r.choice(n, COUNTRIES, (0.15, 0.7, 0.15))
     p, company = g.person(cc, r), g.pick("company", cc, r)
-    c = pl.DataFrame({
-        "contact_id": pl.int_range(1, n + 1, eager=True), "tenant_id": tenant_id,
-        "full_name": p["full_name"], "email": p["email"], "phone": g.phone(cc, r), "company": company["value"],
-        **_uniforms(r, n, "u_last", "u_first", "u_opt", "u_opt_at", "u_k"),
-    }).join(t.select("tenant_id", "own_use", "start_ago", "end_ago"), on="tenant_id", how="left",
-            maintain_order="left")
-    c = c.with_columns(
-        last_ago=pl.when(pl.col("own_use")).then(6 * _YEAR * pl.col("u_last") ** 2)
-        .otherwise(pl.col("end_ago").fill_null(0)
-                   + 0.5 * pl.col("u_last") * (pl.col("start_ago") - pl.col("end_ago").fill_null(0))),
-    ).with_columns(first_ago=pl.col("last_ago") + pl.col("u_first") * 3 * _YEAR).with_columns(
-        opted_ago=pl.when(pl.col("u_opt") < pl.when(pl.col("own_use")).then(0.1).otherwise(0.05))
-        .then(pl.col("u_opt_at") * pl.col("first_ago")),
+    c = pl.DataFrame(
+        {
+            "contact_id": pl.int_range(1, n + 1, eager=True),
+            "tenant_id": tenant_id,
+            "full_name": p["full_name"],
+            "email": p["email"],
+            "phone": g.phone(cc, r),
+            "company": company["value"],
+            **_uniforms(r, n, "u_last", "u_first", "u_opt", "u_opt_at", "u_k"),
+        }
+    ).join(
+        t.select("tenant_id", "own_use", "start_ago", "end_ago"),
+        on="tenant_id",
+        how="left",
+        maintain_order="left",
     )
-    contacts = c.select("contact_id", "tenant_id", "full_name", "email", "phone", "company",
-                        created_at=g.moment(pl.col("first_ago") + 1), opted_out_at=g.moment(pl.col("opted_ago")))
-    a = c.select("contact_id", "last_ago", "first_ago", j=pl.int_ranges(0, 1 + (pl.col("u_k") * 7).cast(pl.Int64)))
+    c = (
+        c.with_columns(
+            last_ago=pl.when(pl.col("own_use"))
+            .then(6 * _YEAR * pl.col("u_last") ** 2)
+            .otherwise(
+                pl.col("end_ago").fill_null(0)
+                + 0.5 * pl.col("u_last") * (pl.col("start_ago") - pl.col("end_ago").fill_null(0))
+            ),
+        )
+        .with_columns(first_ago=pl.col("last_ago") + pl.col("u_first") * 3 * _YEAR)
+        .with_columns(
+            opted_ago=pl.when(
+                pl.col("u_opt") < pl.when(pl.col("own_use")).then(0.1).otherwise(0.05)
+            ).then(pl.col("u_opt_at") * pl.col("first_ago")),
+        )
+    )
+    contacts = c.select(
+        "contact_id",
+        "tenant_id",
+        "full_name",
+        "email",
+        "phone",
+        "company",
+        created_at=g.moment(pl.col("first_ago") + 1),
+        opted_out_at=g.moment(pl.col("opted_ago")),
+    )
+    a = c.select(
+        "contact_id",
+        "last_ago",
+        "first_ago",
+        j=pl.int_ranges(0, 1 + (pl.col("u_k") * 7).cast(pl.Int64)),
+    )
     a = a.explode("j")
     m = a.height
-    a = a.with_columns(u=r.uniform(m), kind=r.choice(m, _KINDS, (5, 3, 2, 1, 2)), note=r.choice(m, _NOTES))
-    a = a.with_columns(ago=pl.when(pl.col("j") == 0).then(pl.col("last_ago"))
-                       .otherwise(pl.col("last_ago") + pl.col("u") * (pl.col("first_ago") - pl.col("last_ago"))))
-    a = _number(a.with_columns(occurred_at=g.moment(pl.col("ago"))), "activity_id", ["occurred_at", "contact_id"])
-    return {"crm.tenants": tenants, "crm.contacts": contacts,
-            "crm.activities": a.select(table_columns("crm.activities"))}
+    a = a.with_columns(
+        u=r.uniform(m), kind=r.choice(m, _KINDS, (5, 3, 2, 1, 2)), note=r.choice(m, _NOTES)
+    )
+    a = a.with_columns(
+        ago=pl.when(pl.col("j") == 0)
+        .then(pl.col("last_ago"))
+        .otherwise(pl.col("last_ago") + pl.col("u") * (pl.col("first_ago") - pl.col("last_ago")))
+    )
+    a = _number(
+        a.with_columns(occurred_at=g.moment(pl.col("ago"))),
+        "activity_id",
+        ["occurred_at", "contact_id"],
+    )
+    return {
+        "crm.tenants": tenants,
+        "crm.contacts": contacts,
+        "crm.activities": a.select(table_columns("crm.activities")),
+    }
 
 
 def _month_index(d: pl.Expr) -> pl.Expr:
@@ -718,68 +1054,125 @@ def _hr(g: _Gen) -> dict[str, pl.DataFrame]:
     country = r.choice(n, COUNTRIES, (0.1, 0.85, 0.05))
     p = g.person(country, r)
     ids = pl.int_range(1, n + 1, eager=True)
-    c = pl.DataFrame({
-        "candidate_id": ids, "full_name": p["full_name"],
-        # unique: nobody references candidates, so fakes must keep the column unique instead
-        "email": p["local"] + "." + ids.cast(pl.String) + "@" + g.pick("domain", country, r)["value"],
-        "phone": g.phone(country, r), "position": r.choice(n, _POSITIONS),
-        "outcome": r.choice(n, ("hired", "rejected", "withdrawn"), (1, 8, 1)),
-        **_uniforms(r, n, "u_applied", "u_decide", "u_stale", "u_keep"),
-    }).with_columns(applied_ago=(pl.col("u_applied") * 8 * _YEAR).floor()).with_columns(
-        decision_ago=pl.col("applied_ago") - (14 + pl.col("u_decide") * 100).floor(),
-    ).with_columns(
-        open=(pl.col("decision_ago") < 0) | (pl.col("u_stale") < 0.03),
+    c = (
+        pl.DataFrame(
+            {
+                "candidate_id": ids,
+                "full_name": p["full_name"],
+                # unique: nobody references candidates, so fakes must keep the column unique instead
+                "email": p["local"]
+                + "."
+                + ids.cast(pl.String)
+                + "@"
+                + g.pick("domain", country, r)["value"],
+                "phone": g.phone(country, r),
+                "position": r.choice(n, _POSITIONS),
+                "outcome": r.choice(n, ("hired", "rejected", "withdrawn"), (1, 8, 1)),
+                **_uniforms(r, n, "u_applied", "u_decide", "u_stale", "u_keep"),
+            }
+        )
+        .with_columns(applied_ago=(pl.col("u_applied") * 8 * _YEAR).floor())
+        .with_columns(
+            decision_ago=pl.col("applied_ago") - (14 + pl.col("u_decide") * 100).floor(),
+        )
+        .with_columns(
+            open=(pl.col("decision_ago") < 0) | (pl.col("u_stale") < 0.03),
+        )
     )
     candidates = c.select(
-        "candidate_id", "full_name", "email", "phone", "position", applied_at=g.day(pl.col("applied_ago")),
+        "candidate_id",
+        "full_name",
+        "email",
+        "phone",
+        "position",
+        applied_at=g.day(pl.col("applied_ago")),
         decision_at=g.day(pl.when(~pl.col("open")).then(pl.col("decision_ago"))),
-        outcome=pl.when(~pl.col("open")).then(pl.col("outcome")), keep_on_file_consent=pl.col("u_keep") < 0.25,
+        outcome=pl.when(~pl.col("open")).then(pl.col("outcome")),
+        keep_on_file_consent=pl.col("u_keep") < 0.25,
     )
 
     n_e = max(10, g.rows // 50)
     se = pl.Series(["SE"] * n_e)
-    e = pl.DataFrame({
-        "employee_id": pl.int_range(1, n_e + 1, eager=True), "full_name": g.person(se, r)["full_name"],
-        **_uniforms(r, n_e, "u_hired", "u_left", "u_until", "u_age", "u_salary"),
-    }).with_columns(hired_ago=(30 + pl.col("u_hired") * 12 * _YEAR).floor()).with_columns(
-        until_ago=pl.when(pl.col("u_left") < 0.45).then((pl.col("u_until") * (pl.col("hired_ago") - 30)).floor()),
-        birth=g.day(pl.col("hired_ago") + (20 + 45 * pl.col("u_age")) * _YEAR),
-    ).with_columns(hired_at=g.day(pl.col("hired_ago")), employed_until=g.day(pl.col("until_ago")))
+    e = (
+        pl.DataFrame(
+            {
+                "employee_id": pl.int_range(1, n_e + 1, eager=True),
+                "full_name": g.person(se, r)["full_name"],
+                **_uniforms(r, n_e, "u_hired", "u_left", "u_until", "u_age", "u_salary"),
+            }
+        )
+        .with_columns(hired_ago=(30 + pl.col("u_hired") * 12 * _YEAR).floor())
+        .with_columns(
+            until_ago=pl.when(pl.col("u_left") < 0.45).then(
+                (pl.col("u_until") * (pl.col("hired_ago") - 30)).floor()
+            ),
+            birth=g.day(pl.col("hired_ago") + (20 + 45 * pl.col("u_age")) * _YEAR),
+        )
+        .with_columns(
+            hired_at=g.day(pl.col("hired_ago")), employed_until=g.day(pl.col("until_ago"))
+        )
+    )
     e = e.with_columns(national_id=g.national_id(e["birth"], se, r))
     employees = e.select(table_columns("hr.employees"))
 
     # a payslip on the 25th of every month worked, up to the as-of date
     last_day = pl.coalesce(pl.col("employed_until"), pl.lit(g.as_of))
-    pay = e.select(
-        "employee_id", salary=((320 + 430 * pl.col("u_salary")).round(0) * 100),
-        first=_month_index(pl.col("hired_at")) + (pl.col("hired_at").dt.day() > 25).cast(pl.Int32),
-        last=_month_index(last_day) - (last_day.dt.day() < 25).cast(pl.Int32),
-    ).with_columns(idx=pl.int_ranges("first", pl.max_horizontal(pl.col("first"), pl.col("last") + 1))).explode("idx")
+    pay = (
+        e.select(
+            "employee_id",
+            salary=((320 + 430 * pl.col("u_salary")).round(0) * 100),
+            first=_month_index(pl.col("hired_at"))
+            + (pl.col("hired_at").dt.day() > 25).cast(pl.Int32),
+            last=_month_index(last_day) - (last_day.dt.day() < 25).cast(pl.Int32),
+        )
+        .with_columns(
+            idx=pl.int_ranges("first", pl.max_horizontal(pl.col("first"), pl.col("last") + 1))
+        )
+        .explode("idx")
+    )
     pay = pay.filter(pl.col("idx").is_not_null()).with_columns(
-        paid_on=pl.date(pl.col("idx") // 12, pl.col("idx") % 12 + 1, 25))
+        paid_on=pl.date(pl.col("idx") // 12, pl.col("idx") % 12 + 1, 25)
+    )
     pay = _number(pay, "payslip_id", ["paid_on", "employee_id"])
     payroll = pay.with_columns(u=r.uniform(pay.height)).select(
-        "payslip_id", "employee_id", "paid_on",
+        "payslip_id",
+        "employee_id",
+        "paid_on",
         gross=(pl.col("salary") * (1 + 0.08 * pl.col("u"))).round(2).cast(pl.Decimal(12, 2)),
     )
     return {"hr.candidates": candidates, "hr.employees": employees, "hr.payroll": payroll}
 
 
-_PATHS = ("/", "/produkter", "/nettbutikk", "/nettbutikk/handlekurv", "/kundeservice", "/min-side",
-          "/personvern", "/kontakt", "/om-oss")
+_PATHS = (
+    "/",
+    "/produkter",
+    "/nettbutikk",
+    "/nettbutikk/handlekurv",
+    "/kundeservice",
+    "/min-side",
+    "/personvern",
+    "/kontakt",
+    "/om-oss",
+)
 
 
 def _web(g: _Gen) -> dict[str, pl.DataFrame]:
     r = g.random("web")
     n = max(50, g.rows * 3)
     o = [r.below(n, 223) + 1, r.below(n, 256), r.below(n, 256), 1 + r.below(n, 254)]
-    logs = pl.DataFrame({
-        "ago": r.uniform(n) * 2 * _YEAR,
-        "ip_address": pl.select(pl.concat_str([s.cast(pl.String) for s in o], separator=".")).to_series(),
-        "user_agent": pl.Series(_user_agents(g.seed)).gather(r.below(n, len(_user_agents(g.seed)))),
-        "path": r.choice(n, _PATHS, (10, 5, 5, 2, 3, 4, 1, 1, 1)),
-        "status": r.choice(n, (200, 304, 301, 404, 500), (85, 6, 3, 5, 1)).cast(pl.Int32),
-    }).with_columns(logged_at=g.moment(pl.col("ago")))
+    logs = pl.DataFrame(
+        {
+            "ago": r.uniform(n) * 2 * _YEAR,
+            "ip_address": pl.select(
+                pl.concat_str([s.cast(pl.String) for s in o], separator=".")
+            ).to_series(),
+            "user_agent": pl.Series(_user_agents(g.seed)).gather(
+                r.below(n, len(_user_agents(g.seed)))
+            ),
+            "path": r.choice(n, _PATHS, (10, 5, 5, 2, 3, 4, 1, 1, 1)),
+            "status": r.choice(n, (200, 304, 301, 404, 500), (85, 6, 3, 5, 1)).cast(pl.Int32),
+        }
+    ).with_columns(logged_at=g.moment(pl.col("ago")))
     logs = _number(logs, "log_id", ["logged_at"])
     return {"web.access_logs": logs.select(table_columns("web.access_logs"))}
 
@@ -789,41 +1182,54 @@ def _telecom(g: _Gen) -> dict[str, pl.DataFrame]:
     n = max(10, g.rows // 4)
     no = pl.Series(["NO"] * n)
     ids = pl.int_range(1, n + 1, eager=True)
-    s = pl.DataFrame({
-        "msisdn_id": ids,
-        # 37 is coprime to 58e6, so every id gets its own number
-        "msisdn": "+47" + (41_000_000 + (ids * 37) % 58_000_000).cast(pl.String),
-        "full_name": g.person(no, r)["full_name"],
-        "imei": "35" + r.below(n, 10**13).cast(pl.String).str.zfill(13),
-        **_uniforms(r, n, "u_age", "u_active"),
-    }).with_columns(
-        birth=g.day((18 + 62 * pl.col("u_age")) * _YEAR), active_ago=(pl.col("u_active") * 10 * _YEAR).floor() + 1,
+    s = pl.DataFrame(
+        {
+            "msisdn_id": ids,
+            # 37 is coprime to 58e6, so every id gets its own number
+            "msisdn": "+47" + (41_000_000 + (ids * 37) % 58_000_000).cast(pl.String),
+            "full_name": g.person(no, r)["full_name"],
+            "imei": "35" + r.below(n, 10**13).cast(pl.String).str.zfill(13),
+            **_uniforms(r, n, "u_age", "u_active"),
+        }
+    ).with_columns(
+        birth=g.day((18 + 62 * pl.col("u_age")) * _YEAR),
+        active_ago=(pl.col("u_active") * 10 * _YEAR).floor() + 1,
     )
     s = s.with_columns(national_id=g.national_id(s["birth"], no, r))
-    subscribers = s.select("msisdn_id", "msisdn", "national_id", "full_name",
-                           activated_at=g.day(pl.col("active_ago")))
+    subscribers = s.select(
+        "msisdn_id", "msisdn", "national_id", "full_name", activated_at=g.day(pl.col("active_ago"))
+    )
 
     n_cells = 500
-    cells = pl.DataFrame({
-        "cell_id": "242-01-" + (1000 + r.below(n_cells, 9000)).cast(pl.String) + "-"
-        + pl.int_range(1, n_cells + 1, eager=True).cast(pl.String),
-        "latitude": (58.0 + 13.0 * r.uniform(n_cells)).round(5),
-        "longitude": (5.0 + 20.0 * r.uniform(n_cells)).round(5),
-    })
+    cells = pl.DataFrame(
+        {
+            "cell_id": "242-01-"
+            + (1000 + r.below(n_cells, 9000)).cast(pl.String)
+            + "-"
+            + pl.int_range(1, n_cells + 1, eager=True).cast(pl.String),
+            "latitude": (58.0 + 13.0 * r.uniform(n_cells)).round(5),
+            "longitude": (5.0 + 20.0 * r.uniform(n_cells)).round(5),
+        }
+    )
     m = max(50, g.rows * 3)
     pick = r.below(m, n)
-    tr = pl.concat([
-        s.select(pl.col("msisdn_id", "imei", "active_ago").gather(pick)),
-        cells.select(pl.all().gather(r.below(m, n_cells))),
-    ], how="horizontal").with_columns(**_uniforms(r, m, "u_when", "u_up", "u_down"))
+    tr = pl.concat(
+        [
+            s.select(pl.col("msisdn_id", "imei", "active_ago").gather(pick)),
+            cells.select(pl.all().gather(r.below(m, n_cells))),
+        ],
+        how="horizontal",
+    ).with_columns(**_uniforms(r, m, "u_when", "u_up", "u_down"))
     tr = tr.with_columns(
         started_at=g.moment(pl.col("u_when") * pl.min_horizontal(pl.col("active_ago"), _YEAR)),
         bytes_up=(-(1 - pl.col("u_up")).log() * 2e6).cast(pl.Int64),
         bytes_down=(-(1 - pl.col("u_down")).log() * 2e7).cast(pl.Int64),
     ).rename({"imei": "device_imei"})
     tr = _number(tr, "record_id", ["started_at"])
-    return {"telecom.subscribers": subscribers,
-            "telecom.traffic_records": tr.select(table_columns("telecom.traffic_records"))}
+    return {
+        "telecom.subscribers": subscribers,
+        "telecom.traffic_records": tr.select(table_columns("telecom.traffic_records")),
+    }
 
 
 def build_tables(rows: int, as_of: date, seed: int = 7) -> dict[str, pl.DataFrame]:
@@ -843,7 +1249,11 @@ def build_tables(rows: int, as_of: date, seed: int = 7) -> dict[str, pl.DataFram
 DEMO_HOLDS: tuple[dict[str, str], ...] = (
     {"case_ref": "LIT-2026-17", "reason": "litigation", "placed_by": "legal@milas.example"},
     {"case_ref": "LIT-2025-41", "reason": "litigation", "placed_by": "legal@milas.example"},
-    {"case_ref": "POL-2026-0311", "reason": "criminal_investigation", "placed_by": "legal@milas.example"},
+    {
+        "case_ref": "POL-2026-0311",
+        "reason": "criminal_investigation",
+        "placed_by": "legal@milas.example",
+    },
 )
 """The demo's legal holds; `demo_holds` attaches each to one customer."""
 
@@ -852,17 +1262,32 @@ def demo_holds(tables: dict[str, pl.DataFrame]) -> list[dict[str, Any]]:
     """Holds on the Norwegian customers whose relationship ended longest ago: expired under the
     customers policy (year end + 5 years) on any as-of date the data was built for, and their
     invoices too, so the held rows are exactly what the hold protects."""
-    c = tables["billing.customers"].filter(
-        (pl.col("status") == "closed") & (pl.col("country") == "NO") & pl.col("relationship_ended_at").is_not_null()
-    ).sort("relationship_ended_at", "customer_id").head(len(DEMO_HOLDS))
-    return [{"scope": "subject", "subject": f"customer:{cid}", **case}
-            for cid, case in zip(c["customer_id"].to_list(), DEMO_HOLDS, strict=False)]
+    c = (
+        tables["billing.customers"]
+        .filter(
+            (pl.col("status") == "closed")
+            & (pl.col("country") == "NO")
+            & pl.col("relationship_ended_at").is_not_null()
+        )
+        .sort("relationship_ended_at", "customer_id")
+        .head(len(DEMO_HOLDS))
+    )
+    return [
+        {"scope": "subject", "subject": f"customer:{cid}", **case}
+        for cid, case in zip(c["customer_id"].to_list(), DEMO_HOLDS, strict=False)
+    ]
 
 
 def demo_holds_for(store: Store, session: Session) -> list[dict[str, Any]]:
     """`demo_holds` for a store the demo was loaded into."""
-    t = sa.table("customers", sa.column("customer_id"), sa.column("status"), sa.column("country"),
-                 sa.column("relationship_ended_at"), schema="billing")
+    t = sa.table(
+        "customers",
+        sa.column("customer_id"),
+        sa.column("status"),
+        sa.column("country"),
+        sa.column("relationship_ended_at"),
+        schema="billing",
+    )
     df = pl.from_arrow(session.arrow(sa.select(*t.c)))
     return demo_holds({"billing.customers": df})
 
@@ -903,7 +1328,8 @@ def load_store(store: Store, rows: int, as_of: date, seed: int = 7) -> dict[str,
         if present:
             raise ConfigError(
                 f"{store.describe()} already has {len(present)} of the demo tables (e.g. {present[0]}); "
-                "load the demo into an empty database")
+                "load the demo into an empty database"
+            )
         with session.transaction():
             for ddl in SCHEMA_DDL:
                 session.execute(ddl)
@@ -919,8 +1345,10 @@ def load_store(store: Store, rows: int, as_of: date, seed: int = 7) -> dict[str,
                 # PostgreSQL does not index the referencing side of a foreign key; cascades,
                 # related clocks and hold checks join on exactly those columns
                 for table, column, _, _ in sorted(set(foreign_keys())):
-                    session.execute(f"CREATE INDEX IF NOT EXISTS {table.split('.')[1]}_{column}_idx "
-                                    f"ON {table} ({column})")
+                    session.execute(
+                        f"CREATE INDEX IF NOT EXISTS {table.split('.')[1]}_{column}_idx "
+                        f"ON {table} ({column})"
+                    )
     return {name: df.height for name, df in tables.items()}
 
 

@@ -83,11 +83,14 @@ def verify_revision(ref: str, cwd: Path | None = None) -> str:
     try:
         return _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd).strip()
     except ConfigError:
-        raise ConfigError(f"unknown revision {ref!r}; fetch it first (CI: checkout with fetch-depth: 0)") from None
+        raise ConfigError(
+            f"unknown revision {ref!r}; fetch it first (CI: checkout with fetch-depth: 0)"
+        ) from None
 
 
-def revision_files(ref: str, path: str, cwd: Path | None = None,
-                   suffixes: tuple[str, ...] = (".yaml", ".yml")) -> list[tuple[str, str]]:
+def revision_files(
+    ref: str, path: str, cwd: Path | None = None, suffixes: tuple[str, ...] = (".yaml", ".yml")
+) -> list[tuple[str, str]]:
     """`(shown name, text)` of the files that `path` (a directory: its files with `suffixes`,
     not recursive, as `load_policies` reads a directory; or one file) holds at `ref`.
     Names are shown as `REF:path`, git's own notation. Paths are relative to `cwd`."""
@@ -153,7 +156,9 @@ def load_approval_texts(items: Iterable[tuple[str, str]]) -> list[ApprovalFile]:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            problems.append(Problem(shown, line, col, "", "not valid YAML", "check indentation and quoting"))
+            problems.append(
+                Problem(shown, line, col, "", "not valid YAML", "check indentation and quoting")
+            )
             continue
         finally:
             loader.dispose()
@@ -161,8 +166,16 @@ def load_approval_texts(items: Iterable[tuple[str, str]]) -> list[ApprovalFile]:
         data = _to_python(node, (), marks, found, shown, loader) if node is not None else None
         problems.extend(found)
         if not isinstance(data, dict):
-            problems.append(Problem(shown, 1, 1, "", "an approval is a mapping",
-                                    "purpose, rule, max_fraction, approved_by, reason"))
+            problems.append(
+                Problem(
+                    shown,
+                    1,
+                    1,
+                    "",
+                    "an approval is a mapping",
+                    "purpose, rule, max_fraction, approved_by, reason",
+                )
+            )
             continue
         try:
             out.append(ApprovalFile(Approval.model_validate(data), shown))
@@ -178,7 +191,9 @@ def load_approval_texts(items: Iterable[tuple[str, str]]) -> list[ApprovalFile]:
     return out
 
 
-def load_approvals(ref: str | None, approvals_dir: str, cwd: Path | None = None) -> list[ApprovalFile]:
+def load_approvals(
+    ref: str | None, approvals_dir: str, cwd: Path | None = None
+) -> list[ApprovalFile]:
     """Approval files at the head: `approvals_dir/*.yaml` at `ref` or in the working tree."""
     if ref is not None:
         return load_approval_texts(revision_files(ref, approvals_dir, cwd))
@@ -229,7 +244,11 @@ def rule_changes(base: Rule | None, head: Rule | None) -> tuple[list[str], list[
     if base is None:
         assert head is not None
         cols = [f"{c} ({strategy_text(s)})" for c, s in head.columns.items()]
-        return ["added"] + ([f"anonymises {', '.join(cols)}"] if cols else []), list(head.columns), []
+        return (
+            ["added"] + ([f"anonymises {', '.join(cols)}"] if cols else []),
+            list(head.columns),
+            [],
+        )
     if head is None:
         return ["removed"], [], []
     out: list[str] = []
@@ -240,7 +259,9 @@ def rule_changes(base: Rule | None, head: Rule | None) -> tuple[list[str], list[
     if base.keep_for != head.keep_for:
         out.append(f"keep_for {base.keep_for} → {head.keep_for}")
     if base.round_clock_to != head.round_clock_to:
-        out.append(f"round_clock_to {base.round_clock_to or 'none'} → {head.round_clock_to or 'none'}")
+        out.append(
+            f"round_clock_to {base.round_clock_to or 'none'} → {head.round_clock_to or 'none'}"
+        )
     if base.clock != head.clock:
         out.append(f"clock {clock_text(base)} → {clock_text(head)}")
     if base.where != head.where:
@@ -255,7 +276,10 @@ def rule_changes(base: Rule | None, head: Rule | None) -> tuple[list[str], list[
     gone = [c for c in base.columns if c not in head.columns]
     changed = [c for c in head.columns if c in base.columns and base.columns[c] != head.columns[c]]
     if new_cols:
-        out.append("anonymises also " + ", ".join(f"{c} ({strategy_text(head.columns[c])})" for c in new_cols))
+        out.append(
+            "anonymises also "
+            + ", ".join(f"{c} ({strategy_text(head.columns[c])})" for c in new_cols)
+        )
     if gone:
         out.append("no longer anonymises " + ", ".join(gone))
     for c in changed:
@@ -324,8 +348,16 @@ class TableDiff:
 
     @property
     def changed(self) -> bool:
-        return any((self.newly_deleted, self.no_longer_deleted, self.newly_anonymised, self.no_longer_anonymised,
-                    self.deleted_base != self.deleted_head, self.anonymised_base != self.anonymised_head))
+        return any(
+            (
+                self.newly_deleted,
+                self.no_longer_deleted,
+                self.newly_anonymised,
+                self.no_longer_anonymised,
+                self.deleted_base != self.deleted_head,
+                self.anonymised_base != self.anonymised_head,
+            )
+        )
 
 
 @dataclass
@@ -357,14 +389,20 @@ class PlanDiff:
             "rules_unchanged": self.unchanged_rules,
             "newly_deleted": sum(t.newly_deleted for t in self.tables),
             "newly_anonymised": sum(t.newly_anonymised for t in self.tables),
-            "no_longer_acted_on": sum(t.no_longer_deleted + t.no_longer_anonymised for t in self.tables),
+            "no_longer_acted_on": sum(
+                t.no_longer_deleted + t.no_longer_anonymised for t in self.tables
+            ),
         }
 
     def approval_message(self) -> str:
-        over = "; ".join(f"{t.table}: {t.head_delete_rows} of {t.rows} rows ({t.share:.1%})" for t in self.over)
-        return (f"this change makes a run delete more than {self.max_delete_fraction:.0%} of a table: {over}. "
-                "Check the diff, then add an approval (approvals/*.yaml: purpose, rule, max_fraction, "
-                "approved_by, reason) to the pull request; see docs/review.md")
+        over = "; ".join(
+            f"{t.table}: {t.head_delete_rows} of {t.rows} rows ({t.share:.1%})" for t in self.over
+        )
+        return (
+            f"this change makes a run delete more than {self.max_delete_fraction:.0%} of a table: {over}. "
+            "Check the diff, then add an approval (approvals/*.yaml: purpose, rule, max_fraction, "
+            "approved_by, reason) to the pull request; see docs/review.md"
+        )
 
 
 def _snapshot(store: Store, session: Session) -> None:
@@ -400,8 +438,11 @@ def _flags(t: sa.TableClause, **predicates: sa.ColumnElement) -> sa.Subquery:
     """One boolean column per predicate, each evaluated once per row: counting over this
     subquery is much faster than repeating the predicates (with their correlated subqueries)
     inside several sums."""
-    return sa.select(*(sa.func.coalesce(p, sa.false()).label(name) for name, p in predicates.items())
-                     ).select_from(t).subquery("rj_flags")
+    return (
+        sa.select(*(sa.func.coalesce(p, sa.false()).label(name) for name, p in predicates.items()))
+        .select_from(t)
+        .subquery("rj_flags")
+    )
 
 
 _DIALECT = postgresql.dialect()
@@ -463,22 +504,39 @@ def _policy_notes(base: PolicySet, head: PolicySet) -> list[str]:
     return notes
 
 
-def compute_diff(store: Store, base: PolicySet, head: PolicySet, as_of: date, *,
-                 base_label: str, head_label: str = WORKING_TREE,
-                 max_delete_fraction: float | None = 0.25,
-                 approvals: list[ApprovalFile] = ()) -> PlanDiff:
+def compute_diff(
+    store: Store,
+    base: PolicySet,
+    head: PolicySet,
+    as_of: date,
+    *,
+    base_label: str,
+    head_label: str = WORKING_TREE,
+    max_delete_fraction: float | None = 0.25,
+    approvals: list[ApprovalFile] = (),
+) -> PlanDiff:
     """Plan both revisions on one read-only connection, in one transaction, and compare."""
     with store.connect(read_only=True) as session:
         _snapshot(store, session)
         try:
-            return _compare(store, session, base, head, as_of, base_label, head_label,
-                            max_delete_fraction, list(approvals))
+            return _compare(
+                store,
+                session,
+                base,
+                head,
+                as_of,
+                base_label,
+                head_label,
+                max_delete_fraction,
+                list(approvals),
+            )
         finally:
             session.rollback()
 
 
-def _planners(store: Store, session: Session, base: PolicySet, head: PolicySet,
-              as_of: date) -> tuple[Planner, Planner]:
+def _planners(
+    store: Store, session: Session, base: PolicySet, head: PolicySet, as_of: date
+) -> tuple[Planner, Planner]:
     problems: list[Problem] = []
     planners: list[Planner] = []
     for side in (base, head):
@@ -491,9 +549,17 @@ def _planners(store: Store, session: Session, base: PolicySet, head: PolicySet,
     return planners[0], planners[1]
 
 
-def _compare(store: Store, session: Session, base: PolicySet, head: PolicySet, as_of: date,
-             base_label: str, head_label: str, limit: float | None,
-             approvals: list[ApprovalFile]) -> PlanDiff:
+def _compare(
+    store: Store,
+    session: Session,
+    base: PolicySet,
+    head: PolicySet,
+    as_of: date,
+    base_label: str,
+    head_label: str,
+    limit: float | None,
+    approvals: list[ApprovalFile],
+) -> PlanDiff:
     pb, ph = _planners(store, session, base, head, as_of)
     plan_b, plan_h = pb.plan(), ph.plan()
     bound_b = {b.id: b for b in pb.bound}
@@ -506,7 +572,9 @@ def _compare(store: Store, session: Session, base: PolicySet, head: PolicySet, a
     for rid in sorted(set(bound_b) | set(bound_h)):
         bb, bh = bound_b.get(rid), bound_h.get(rid)
         rb, rh = rp_b.get(rid), rp_h.get(rid)
-        changes, new_cols, changed_cols = rule_changes(bb.rule if bb else None, bh.rule if bh else None)
+        changes, new_cols, changed_cols = rule_changes(
+            bb.rule if bb else None, bh.rule if bh else None
+        )
         base_act = rb.to_act if rb else 0
         head_act = rh.to_act if rh else 0
         if bb and bh and bb.rule.action == bh.rule.action and bb.table.name == bh.table.name:
@@ -515,26 +583,53 @@ def _compare(store: Store, session: Session, base: PolicySet, head: PolicySet, a
             if (base_act or head_act) and not _same(act_h, act_b):
                 f = _flags(t, h=act_h, b=act_b)
                 newly, no_longer = session.fetchall(
-                    sa.select(_sum(sa.and_(f.c.h, ~f.c.b)), _sum(sa.and_(f.c.b, ~f.c.h))).select_from(f))[0]
+                    sa.select(
+                        _sum(sa.and_(f.c.h, ~f.c.b)), _sum(sa.and_(f.c.b, ~f.c.h))
+                    ).select_from(f)
+                )[0]
             else:
                 newly = no_longer = 0
         else:
             newly, no_longer = head_act, base_act
-        status = ("added" if bb is None else "removed" if bh is None else "changed" if changes else
-                  "affected" if (newly or no_longer or base_act != head_act
-                                 or (rb and rh and rb.retained != rh.retained)) else "unchanged")
+        status = (
+            "added"
+            if bb is None
+            else "removed"
+            if bh is None
+            else "changed"
+            if changes
+            else "affected"
+            if (
+                newly
+                or no_longer
+                or base_act != head_act
+                or (rb and rh and rb.retained != rh.retained)
+            )
+            else "unchanged"
+        )
         if status == "unchanged":
             unchanged += 1
             continue
-        rules.append(RuleDiff(
-            rule_id=rid, table=(bh or bb).table.name, status=status,
-            base_action=bb.rule.action if bb else None, head_action=bh.rule.action if bh else None,
-            base_keep_for=bb.rule.keep_for if bb else None, head_keep_for=bh.rule.keep_for if bh else None,
-            changes=changes, new_columns=new_cols, changed_strategies=changed_cols,
-            base_to_act=base_act, head_to_act=head_act, newly=int(newly), no_longer=int(no_longer),
-            base_retained=rb.retained if rb and rb.action == "retain" else 0,
-            head_retained=rh.retained if rh and rh.action == "retain" else 0,
-        ))
+        rules.append(
+            RuleDiff(
+                rule_id=rid,
+                table=(bh or bb).table.name,
+                status=status,
+                base_action=bb.rule.action if bb else None,
+                head_action=bh.rule.action if bh else None,
+                base_keep_for=bb.rule.keep_for if bb else None,
+                head_keep_for=bh.rule.keep_for if bh else None,
+                changes=changes,
+                new_columns=new_cols,
+                changed_strategies=changed_cols,
+                base_to_act=base_act,
+                head_to_act=head_act,
+                newly=int(newly),
+                no_longer=int(no_longer),
+                base_retained=rb.retained if rb and rb.action == "retain" else 0,
+                head_retained=rh.retained if rh and rh.action == "retain" else 0,
+            )
+        )
 
     guard = _guard_counts(plan_h)
     names: set[str] = set()
@@ -546,20 +641,39 @@ def _compare(store: Store, session: Session, base: PolicySet, head: PolicySet, a
     for name in sorted(names):
         info = ph.catalog.tables.get(name) or pb.catalog.tables[name]
         t = alias(info)
-        flags = dict(dh=_acting_on(ph, name, "delete", t), db=_acting_on(pb, name, "delete", t),
-                     ah=_acting_on(ph, name, "anonymise", t), ab=_acting_on(pb, name, "anonymise", t))
+        flags = dict(
+            dh=_acting_on(ph, name, "delete", t),
+            db=_acting_on(pb, name, "delete", t),
+            ah=_acting_on(ph, name, "anonymise", t),
+            ab=_acting_on(pb, name, "anonymise", t),
+        )
         if _same(flags["dh"], flags["db"]) and _same(flags["ah"], flags["ab"]):
             continue  # the same rows either way: nothing to report, nothing new for the guard
         f = _flags(t, **flags)
         c = f.c
-        row = session.fetchall(sa.select(
-            sa.func.count(), _sum(c.db), _sum(c.dh), _sum(sa.and_(c.dh, ~c.db)), _sum(sa.and_(c.db, ~c.dh)),
-            _sum(c.ab), _sum(c.ah), _sum(sa.and_(c.ah, ~c.ab)), _sum(sa.and_(c.ab, ~c.ah)),
-        ).select_from(f))[0]
+        row = session.fetchall(
+            sa.select(
+                sa.func.count(),
+                _sum(c.db),
+                _sum(c.dh),
+                _sum(sa.and_(c.dh, ~c.db)),
+                _sum(sa.and_(c.db, ~c.dh)),
+                _sum(c.ab),
+                _sum(c.ah),
+                _sum(sa.and_(c.ah, ~c.ab)),
+                _sum(sa.and_(c.ab, ~c.ah)),
+            ).select_from(f)
+        )[0]
         total, *counts = (int(v) for v in row)
         n = guard.get(name, 0)
-        td = TableDiff(name, total, *counts, head_delete_rows=n, share=(n / total if total else 0.0),
-                       rules=sorted(_touching(pb, name) | _touching(ph, name)))
+        td = TableDiff(
+            name,
+            total,
+            *counts,
+            head_delete_rows=n,
+            share=(n / total if total else 0.0),
+            rules=sorted(_touching(pb, name) | _touching(ph, name)),
+        )
         if limit is not None and td.share > limit and td.newly_deleted > 0:
             td.over = True
             for a in approvals:
@@ -574,16 +688,27 @@ def _compare(store: Store, session: Session, base: PolicySet, head: PolicySet, a
     notes = _policy_notes(base, head)
     for r in rules:
         if r.changed_strategies:
-            notes.append(f"{r.rule_id}: rows anonymised before keep what the old strategy wrote into "
-                         f"{', '.join(r.changed_strategies)}; the new strategy applies to rows anonymised from now on")
+            notes.append(
+                f"{r.rule_id}: rows anonymised before keep what the old strategy wrote into "
+                f"{', '.join(r.changed_strategies)}; the new strategy applies to rows anonymised from now on"
+            )
     for a in approvals:
         if a.approval.rule_id not in known:
-            notes.append(f"approval {a.path} names {a.approval.rule_id}, which is in neither revision")
+            notes.append(
+                f"approval {a.path} names {a.approval.rule_id}, which is in neither revision"
+            )
         if a.approval.expires and a.approval.expires < as_of:
             notes.append(f"approval {a.path} expired on {a.approval.expires}")
     return PlanDiff(
-        base=base_label, head=head_label, as_of=as_of, store=store.describe(), max_delete_fraction=limit,
-        rules=rules, tables=[t for t in tables if t.changed or t.over], notes=notes, unchanged_rules=unchanged,
+        base=base_label,
+        head=head_label,
+        as_of=as_of,
+        store=store.describe(),
+        max_delete_fraction=limit,
+        rules=rules,
+        tables=[t for t in tables if t.changed or t.over],
+        notes=notes,
+        unchanged_rules=unchanged,
         approvals=[a.path for a in approvals],
     )
 
@@ -625,18 +750,30 @@ def summary_line(d: PlanDiff, markdown: bool = True) -> str:
     s = d.totals()
     bold = "**" if markdown else ""
     code = "`" if markdown else ""
-    parts = [f"{_n(s['rules_changed'], 'rule')} changed", f"{s['rules_added']} added", f"{s['rules_removed']} removed"]
-    text = (f"{bold}Retention diff{bold} {code}{d.base}{code} → {code}{d.head}{code} as of {d.as_of}: "
-            f"{', '.join(parts)}; a run would newly delete {s['newly_deleted']} rows, newly anonymise "
-            f"{s['newly_anonymised']}, no longer act on {s['no_longer_acted_on']}.")
+    parts = [
+        f"{_n(s['rules_changed'], 'rule')} changed",
+        f"{s['rules_added']} added",
+        f"{s['rules_removed']} removed",
+    ]
+    text = (
+        f"{bold}Retention diff{bold} {code}{d.base}{code} → {code}{d.head}{code} as of {d.as_of}: "
+        f"{', '.join(parts)}; a run would newly delete {s['newly_deleted']} rows, newly anonymise "
+        f"{s['newly_anonymised']}, no longer act on {s['no_longer_acted_on']}."
+    )
     if d.max_delete_fraction is None:
         return text + " Guard: off."
     if d.over:
         over = ", ".join(f"{t.table} {t.share:.1%}" for t in d.over)
-        return text + f" Guard: {bold}approval needed{bold} (over {d.max_delete_fraction:.0%}: {over})."
+        return (
+            text
+            + f" Guard: {bold}approval needed{bold} (over {d.max_delete_fraction:.0%}: {over})."
+        )
     approved = [t for t in d.tables if t.over]
     if approved:
-        return text + f" Guard: passed with approval ({', '.join(f'{t.table} {t.share:.1%}' for t in approved)})."
+        return (
+            text
+            + f" Guard: passed with approval ({', '.join(f'{t.table} {t.share:.1%}' for t in approved)})."
+        )
     return text + f" Guard: passed (no change deletes over {d.max_delete_fraction:.0%} of a table)."
 
 
@@ -646,21 +783,28 @@ def to_markdown(d: PlanDiff) -> str:
     if not d.rules and not d.tables:
         lines.append("No change in what a run would do.")
     if d.rules:
-        lines += ["| rule | table | action | change | to act | newly acted on | no longer acted on |",
-                  "|---|---|---|---|---:|---:|---:|"]
+        lines += [
+            "| rule | table | action | change | to act | newly acted on | no longer acted on |",
+            "|---|---|---|---|---:|---:|---:|",
+        ]
         for r in d.rules:
-            lines.append(f"| {r.rule_id} | {r.table} | {r.action} | {_md(_rule_change(r))} | {_rule_to_act(r)} "
-                         f"| {r.newly} | {r.no_longer} |")
+            lines.append(
+                f"| {r.rule_id} | {r.table} | {r.action} | {_md(_rule_change(r))} | {_rule_to_act(r)} "
+                f"| {r.newly} | {r.no_longer} |"
+            )
         lines.append("")
     if d.tables:
-        lines += ["| table | rows | deleted | newly deleted | no longer deleted | anonymised | newly anonymised "
-                  "| no longer anonymised | share deleted | guard |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "| table | rows | deleted | newly deleted | no longer deleted | anonymised | newly anonymised "
+            "| no longer anonymised | share deleted | guard |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for t in d.tables:
             lines.append(
                 f"| {t.table} | {t.rows} | {_arrow(t.deleted_base, t.deleted_head)} | {t.newly_deleted} "
                 f"| {t.no_longer_deleted} | {_arrow(t.anonymised_base, t.anonymised_head)} | {t.newly_anonymised} "
-                f"| {t.no_longer_anonymised} | {t.share:.1%} | {_md(_guard_cell(t))} |")
+                f"| {t.no_longer_anonymised} | {t.share:.1%} | {_md(_guard_cell(t))} |"
+            )
         lines.append("")
     for note in d.notes:
         lines.append(f"- {_md(note)}")
@@ -671,19 +815,30 @@ def to_markdown(d: PlanDiff) -> str:
             f"A run would delete more than {d.max_delete_fraction:.0%} of "
             + ", ".join(f"`{t.table}`" for t in d.over)
             + ". If that is intended, add `approvals/<name>.yaml` (`purpose`, `rule`, `max_fraction` at least "
-            "the share above, `approved_by`, `reason`) to this pull request; see docs/review.md.")
+            "the share above, `approved_by`, `reason`) to this pull request; see docs/review.md."
+        )
         lines.append("")
     others = f"; {_n(d.unchanged_rules, 'other rule')} unchanged" if d.unchanged_rules else ""
-    lines.append(f"<sub>Both revisions planned on one snapshot of the store{others}. Counts only, no values.</sub>")
+    lines.append(
+        f"<sub>Both revisions planned on one snapshot of the store{others}. Counts only, no values.</sub>"
+    )
     return "\n".join(lines) + "\n"
 
 
 def to_dict(d: PlanDiff) -> dict[str, Any]:
     return {
-        "base": d.base, "head": d.head, "as_of": d.as_of.isoformat(), "store": d.store,
-        "max_delete_fraction": d.max_delete_fraction, "passed": d.passed, "summary": d.totals(),
-        "rules": [asdict(r) for r in d.rules], "tables": [asdict(t) for t in d.tables],
-        "over": [t.table for t in d.over], "notes": d.notes, "approvals": d.approvals,
+        "base": d.base,
+        "head": d.head,
+        "as_of": d.as_of.isoformat(),
+        "store": d.store,
+        "max_delete_fraction": d.max_delete_fraction,
+        "passed": d.passed,
+        "summary": d.totals(),
+        "rules": [asdict(r) for r in d.rules],
+        "tables": [asdict(t) for t in d.tables],
+        "over": [t.table for t in d.over],
+        "notes": d.notes,
+        "approvals": d.approvals,
     }
 
 
@@ -699,23 +854,55 @@ def render(d: PlanDiff, console) -> None:
     console.print(summary_line(d, markdown=False), markup=False, highlight=False)
     if d.rules:
         rt = Table(title="Rules", title_justify="left")
-        for name, justify in [("rule", "left"), ("table", "left"), ("action", "left"), ("change", "left"),
-                              ("to act", "right"), ("newly", "right"), ("no longer", "right")]:
+        for name, justify in [
+            ("rule", "left"),
+            ("table", "left"),
+            ("action", "left"),
+            ("change", "left"),
+            ("to act", "right"),
+            ("newly", "right"),
+            ("no longer", "right"),
+        ]:
             rt.add_column(name, justify=justify)
         for r in d.rules:
-            rt.add_row(r.rule_id, r.table, r.action, escape(_rule_change(r)), _rule_to_act(r), str(r.newly),
-                       str(r.no_longer))
+            rt.add_row(
+                r.rule_id,
+                r.table,
+                r.action,
+                escape(_rule_change(r)),
+                _rule_to_act(r),
+                str(r.newly),
+                str(r.no_longer),
+            )
         console.print(rt)
     if d.tables:
         tt = Table(title="Tables", title_justify="left")
-        for name in ("table", "rows", "deleted", "newly deleted", "no longer deleted", "anonymised",
-                     "newly anonymised", "no longer anonymised", "share deleted", "guard"):
+        for name in (
+            "table",
+            "rows",
+            "deleted",
+            "newly deleted",
+            "no longer deleted",
+            "anonymised",
+            "newly anonymised",
+            "no longer anonymised",
+            "share deleted",
+            "guard",
+        ):
             tt.add_column(name, justify="left" if name in ("table", "guard") else "right")
         for t in d.tables:
-            tt.add_row(t.table, str(t.rows), _arrow(t.deleted_base, t.deleted_head), str(t.newly_deleted),
-                       str(t.no_longer_deleted), _arrow(t.anonymised_base, t.anonymised_head),
-                       str(t.newly_anonymised), str(t.no_longer_anonymised), f"{t.share:.1%}",
-                       escape(_guard_cell(t).replace("**", "")))
+            tt.add_row(
+                t.table,
+                str(t.rows),
+                _arrow(t.deleted_base, t.deleted_head),
+                str(t.newly_deleted),
+                str(t.no_longer_deleted),
+                _arrow(t.anonymised_base, t.anonymised_head),
+                str(t.newly_anonymised),
+                str(t.no_longer_anonymised),
+                f"{t.share:.1%}",
+                escape(_guard_cell(t).replace("**", "")),
+            )
         console.print(tt)
     for note in d.notes:
         console.print(f"  note: {note}", markup=False, highlight=False)

@@ -26,19 +26,26 @@ ANCHOR = 6
 
 PERSONAL = re.compile(
     r"(name|e_?mail|phone|mobile|msisdn|address|street|national|ssn|personnummer|fodselsnummer|cpr|"
-    r"birth|imei|ip_?addr|iban|user_agent|note)", re.I)
+    r"birth|imei|ip_?addr|iban|user_agent|note)",
+    re.I,
+)
 
 
 def tracked_columns(info: TableInfo, also: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Text columns whose erasure is recorded: personal-looking names and the columns named."""
-    return [c.name for c in info.columns.values()
-            if c.type == "string" and (PERSONAL.search(c.name) or c.name in also)]
+    return [
+        c.name
+        for c in info.columns.values()
+        if c.type == "string" and (PERSONAL.search(c.name) or c.name in also)
+    ]
 
 
 def _h(data: bytes, key: PseudonymKey) -> int:
     """The ledger's form of a keyed hash: the first 8 bytes of the keyed BLAKE2b-128 digest
     (the same digest `keyed_hashes` gives in hex) as a signed big-endian 64-bit integer."""
-    return int.from_bytes(hashlib.blake2b(data, key=key.secret, digest_size=16).digest()[:8], "big", signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(data, key=key.secret, digest_size=16).digest()[:8], "big", signed=True
+    )
 
 
 def ledger_hash(hex_digests: pl.Series) -> pl.Series:
@@ -47,30 +54,52 @@ def ledger_hash(hex_digests: pl.Series) -> pl.Series:
     anonymisation writes about 8M ledger rows, and text hashes made that write 3x slower
     (docs/performance.md). 64 bits still make a false match between an erased value and the
     bytes at one place of a scanned file about 1 in 10^19 (value and anchor must both match)."""
-    return (hex_digests.str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64)
-            .cast(pl.Int64, wrap_numerical=True))
+    return (
+        hex_digests.str.slice(0, 16)
+        .str.to_integer(base=16, dtype=pl.UInt64)
+        .cast(pl.Int64, wrap_numerical=True)
+    )
 
 
-def fingerprints(values: pl.Series, key: PseudonymKey, digests: pl.Series | None = None) -> pl.DataFrame:
+def fingerprints(
+    values: pl.Series, key: PseudonymKey, digests: pl.Series | None = None
+) -> pl.DataFrame:
     """anchor_hash, value_hash, value_length for the distinct values worth tracking.
     `digests`, if given, are the values' keyed hashes already computed (`keyed_hashes`)."""
     text = values.cast(pl.String)
-    df = pl.DataFrame({"v": text, "value_hash": digests if digests is not None else keyed_hashes(text, key)})
-    df = (df.filter(pl.col("v").str.len_bytes() >= ANCHOR).unique("v")
-          .with_columns(pl.col("v").str.len_bytes().cast(pl.Int64).alias("value_length")))
+    df = pl.DataFrame(
+        {"v": text, "value_hash": digests if digests is not None else keyed_hashes(text, key)}
+    )
+    df = (
+        df.filter(pl.col("v").str.len_bytes() >= ANCHOR)
+        .unique("v")
+        .with_columns(pl.col("v").str.len_bytes().cast(pl.Int64).alias("value_length"))
+    )
     if df.is_empty():
-        return pl.DataFrame(schema={"anchor_hash": pl.Int64, "value_hash": pl.Int64, "value_length": pl.Int64})
+        return pl.DataFrame(
+            schema={"anchor_hash": pl.Int64, "value_hash": pl.Int64, "value_length": pl.Int64}
+        )
     # the anchor is the first ANCHOR bytes of the UTF-8 text (a multi-byte character may be cut:
     # the raw scan compares bytes), sliced in Polars, not value by value in Python
     prefixes = df["v"].cast(pl.Binary).bin.slice(0, ANCHOR)
     uniq = prefixes.unique()
     hashed = ledger_hash(pl.Series(hex_digests(uniq.to_list(), key), dtype=pl.String))
     anchors = prefixes.replace_strict(uniq, hashed, return_dtype=pl.Int64)
-    return df.select(anchors.alias("anchor_hash"), ledger_hash(df["value_hash"]).alias("value_hash"), "value_length")
+    return df.select(
+        anchors.alias("anchor_hash"),
+        ledger_hash(df["value_hash"]).alias("value_hash"),
+        "value_length",
+    )
 
 
-def fingerprint_rows(key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
-                     data: pl.DataFrame, digests: dict[str, pl.Series] | None = None) -> pl.DataFrame | None:
+def fingerprint_rows(
+    key: PseudonymKey,
+    run_id: str,
+    info: TableInfo,
+    columns: list[str],
+    data: pl.DataFrame,
+    digests: dict[str, pl.Series] | None = None,
+) -> pl.DataFrame | None:
     """The erased-value ledger rows for `columns` of `data` (rows about to be erased), or None.
     Pure computation: no store access (the applier prepares a batch while the last one commits)."""
     frames = []
@@ -78,37 +107,66 @@ def fingerprint_rows(key: PseudonymKey, run_id: str, info: TableInfo, columns: l
         if c in data.columns:
             fp = fingerprints(data[c], key, (digests or {}).get(c))
             if fp.height:
-                frames.append(fp.with_columns(pl.lit(info.name).alias("table_name"), pl.lit(c).alias("column_name")))
+                frames.append(
+                    fp.with_columns(
+                        pl.lit(info.name).alias("table_name"), pl.lit(c).alias("column_name")
+                    )
+                )
     if not frames:
         return None
-    return pl.concat(frames).with_columns(pl.lit(run_id).alias("run_id"), pl.lit(control.now()).alias("erased_at"))
+    return pl.concat(frames).with_columns(
+        pl.lit(run_id).alias("run_id"), pl.lit(control.now()).alias("erased_at")
+    )
 
 
 def insert_fingerprints(session: Session, rows: pl.DataFrame | None) -> int:
     """Write `fingerprint_rows` to the ledger. In-transaction."""
     if rows is None or rows.is_empty():
         return 0
-    cols = ["run_id", "table_name", "column_name", "anchor_hash", "value_hash", "value_length", "erased_at"]
+    cols = [
+        "run_id",
+        "table_name",
+        "column_name",
+        "anchor_hash",
+        "value_hash",
+        "value_length",
+        "erased_at",
+    ]
     return session.append(control.erased_values, rows.select(cols).to_arrow())
 
 
-def record(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
-           data: pl.DataFrame, digests: dict[str, pl.Series] | None = None) -> int:
+def record(
+    session: Session,
+    key: PseudonymKey,
+    run_id: str,
+    info: TableInfo,
+    columns: list[str],
+    data: pl.DataFrame,
+    digests: dict[str, pl.Series] | None = None,
+) -> int:
     """Record the fingerprints of `columns` of `data` (rows about to be erased). In-transaction."""
     return insert_fingerprints(session, fingerprint_rows(key, run_id, info, columns, data, digests))
 
 
-def record_where(session: Session, key: PseudonymKey, run_id: str, info: TableInfo, columns: list[str],
-                 where: Callable[[sa.TableClause], sa.ColumnElement],
-                 anonymised: Callable[[sa.TableClause, str], sa.ColumnElement] | None = None) -> int:
+def record_where(
+    session: Session,
+    key: PseudonymKey,
+    run_id: str,
+    info: TableInfo,
+    columns: list[str],
+    where: Callable[[sa.TableClause], sa.ColumnElement],
+    anonymised: Callable[[sa.TableClause, str], sa.ColumnElement] | None = None,
+) -> int:
     """Fetch `columns` of the rows `where(table)` selects (about to be erased), and record them.
     `anonymised(table, column)` tells where a value is already an anonymised one (a hash or a
     fake): that is no personal value, and the original was recorded when it was replaced."""
     if not columns:
         return 0
     t = sa_table(info).alias("rj_r")
-    exprs = [sa.case((anonymised(t, c), sa.null()), else_=t.c[c]).label(c) if anonymised else t.c[c]
-             for c in columns]
+    exprs = [
+        sa.case((anonymised(t, c), sa.null()), else_=t.c[c]).label(c) if anonymised else t.c[c]
+        for c in columns
+    ]
     data = pl.from_arrow(session.arrow(sa.select(*exprs).where(where(t))))
     return record(session, key, run_id, info, columns, data)
 
@@ -143,20 +201,21 @@ def _live_hashes(session: Session, store: Store, key: PseudonymKey) -> set[int]:
     return out
 
 
-def _scan_bytes(blob: bytes, anchors: dict[int, list[tuple[int, int, str]]], key: PseudonymKey
-                ) -> dict[str, dict[int, bytes]]:
+def _scan_bytes(
+    blob: bytes, anchors: dict[int, list[tuple[int, int, str]]], key: PseudonymKey
+) -> dict[str, dict[int, bytes]]:
     """where -> {value_hash: the bytes found}. The bytes stay in memory for the live-data
     comparison only; they are never printed or stored."""
     hits: dict[str, dict[int, bytes]] = {}
     for m in re.finditer(rb"[\x20-\x7e\x80-\xff]{%d,}" % ANCHOR, blob):
         run = m.group()
         for i in range(len(run) - ANCHOR + 1):
-            cands = anchors.get(_h(run[i:i + ANCHOR], key))
+            cands = anchors.get(_h(run[i : i + ANCHOR], key))
             if not cands:
                 continue
             for length, value_hash, where in cands:
-                if i + length <= len(run) and _h(run[i:i + length], key) == value_hash:
-                    hits.setdefault(where, {})[value_hash] = run[i:i + length]
+                if i + length <= len(run) and _h(run[i : i + length], key) == value_hash:
+                    hits.setdefault(where, {})[value_hash] = run[i : i + length]
     return hits
 
 
@@ -167,27 +226,36 @@ def _explained(session: Session, store: Store, found: dict[str, dict[int, bytes]
     values = {h: b.decode("utf-8", "replace") for hits in found.values() for h, b in hits.items()}
     if not values:
         return set()
-    staged = session.stage("rj_found", pl.DataFrame({"h": list(values), "v": list(values.values())}).to_arrow())
+    staged = session.stage(
+        "rj_found", pl.DataFrame({"h": list(values), "v": list(values.values())}).to_arrow()
+    )
     explained: set[int] = set()
     for info in store.catalog(session).tables.values():
         t = sa_table(info)
         for c in (c.name for c in info.columns.values() if c.type == "string"):
-            q = (sa.select(staged.c.h).distinct()
-                 .where(~staged.c.h.in_(list(explained)) if explained else sa.true())
-                 .where(sa.exists().where(t.c[c].contains(staged.c.v, autoescape=False))))
+            q = (
+                sa.select(staged.c.h)
+                .distinct()
+                .where(~staged.c.h.in_(list(explained)) if explained else sa.true())
+                .where(sa.exists().where(t.c[c].contains(staged.c.v, autoescape=False)))
+            )
             explained.update(r[0] for r in session.fetchall(q))
             if len(explained) == len(values):
                 return explained
     return explained
 
 
-def verify(store: Store, key: PseudonymKey, run_id: str | Sequence[str] | None = None) -> VerifyResult:
+def verify(
+    store: Store, key: PseudonymKey, run_id: str | Sequence[str] | None = None
+) -> VerifyResult:
     """Search the store's raw bytes for the values erased by `run_id` (one run id, several, or
     None for every run)."""
     t0 = time.perf_counter()
     with store.connect(read_only=True) as session:
         ev = control.erased_values
-        q = sa.select(ev.c.table_name, ev.c.column_name, ev.c.anchor_hash, ev.c.value_hash, ev.c.value_length)
+        q = sa.select(
+            ev.c.table_name, ev.c.column_name, ev.c.anchor_hash, ev.c.value_hash, ev.c.value_length
+        )
         if run_id:
             q = q.where(ev.c.run_id.in_([run_id] if isinstance(run_id, str) else list(run_id)))
         erased = session.fetchall(q.distinct())

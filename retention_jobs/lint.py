@@ -62,7 +62,9 @@ def _rid(f: PolicyFile, r: Rule) -> str:
 
 
 def _as_long(r: Rule) -> str:
-    return f"keep_for: {r.keep_for}" + (f" with round_clock_to: {r.round_clock_to}" if r.round_clock_to else "")
+    return f"keep_for: {r.keep_for}" + (
+        f" with round_clock_to: {r.round_clock_to}" if r.round_clock_to else ""
+    )
 
 
 def period_text(r: Rule) -> str:
@@ -120,8 +122,10 @@ def _cond_key(c: Condition) -> tuple:
 
 def _filters(r: Rule) -> tuple[frozenset, frozenset]:
     where = frozenset(_cond_key(c) for c in r.where)
-    related = frozenset((rel.table, rel.on, rel.quantifier, frozenset(_cond_key(c) for c in rel.conditions))
-                        for rel in r.related)
+    related = frozenset(
+        (rel.table, rel.on, rel.quantifier, frozenset(_cond_key(c) for c in rel.conditions))
+        for rel in r.related
+    )
     return where, related
 
 
@@ -214,11 +218,25 @@ def check_placeholders(policies: PolicySet) -> list[Problem]:
     for f in policies.files:
         p = f.policy
         if is_placeholder(p.owner):
-            out.append(_problem(f, "RJ101", ("owner",), f"owner {p.owner.strip()!r} is a placeholder: nobody answers "
-                                "for this purpose", "name the team that answers for it, e.g. team-billing"))
+            out.append(
+                _problem(
+                    f,
+                    "RJ101",
+                    ("owner",),
+                    f"owner {p.owner.strip()!r} is a placeholder: nobody answers for this purpose",
+                    "name the team that answers for it, e.g. team-billing",
+                )
+            )
         if is_placeholder(p.title):
-            out.append(_problem(f, "RJ101", ("title",), f"title {p.title.strip()!r} is a placeholder",
-                                "say in one line what this processing is"))
+            out.append(
+                _problem(
+                    f,
+                    "RJ101",
+                    ("title",),
+                    f"title {p.title.strip()!r} is a placeholder",
+                    "say in one line what this processing is",
+                )
+            )
     return out
 
 
@@ -250,45 +268,74 @@ def _pair(x: tuple[PolicyFile, int, Rule], y: tuple[PolicyFile, int, Rule]) -> l
     # x acts, y retains
     if rx.action in ("delete", "anonymise") and ry.action == "retain" and ends_before(rx, ry):
         if same_filters(rx, ry):
-            out.append(_problem(
-                fx, "RJ103", (*base, "action"),
-                f"{rx.action} contradicts the retain rule {yid}: same table, clock and filters, and "
-                f"keep_for {period_text(rx)} ends before its {period_text(ry)}, so this rule never acts when "
-                "its keep_for says",
-                f"make it last at least as long ({_as_long(ry)}), or remove one of the two rules"))
+            out.append(
+                _problem(
+                    fx,
+                    "RJ103",
+                    (*base, "action"),
+                    f"{rx.action} contradicts the retain rule {yid}: same table, clock and filters, and "
+                    f"keep_for {period_text(rx)} ends before its {period_text(ry)}, so this rule never acts when "
+                    "its keep_for says",
+                    f"make it last at least as long ({_as_long(ry)}), or remove one of the two rules",
+                )
+            )
         else:
-            out.append(_problem(
-                fx, "RJ102", (*base, "keep_for"),
-                f"keep_for {period_text(rx)} ends before the retain rule {yid} ({period_text(ry)}, same clock) "
-                f"on {rx.table}; rows matching both are kept until the retain period ends",
-                f"make it last at least as long ({_as_long(ry)}), or narrow `where` so the rules do not overlap"))
+            out.append(
+                _problem(
+                    fx,
+                    "RJ102",
+                    (*base, "keep_for"),
+                    f"keep_for {period_text(rx)} ends before the retain rule {yid} ({period_text(ry)}, same clock) "
+                    f"on {rx.table}; rows matching both are kept until the retain period ends",
+                    f"make it last at least as long ({_as_long(ry)}), or narrow `where` so the rules do not overlap",
+                )
+            )
     # x anonymises, y deletes
     if rx.action == "anonymise" and ry.action == "delete" and never_after(ry, rx):
         cols = ", ".join(rx.columns)
         if fx.policy.purpose == fy.policy.purpose and same_expiry(rx, ry):
-            out.append(_problem(
-                fx, "RJ103", (*base, "action"),
-                f"anonymise contradicts {yid}: both act on the same clock after {period_text(rx)}, and deletion "
-                "wins, so these rows are never anonymised",
-                "drop the anonymise rule, or give it a shorter keep_for than the delete rule"))
+            out.append(
+                _problem(
+                    fx,
+                    "RJ103",
+                    (*base, "action"),
+                    f"anonymise contradicts {yid}: both act on the same clock after {period_text(rx)}, and deletion "
+                    "wins, so these rows are never anonymised",
+                    "drop the anonymise rule, or give it a shorter keep_for than the delete rule",
+                )
+            )
         else:
-            out.append(_problem(
-                fx, "RJ104", (*base, "columns"),
-                f"anonymises {cols}, but {yid} deletes the rows "
-                f"{'at the same time' if same_expiry(rx, ry) else 'earlier'} ({period_text(ry)} vs "
-                f"{period_text(rx)}, same clock), so they are never anonymised",
-                "drop the anonymise rule, or make it shorter than the delete rule"))
+            out.append(
+                _problem(
+                    fx,
+                    "RJ104",
+                    (*base, "columns"),
+                    f"anonymises {cols}, but {yid} deletes the rows "
+                    f"{'at the same time' if same_expiry(rx, ry) else 'earlier'} ({period_text(ry)} vs "
+                    f"{period_text(rx)}, same clock), so they are never anonymised",
+                    "drop the anonymise rule, or make it shorter than the delete rule",
+                )
+            )
     # two anonymise rules writing one column differently at the same time
-    if (rx.action == "anonymise" and ry.action == "anonymise" and same_expiry(rx, ry)
-            and (fx.path, ix) > (fy.path, iy)):
+    if (
+        rx.action == "anonymise"
+        and ry.action == "anonymise"
+        and same_expiry(rx, ry)
+        and (fx.path, ix) > (fy.path, iy)
+    ):
         for col, s in rx.columns.items():
             other = ry.columns.get(col)
             if other is not None and other != s:
-                out.append(_problem(
-                    fx, "RJ103", (*base, "columns", col),
-                    f"{col} is anonymised differently by {yid} on the same clock and period; which "
-                    "strategy a row gets depends on the order of the run",
-                    "use one strategy for the column, or one rule"))
+                out.append(
+                    _problem(
+                        fx,
+                        "RJ103",
+                        (*base, "columns", col),
+                        f"{col} is anonymised differently by {yid} on the same clock and period; which "
+                        "strategy a row gets depends on the order of the run",
+                        "use one strategy for the column, or one rule",
+                    )
+                )
     return out
 
 
@@ -323,12 +370,19 @@ def check_consent(policies: PolicySet) -> list[Problem]:
         p = f.policy
         if p.legal_basis != "consent":
             continue
-        if not any(r.action in ("delete", "anonymise") and _mentions_withdrawal(r) for r in p.rules):
-            out.append(_problem(
-                f, "RJ105", ("legal_basis",),
-                "the purpose rests on consent, but no delete or anonymise rule reacts to consent being "
-                "withdrawn (no clock, where or related filter names a withdrawal, unsubscribe or opt-out column)",
-                "add a rule whose clock is the withdrawal time (e.g. consent_withdrawn_at) with keep_for P0D"))
+        if not any(
+            r.action in ("delete", "anonymise") and _mentions_withdrawal(r) for r in p.rules
+        ):
+            out.append(
+                _problem(
+                    f,
+                    "RJ105",
+                    ("legal_basis",),
+                    "the purpose rests on consent, but no delete or anonymise rule reacts to consent being "
+                    "withdrawn (no clock, where or related filter names a withdrawal, unsubscribe or opt-out column)",
+                    "add a rule whose clock is the withdrawal time (e.g. consent_withdrawn_at) with keep_for P0D",
+                )
+            )
     return out
 
 
@@ -337,11 +391,16 @@ def check_consent(policies: PolicySet) -> list[Problem]:
 _PERSONAL_TOKEN = re.compile(
     r"(?:^|_)(?:e_?mail|email_?address|phone|phone_?(?:no|number|nr)|telephone|mobile|msisdn|ssn|"
     r"national_?id|personal_?id|personnummer|person_?nr|fodselsnummer|foedselsnummer|fnr|cpr|cpr_?nr|"
-    r"hetu|iban|ip|ip_?addr(?:ess)?|imei|imsi|passport(?:_?no)?)(?:_|$)")
-_NAME = re.compile(r"^(?:(?:full|first|last|given|family|middle|maiden|display|sur|customer|contact|person|"
-                   r"employee|candidate|user|member|patient|requester|caller|subscriber|client)_?name|surname)$")
-_PEOPLE_TABLE = re.compile(r"person|people|user|customer|contact|employee|member|patient|candidate|subscriber|"
-                           r"client|student|applicant|guest|visitor|lead")
+    r"hetu|iban|ip|ip_?addr(?:ess)?|imei|imsi|passport(?:_?no)?)(?:_|$)"
+)
+_NAME = re.compile(
+    r"^(?:(?:full|first|last|given|family|middle|maiden|display|sur|customer|contact|person|"
+    r"employee|candidate|user|member|patient|requester|caller|subscriber|client)_?name|surname)$"
+)
+_PEOPLE_TABLE = re.compile(
+    r"person|people|user|customer|contact|employee|member|patient|candidate|subscriber|"
+    r"client|student|applicant|guest|visitor|lead"
+)
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 _PHONE = re.compile(r"^(?:(?:\+|00)\d{8,15}|0\d{6,10}|[2-9]\d{7})$")
@@ -401,7 +460,9 @@ def covered_tables(policies: PolicySet) -> set[str]:
     return out
 
 
-def sample_kinds(session: Session, info: TableInfo, columns: list[str]) -> dict[str, tuple[str, int, int]]:
+def sample_kinds(
+    session: Session, info: TableInfo, columns: list[str]
+) -> dict[str, tuple[str, int, int]]:
     """column -> (kind, matching, sampled non-null) for text columns whose sampled values mostly
     look like e-mail addresses, phone numbers or national ids. The values stay in this function."""
     if not columns:
@@ -436,16 +497,30 @@ def check_store(store: Store, policies: PolicySet, location: str) -> list[Proble
                 continue
             info = catalog.tables[name]
             by_name = [c for c in info.columns if personal_by_name(info, c)]
-            texts = [c.name for c in info.columns.values() if c.type == "string" and c.name not in by_name]
+            texts = [
+                c.name
+                for c in info.columns.values()
+                if c.type == "string" and c.name not in by_name
+            ]
             by_value = sample_kinds(session, info, texts)
             if not by_name and not by_value:
                 continue
             found = [f"{c} (name)" for c in by_name]
-            found += [f"{c} ({n} of {m} sampled values look like {kind})" for c, (kind, n, m) in by_value.items()]
-            out.append(Problem(location, 1, 1, name,
-                               f"RJ106 no policy covers {name}, which has personal-looking columns: "
-                               + ", ".join(found),
-                               "add a rule (or a cascade) for it to the policy of the purpose it serves"))
+            found += [
+                f"{c} ({n} of {m} sampled values look like {kind})"
+                for c, (kind, n, m) in by_value.items()
+            ]
+            out.append(
+                Problem(
+                    location,
+                    1,
+                    1,
+                    name,
+                    f"RJ106 no policy covers {name}, which has personal-looking columns: "
+                    + ", ".join(found),
+                    "add a rule (or a cascade) for it to the policy of the purpose it serves",
+                )
+            )
     return out
 
 
@@ -453,11 +528,17 @@ def check_store(store: Store, policies: PolicySet, location: str) -> list[Proble
 
 
 def lint_policies(policies: PolicySet) -> list[Problem]:
-    problems = [*check_placeholders(policies), *check_rule_pairs(policies), *check_consent(policies)]
+    problems = [
+        *check_placeholders(policies),
+        *check_rule_pairs(policies),
+        *check_consent(policies),
+    ]
     return sorted(problems, key=lambda p: (p.file, p.line, p.col, p.message))
 
 
-def lint(policies: PolicySet, store: Store | None = None, location: str = "policies") -> list[Problem]:
+def lint(
+    policies: PolicySet, store: Store | None = None, location: str = "policies"
+) -> list[Problem]:
     """Every lint problem; with a store, RJ106 too (reported at `location`, the policy directory)."""
     problems = lint_policies(policies)
     if store is not None:

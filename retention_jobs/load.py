@@ -88,14 +88,28 @@ def _to_python(node: yaml.Node, loc: Loc, marks: dict, problems: list, path: str
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int)):
-                problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                                        format_loc(loc), "mapping keys must be plain names"))
+                problems.append(
+                    Problem(
+                        path,
+                        key_node.start_mark.line + 1,
+                        key_node.start_mark.column + 1,
+                        format_loc(loc),
+                        "mapping keys must be plain names",
+                    )
+                )
                 continue
             child = (*loc, key)
             if key in out:
-                problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                                        format_loc(child), f"duplicate key {key!r}",
-                                        "YAML would silently keep only the last one; remove one"))
+                problems.append(
+                    Problem(
+                        path,
+                        key_node.start_mark.line + 1,
+                        key_node.start_mark.column + 1,
+                        format_loc(child),
+                        f"duplicate key {key!r}",
+                        "YAML would silently keep only the last one; remove one",
+                    )
+                )
             marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = _to_python(value_node, child, marks, problems, path, loader)
         return out
@@ -109,9 +123,25 @@ def _to_python(node: yaml.Node, loc: Loc, marks: dict, problems: list, path: str
     return loader.construct_object(node, deep=True)
 
 
-_FIELD_NAMES = sorted({
-    n for m in (P.Policy, P.Rule, P.Subject, P.RelatedClock, P.RelatedFilter, P.Cascade, P.Hash, P.Fake,
-                P.Mask, P.Generalise) for n in m.model_fields} - {"kind"})
+_FIELD_NAMES = sorted(
+    {
+        n
+        for m in (
+            P.Policy,
+            P.Rule,
+            P.Subject,
+            P.RelatedClock,
+            P.RelatedFilter,
+            P.Cascade,
+            P.Hash,
+            P.Fake,
+            P.Mask,
+            P.Generalise,
+        )
+        for n in m.model_fields
+    }
+    - {"kind"}
+)
 
 
 def _hint(err: dict) -> str:
@@ -131,14 +161,26 @@ def _hint(err: dict) -> str:
 def _clean(msg: str) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            return msg[len(prefix):]
+            return msg[len(prefix) :]
     return msg
 
 
-_BRANCH_TAG = re.compile(r"^(?:[A-Z]\w*|str|int|float|bool|date|none|list\[.*\]|dict\[.*\]|constrained-str|function-\w+\[.*\])$")
-_TYPE_ERRORS = {"string_type", "list_type", "dict_type", "model_type", "model_attributes_type",
-                "int_type", "float_type", "bool_type", "date_type", "none_required",
-                "string_pattern_mismatch"}
+_BRANCH_TAG = re.compile(
+    r"^(?:[A-Z]\w*|str|int|float|bool|date|none|list\[.*\]|dict\[.*\]|constrained-str|function-\w+\[.*\])$"
+)
+_TYPE_ERRORS = {
+    "string_type",
+    "list_type",
+    "dict_type",
+    "model_type",
+    "model_attributes_type",
+    "int_type",
+    "float_type",
+    "bool_type",
+    "date_type",
+    "none_required",
+    "string_pattern_mismatch",
+}
 
 
 def _drop_union_tags(loc: Loc) -> Loc:
@@ -149,13 +191,25 @@ def _drop_union_tags(loc: Loc) -> Loc:
 def _errors(e: ValidationError) -> list[tuple[Loc, dict]]:
     """Pydantic's errors with union noise removed: when one branch of a union fits the input's
     shape, the other branches' 'input should be a valid string' errors only confuse."""
-    raw = [(_drop_union_tags(tuple(err["loc"])), err, len(err["loc"]) != len(_drop_union_tags(tuple(err["loc"]))))
-           for err in e.errors()]
+    raw = [
+        (
+            _drop_union_tags(tuple(err["loc"])),
+            err,
+            len(err["loc"]) != len(_drop_union_tags(tuple(err["loc"]))),
+        )
+        for err in e.errors()
+    ]
     out = []
     for loc, err, in_union in raw:
-        if in_union and err["type"] in _TYPE_ERRORS and any(
-            o is not err and oloc[: len(loc)] == loc and (len(oloc) > len(loc) or o["type"] not in _TYPE_ERRORS)
-            for oloc, o, _ in raw
+        if (
+            in_union
+            and err["type"] in _TYPE_ERRORS
+            and any(
+                o is not err
+                and oloc[: len(loc)] == loc
+                and (len(oloc) > len(loc) or o["type"] not in _TYPE_ERRORS)
+                for oloc, o, _ in raw
+            )
         ):
             continue
         out.append((loc, err))
@@ -172,22 +226,47 @@ def load_text(text: str, path: str) -> PolicyFile:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise PolicyError([Problem(path, line, col, "", f"not valid YAML: {getattr(e, 'problem', e)}",
-                                   "check indentation and quoting")]) from None
+        raise PolicyError(
+            [
+                Problem(
+                    path,
+                    line,
+                    col,
+                    "",
+                    f"not valid YAML: {getattr(e, 'problem', e)}",
+                    "check indentation and quoting",
+                )
+            ]
+        ) from None
     finally:
         loader.dispose()
     if node is None:
-        raise PolicyError([Problem(path, 1, 1, "", "the file is empty", "a policy needs purpose, title, legal_basis, owner and rules")])
+        raise PolicyError(
+            [
+                Problem(
+                    path,
+                    1,
+                    1,
+                    "",
+                    "the file is empty",
+                    "a policy needs purpose, title, legal_basis, owner and rules",
+                )
+            ]
+        )
     data = _to_python(node, (), marks, problems, path, loader)
     if not isinstance(data, dict):
-        raise PolicyError([Problem(path, 1, 1, "", "a policy file is a mapping (purpose: ..., rules: ...)", "")])
+        raise PolicyError(
+            [Problem(path, 1, 1, "", "a policy file is a mapping (purpose: ..., rules: ...)", "")]
+        )
     try:
         policy = Policy.model_validate(data)
     except ValidationError as e:
         for loc, err in _errors(e):
             loc = (*loc, *getattr((err.get("ctx") or {}).get("error"), "loc", ()))
             line, col = _locate(marks, loc)
-            problems.append(Problem(path, line, col, format_loc(loc), _clean(err["msg"]), _hint(err)))
+            problems.append(
+                Problem(path, line, col, format_loc(loc), _clean(err["msg"]), _hint(err))
+            )
         raise PolicyError(problems) from None
     if problems:
         raise PolicyError(problems)
@@ -212,7 +291,9 @@ def policy_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def load_texts(items: Iterable[tuple[str, str]], problems: list[Problem] | None = None) -> PolicySet:
+def load_texts(
+    items: Iterable[tuple[str, str]], problems: list[Problem] | None = None
+) -> PolicySet:
     """Validate policy texts given as (shown path, text); collect the problems of all of them
     (and those passed in), duplicate purposes too, before raising."""
     problems = list(problems or [])
@@ -226,8 +307,13 @@ def load_texts(items: Iterable[tuple[str, str]], problems: list[Problem] | None 
     for f in files:
         other = seen.get(f.policy.purpose)
         if other:
-            problems.append(f.problem(("purpose",), f"purpose {f.policy.purpose!r} is also defined in {other.path}",
-                                      "one file per purpose"))
+            problems.append(
+                f.problem(
+                    ("purpose",),
+                    f"purpose {f.policy.purpose!r} is also defined in {other.path}",
+                    "one file per purpose",
+                )
+            )
         seen[f.policy.purpose] = f
     if problems:
         raise PolicyError(problems)
@@ -239,15 +325,34 @@ def load_policies(paths: Iterable[str | Path]) -> PolicySet:
     problems: list[Problem] = []
     found = policy_paths(paths)
     if not found:
-        raise PolicyError([Problem(str(next(iter(paths), "policies")), 1, 1, "", "no policy files found",
-                                   "put one YAML file per purpose in policies/")])
+        raise PolicyError(
+            [
+                Problem(
+                    str(next(iter(paths), "policies")),
+                    1,
+                    1,
+                    "",
+                    "no policy files found",
+                    "put one YAML file per purpose in policies/",
+                )
+            ]
+        )
     items: list[tuple[str, str]] = []
     for path in found:
         shown = _display(path)
         try:
             items.append((shown, path.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as e:
-            problems.append(Problem(shown, 1, 1, "", f"cannot read the file: {e.__class__.__name__}", "check the path"))
+            problems.append(
+                Problem(
+                    shown,
+                    1,
+                    1,
+                    "",
+                    f"cannot read the file: {e.__class__.__name__}",
+                    "check the path",
+                )
+            )
     return load_texts(items, problems)
 
 

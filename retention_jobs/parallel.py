@@ -47,7 +47,9 @@ from retention_jobs.store import mask_url, open_store
 MAX_WORKERS = 64
 
 
-def key_ranges(applier: Applier, rule_ids: list[str], workers: int) -> dict[str, list[tuple[Any, Any]]]:
+def key_ranges(
+    applier: Applier, rule_ids: list[str], workers: int
+) -> dict[str, list[tuple[Any, Any]]]:
     """Per rule, up to `workers` half-open ranges [lo, hi) of its first key column that together
     cover every key, cut at quantiles of the keys the rule acts on (fewer ranges where there are
     fewer distinct keys than workers; one unbounded range where it acts on nothing)."""
@@ -57,10 +59,14 @@ def key_ranges(applier: Applier, rule_ids: list[str], workers: int) -> dict[str,
         b = bound[rule_id]
         t = alias(b.table)
         k = t.c[b.rule.keys[0]]
-        tiles = (sa.select(k.label("k"), sa.func.ntile(workers).over(order_by=k).label("tile"))
-                 .where(applier.pred.actionable(b, t)).subquery())
+        tiles = (
+            sa.select(k.label("k"), sa.func.ntile(workers).over(order_by=k).label("tile"))
+            .where(applier.pred.actionable(b, t))
+            .subquery()
+        )
         starts = applier.session.fetchall(
-            sa.select(sa.func.min(tiles.c.k)).group_by(tiles.c.tile).order_by(tiles.c.tile))
+            sa.select(sa.func.min(tiles.c.k)).group_by(tiles.c.tile).order_by(tiles.c.tile)
+        )
         cuts = sorted({row[0] for row in starts[1:]})  # the first tile starts at -infinity
         edges: list[Any] = [None, *cuts, None]
         out[rule_id] = [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
@@ -83,8 +89,9 @@ def _prepare(applier: Applier, rule_ids: list[str]) -> None:
                     control.ensure_marker_table(store, session, link.table, list(link.key))
 
 
-def _worker(location: str, policies: PolicySet, as_of: date, key: PseudonymKey | None,
-            options: RunOptions) -> RunReport:
+def _worker(
+    location: str, policies: PolicySet, as_of: date, key: PseudonymKey | None, options: RunOptions
+) -> RunReport:
     return run_policies(open_store(location), policies, as_of, key, options)
 
 
@@ -95,15 +102,25 @@ def _merge(results: list[RuleResult]) -> RuleResult:
             acc = cascades.setdefault(c.table, {"deleted": 0, "anonymised": 0, "unlinked": 0})
             for f in acc:
                 acc[f] += getattr(c, f)
-    return results[0].model_copy(update={
-        "deleted": sum(r.deleted for r in results), "anonymised": sum(r.anonymised for r in results),
-        "batches": sum(r.batches for r in results), "seconds": max(r.seconds for r in results),
-        "cascades": tuple(TableCounts(table=t, **v) for t, v in cascades.items()),
-    })
+    return results[0].model_copy(
+        update={
+            "deleted": sum(r.deleted for r in results),
+            "anonymised": sum(r.anonymised for r in results),
+            "batches": sum(r.batches for r in results),
+            "seconds": max(r.seconds for r in results),
+            "cascades": tuple(TableCounts(table=t, **v) for t, v in cascades.items()),
+        }
+    )
 
 
-def run_parallel(location: str, policies: PolicySet, as_of: date, key: PseudonymKey | None,
-                 options: RunOptions | None = None, workers: int = 2) -> RunReport:
+def run_parallel(
+    location: str,
+    policies: PolicySet,
+    as_of: date,
+    key: PseudonymKey | None,
+    options: RunOptions | None = None,
+    workers: int = 2,
+) -> RunReport:
     """Run the policies as of `as_of` with `workers` processes over key ranges (SQL stores).
     The report sums the workers' counts under the whole-table plan; its run id is the first
     worker's, `worker_runs` names them all."""
@@ -114,7 +131,8 @@ def run_parallel(location: str, policies: PolicySet, as_of: date, key: Pseudonym
     if workers > 1 and store.kind == "duckdb":
         raise ConfigError(
             f"--workers {workers} needs a SQL store: the DuckDB file {mask_url(location)} takes one writer "
-            "process (DuckDB already runs each statement on all cores); run with --workers 1")
+            "process (DuckDB already runs each statement on all cores); run with --workers 1"
+        )
     if workers == 1 or options.dry_run:
         return run_policies(store, policies, as_of, key, options)
     t0 = time.perf_counter()
@@ -126,8 +144,15 @@ def run_parallel(location: str, policies: PolicySet, as_of: date, key: Pseudonym
         bound = {b.id: b for b in applier.planner.bound}
         # the held rows of the whole tables, before any worker changes anything (the check
         # `held_rows_unchanged` compares them after the run)
-        fingerprints = {rp.rule_id: held_fingerprint(session, applier.planner, bound[rp.rule_id])
-                        for rp in plan.rules if rp.held} if applier.has_work(plan, bound) else {}
+        fingerprints = (
+            {
+                rp.rule_id: held_fingerprint(session, applier.planner, bound[rp.rule_id])
+                for rp in plan.rules
+                if rp.held
+            }
+            if applier.has_work(plan, bound)
+            else {}
+        )
         acting = [rp.rule_id for rp in plan.rules if rp.action != "retain"]
         _prepare(applier, acting)
         ranges = key_ranges(applier, acting, workers)
@@ -136,8 +161,13 @@ def run_parallel(location: str, policies: PolicySet, as_of: date, key: Pseudonym
     reports: list[RunReport] = []
     errors: list[BaseException] = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, location, policies, as_of, key, replace(worker_options, key_ranges=share))
-                   for share in shares if share]
+        futures = [
+            pool.submit(
+                _worker, location, policies, as_of, key, replace(worker_options, key_ranges=share)
+            )
+            for share in shares
+            if share
+        ]
         for f in futures:  # every worker finishes its batches even when another one failed
             try:
                 reports.append(f.result())
@@ -146,21 +176,36 @@ def run_parallel(location: str, policies: PolicySet, as_of: date, key: Pseudonym
     if errors:
         raise errors[0]
     by_rule = {rp.rule_id: rp for rp in plan.rules}
-    rules = tuple(_merge([r for rep in reports for r in rep.rules if r.plan.rule_id == rule_id]).model_copy(
-        update={"plan": by_rule[rule_id]}) for rule_id in by_rule)
+    rules = tuple(
+        _merge([r for rep in reports for r in rep.rules if r.plan.rule_id == rule_id]).model_copy(
+            update={"plan": by_rule[rule_id]}
+        )
+        for rule_id in by_rule
+    )
     first = reports[0]
-    report = first.model_copy(update={
-        "rules": rules, "seconds": round(time.perf_counter() - t0, 3),
-        "held_fingerprints": fingerprints,
-        "worker_runs": tuple(rep.run_id for rep in reports),
-    })
+    report = first.model_copy(
+        update={
+            "rules": rules,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "held_fingerprints": fingerprints,
+            "worker_runs": tuple(rep.run_id for rep in reports),
+        }
+    )
     purge = None
     head = None
     if options.purge and report.changed:
-        purge = store.purge(report.tables_changed, full=any(f.policy.purge == "full" for f in policies.files))
+        purge = store.purge(
+            report.tables_changed, full=any(f.policy.purge == "full" for f in policies.files)
+        )
         with store.connect() as session, session.transaction():
-            control.append_audit(session, run_id=report.run_id, action=f"purge-{purge['method']}",
-                                 as_of=as_of, policy_sha256=policies.digest, seconds=purge.get("seconds"))
+            control.append_audit(
+                session,
+                run_id=report.run_id,
+                action=f"purge-{purge['method']}",
+                as_of=as_of,
+                policy_sha256=policies.digest,
+                seconds=purge.get("seconds"),
+            )
     with store.connect(read_only=True) as session:
         head = control.audit_head(session)
     return report.model_copy(update={"audit_head": head, "purge": purge})

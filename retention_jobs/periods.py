@@ -33,7 +33,9 @@ class Period:
         return cls(years=y, months=mo, days=w * 7 + d)
 
     def __str__(self) -> str:
-        parts = [f"{v}{u}" for v, u in ((self.years, "Y"), (self.months, "M"), (self.days, "D")) if v]
+        parts = [
+            f"{v}{u}" for v, u in ((self.years, "Y"), (self.months, "M"), (self.days, "D")) if v
+        ]
         return "P" + ("".join(parts) or "0D")
 
 
@@ -87,8 +89,12 @@ def cutoff(as_of: date, keep_for: Period, rounding: Rounding | None = None) -> d
         while expires_on(nxt, keep_for, rounding) <= as_of:
             c, nxt = nxt, period_end(nxt + timedelta(days=1), rounding)
         while expires_on(c, keep_for, rounding) > as_of:
-            c = period_end(c.replace(day=1) - timedelta(days=1) if rounding == "month_end"
-                           else date(c.year - 1, 12, 31), rounding)
+            c = period_end(
+                c.replace(day=1) - timedelta(days=1)
+                if rounding == "month_end"
+                else date(c.year - 1, 12, 31),
+                rounding,
+            )
         return c
     while expires_on(c + timedelta(days=1), keep_for) <= as_of:
         c += timedelta(days=1)

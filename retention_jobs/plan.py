@@ -104,8 +104,15 @@ def link_paths(b: BoundRule) -> list[tuple[Link, list[Link]]]:
 
 
 class Planner:
-    def __init__(self, store: Store, session: Session, policies: PolicySet, as_of: date,
-                 predicates: type[Predicates] = Predicates, **predicate_options):
+    def __init__(
+        self,
+        store: Store,
+        session: Session,
+        policies: PolicySet,
+        as_of: date,
+        predicates: type[Predicates] = Predicates,
+        **predicate_options,
+    ):
         """`predicates` lets another selection (a data-subject request: "this subject's rows"
         instead of "rows past their period") reuse planning and applying unchanged."""
         self.store = store
@@ -125,28 +132,48 @@ class Planner:
 
     def plan(self, purposes: list[str] | None = None) -> Plan:
         return Plan(
-            as_of=self.as_of, store=self.store.describe(), policies_sha256=self.policies.digest,
-            created_at=control.now(), rules=tuple(self.rule_plan(b) for b in self.rules(purposes)),
+            as_of=self.as_of,
+            store=self.store.describe(),
+            policies_sha256=self.policies.digest,
+            created_at=control.now(),
+            rules=tuple(self.rule_plan(b) for b in self.rules(purposes)),
         )
 
     def rule_plan(self, b: BoundRule) -> RulePlan:
         p = self.pred
         t = alias(b.table)
-        common = dict(rule_id=b.id, purpose=b.policy.purpose, rule=b.rule.name, table=b.table.name,
-                      action=b.rule.action, cutoff=p.cutoff(b))
+        common = dict(
+            rule_id=b.id,
+            purpose=b.policy.purpose,
+            rule=b.rule.name,
+            table=b.table.name,
+            action=b.rule.action,
+            cutoff=p.cutoff(b),
+        )
         if b.rule.action == "retain":
             inside = sa.func.coalesce(p.inside_retain(b, t), sa.false())
             total, inside_n, past = self.session.fetchall(
-                sa.select(sa.func.count(), _sum(inside), _sum(p.expired(b, t))).select_from(t))[0]
-            return RulePlan(**common, total=total, expired=past, held=0, retained=inside_n, to_act=0)
+                sa.select(sa.func.count(), _sum(inside), _sum(p.expired(b, t))).select_from(t)
+            )[0]
+            return RulePlan(
+                **common, total=total, expired=past, held=0, retained=inside_n, to_act=0
+            )
         # each predicate once per row, as a flag; DuckDB re-evaluates a predicate repeated in
         # several sums, which made planning an anonymise rule many times slower
         anon = b.rule.action == "anonymise"
-        flags = sa.select(
-            p.expired(b, t).label("e"), p.held(b, t).label("h"), p.retained(b, t).label("r"),
-            (p.superseded(b, t) if anon else sa.false()).label("s"),
-            (p.done(b, t) if anon else sa.false()).label("d"),
-        ).select_from(t).where(p.expired(b, t)).offset(0).subquery("rj_flags")
+        flags = (
+            sa.select(
+                p.expired(b, t).label("e"),
+                p.held(b, t).label("h"),
+                p.retained(b, t).label("r"),
+                (p.superseded(b, t) if anon else sa.false()).label("s"),
+                (p.done(b, t) if anon else sa.false()).label("d"),
+            )
+            .select_from(t)
+            .where(p.expired(b, t))
+            .offset(0)
+            .subquery("rj_flags")
+        )
         # OFFSET 0 keeps PostgreSQL from inlining the flags into each sum below, which ran the
         # hold and marker subqueries once per sum (1.5 s instead of 0.7 s at 1M rows)
         e, h, r, s, d = (flags.c[n] for n in "ehrsd")
@@ -163,9 +190,18 @@ class Planner:
         # the flags cover the expired rows only: the hold, retain and marker subqueries join
         # those (one row for a data-subject request), not the whole table
         total = self.session.scalar(sa.select(sa.func.count()).select_from(alias(b.table)))
-        return RulePlan(**common, total=total, expired=exp, held=hld, retained=ret, superseded=sup,
-                        already_done=done, to_act=act, cascades=self.cascade_plans(b),
-                        retained_by=self.retain_notes(b) if ret else ())
+        return RulePlan(
+            **common,
+            total=total,
+            expired=exp,
+            held=hld,
+            retained=ret,
+            superseded=sup,
+            already_done=done,
+            to_act=act,
+            cascades=self.cascade_plans(b),
+            retained_by=self.retain_notes(b) if ret else (),
+        )
 
     def acted_keys(self, b: BoundRule, column: str) -> sa.Select:
         t = alias(b.table)
@@ -177,7 +213,9 @@ class Planner:
             root_col = path[0].references if path else link.references
             values = parent_values(link, path, self.acted_keys(b, root_col))
             c = alias(link.table)
-            n = self.session.scalar(sa.select(sa.func.count()).select_from(c).where(c.c[link.on].in_(values)))
+            n = self.session.scalar(
+                sa.select(sa.func.count()).select_from(c).where(c.c[link.on].in_(values))
+            )
             out.append(CascadePlan(table=link.table.name, action=link.spec.action, rows=n))
         return tuple(out)
 
@@ -198,7 +236,9 @@ class Planner:
             values = parent_values(link, path, parents)
             for r in rules:
                 c = alias(link.table)
-                notes.append(self._note(r, c, sa.and_(c.c[link.on].in_(values), p.inside_retain(r, c))))
+                notes.append(
+                    self._note(r, c, sa.and_(c.c[link.on].in_(values), p.inside_retain(r, c)))
+                )
         merged: dict[tuple[str, str], RetainNote] = {}
         for n in notes:  # two cascade paths can reach the same table
             if not n.rows:
@@ -211,11 +251,18 @@ class Planner:
     def _note(self, r: BoundRule, t: sa.TableClause, where: sa.ColumnElement) -> RetainNote:
         clock = self.pred.clock(r, t)
         n, latest, unset = self.session.fetchall(
-            sa.select(sa.func.count(), sa.func.max(clock), _sum(clock.is_(None))).select_from(t).where(where))[0]
+            sa.select(sa.func.count(), sa.func.max(clock), _sum(clock.is_(None)))
+            .select_from(t)
+            .where(where)
+        )[0]
         free = None
         if latest is not None and not unset:
-            free = expires_on(clock_date(latest, r.policy.timezone), r.rule.period, r.rule.round_clock_to)
-        return RetainNote(rule_id=r.id, table=r.table.name, rows=n, free_from=free, unset_clock=unset)
+            free = expires_on(
+                clock_date(latest, r.policy.timezone), r.rule.period, r.rule.round_clock_to
+            )
+        return RetainNote(
+            rule_id=r.id, table=r.table.name, rows=n, free_from=free, unset_clock=unset
+        )
 
 
 def clock_date(value: date | datetime, tz: str) -> date:
@@ -236,7 +283,9 @@ def raise_missing_control() -> None:
     )
 
 
-def build_plan(store: Store, policies: PolicySet, as_of: date, purposes: list[str] | None = None) -> Plan:
+def build_plan(
+    store: Store, policies: PolicySet, as_of: date, purposes: list[str] | None = None
+) -> Plan:
     """Plan on a read-only connection: nothing in the store can change."""
     with store.connect(read_only=True) as session:
         return Planner(store, session, policies, as_of).plan(purposes)

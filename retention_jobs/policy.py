@@ -36,7 +36,11 @@ Slug = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
 Scalar = str | int | float | bool | date | None
 
 LegalBasis = Literal[
-    "consent", "contract", "legal_obligation", "vital_interests", "public_task",
+    "consent",
+    "contract",
+    "legal_obligation",
+    "vital_interests",
+    "public_task",
     "legitimate_interests",
 ]
 Operator = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "is_null"]
@@ -129,7 +133,7 @@ def parse_strategy(raw: Any) -> Strategy:
             "a strategy is a name (redact, hash) or a mapping with exactly one key, "
             "e.g. {fake: name}"
         )
-    (name, arg), = raw.items()
+    ((name, arg),) = raw.items()
     if name == "redact":
         return Redact()
     if name == "hash":
@@ -139,7 +143,11 @@ def parse_strategy(raw: Any) -> Strategy:
     if name == "mask":
         return Mask(**(_mapping(arg, "mask") if arg is not None else {}))
     if name == "generalise":
-        return Generalise(to=arg) if isinstance(arg, str) else Generalise(**_mapping(arg, "generalise"))
+        return (
+            Generalise(to=arg)
+            if isinstance(arg, str)
+            else Generalise(**_mapping(arg, "generalise"))
+        )
     if name == "constant":
         return Constant(value=arg)
     raise ValueError(f"unknown strategy {name!r}; use one of: {', '.join(STRATEGY_NAMES)}")
@@ -157,9 +165,13 @@ def _strategy(raw: Any) -> Any:
         return parse_strategy(raw)
     except ValidationError as e:
         name = next(iter(raw)) if isinstance(raw, dict) else raw
-        raise ValueError("; ".join(
-            f"{name}: {'.'.join(map(str, err['loc'])) + ': ' if err['loc'] else ''}"
-            f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())) from None
+        raise ValueError(
+            "; ".join(
+                f"{name}: {'.'.join(map(str, err['loc'])) + ': ' if err['loc'] else ''}"
+                f"{err['msg'].removeprefix('Value error, ')}"
+                for err in e.errors()
+            )
+        ) from None
 
 
 StrategyField = Annotated[Strategy, BeforeValidator(_strategy)]
@@ -232,7 +244,9 @@ class RelatedFilter(_Model):
     none: list[Condition] | None = None
     """No related row matches."""
 
-    _parse = field_validator("all", "any", "none", mode="before")(classmethod(lambda cls, v: parse_where(v)))
+    _parse = field_validator("all", "any", "none", mode="before")(
+        classmethod(lambda cls, v: parse_where(v))
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "RelatedFilter":
@@ -275,7 +289,6 @@ class Cascade(_Model):
     """With action anonymise: column -> strategy."""
     cascade: list["Cascade"] = Field(default_factory=list)
     """Grandchildren, handled before this child."""
-
 
     @model_validator(mode="after")
     def _columns_match_action(self) -> "Cascade":
@@ -336,7 +349,9 @@ class Rule(_Model):
         if self.action == "retain" and (self.cascade or self.suppress):
             raise ValueError("a retain rule changes nothing: it takes no cascade or suppress")
         if self.action == "anonymise" and any(c.action == "delete" for c in self.cascade):
-            raise ValueError("an anonymised parent keeps its children: cascade delete needs action delete")
+            raise ValueError(
+                "an anonymised parent keeps its children: cascade delete needs action delete"
+            )
         keys = self.keys
         if len(set(keys)) != len(keys):
             raise ValueError("key lists a column twice")
@@ -381,7 +396,9 @@ class Policy(_Model):
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Europe/Oslo") from None
+            raise ValueError(
+                f"unknown time zone {v!r}; use an IANA name such as Europe/Oslo"
+            ) from None
         return v
 
     @field_validator("locale")
@@ -396,6 +413,9 @@ class Policy(_Model):
         seen: set[str] = set()
         for i, r in enumerate(self.rules):
             if r.name in seen:
-                raise Located(f"two rules are named {r.name!r}; rule names must be unique", ("rules", i, "name"))
+                raise Located(
+                    f"two rules are named {r.name!r}; rule names must be unique",
+                    ("rules", i, "name"),
+                )
             seen.add(r.name)
         return self

@@ -73,8 +73,13 @@ def clock_bound(clock_type: str, last_day: date, tz: str) -> tuple[str, object]:
 class Predicates:
     """Builds predicates for a set of bound rules, as of one date."""
 
-    def __init__(self, bound: list[BoundRule], as_of: date, catalog: Catalog,
-                 marker_tables: set[str] | None = None):
+    def __init__(
+        self,
+        bound: list[BoundRule],
+        as_of: date,
+        catalog: Catalog,
+        marker_tables: set[str] | None = None,
+    ):
         self.bound = bound
         self.catalog = catalog
         self.as_of = as_of
@@ -87,7 +92,11 @@ class Predicates:
         if isinstance(clock, RelatedClock):
             r = alias(self.catalog.tables[clock.table])
             agg = sa.func.max if clock.aggregate == "max" else sa.func.min
-            return sa.select(agg(r.c[clock.column])).where(r.c[clock.on] == t.c[clock.on]).scalar_subquery()
+            return (
+                sa.select(agg(r.c[clock.column]))
+                .where(r.c[clock.on] == t.c[clock.on])
+                .scalar_subquery()
+            )
         return t.c[clock]
 
     def cutoff(self, b: BoundRule) -> date:
@@ -138,10 +147,15 @@ class Predicates:
             self.table_held(b.table.name),
         ]
         if b.rule.subject:
-            parts.append(sa.cast(t.c[b.rule.subject.column], sa.String).in_(
-                sa.select(h.c.subject_id).where(h.c.scope == "subject",
-                                                h.c.subject_kind == b.rule.subject.kind,
-                                                *self._still_active())))
+            parts.append(
+                sa.cast(t.c[b.rule.subject.column], sa.String).in_(
+                    sa.select(h.c.subject_id).where(
+                        h.c.scope == "subject",
+                        h.c.subject_kind == b.rule.subject.kind,
+                        *self._still_active(),
+                    )
+                )
+            )
         for link in b.cascades:
             parts.append(self._link_exists(link, t, lambda lk, _c: self.table_held(lk.table.name)))
         # a NULL subject matches no subject hold: false, not unknown
@@ -173,21 +187,31 @@ class Predicates:
         parts = [self.retained_here(b.table.name, t)]
         for link in b.cascades:
             if self._has_retain(link):
-                parts.append(self._link_exists(link, t, lambda lk, c: self.retained_here(lk.table.name, c)))
+                parts.append(
+                    self._link_exists(link, t, lambda lk, c: self.retained_here(lk.table.name, c))
+                )
         return sa.func.coalesce(sa.or_(*parts), sa.false())
 
     def _has_retain(self, link: Link) -> bool:
-        return bool(self.retain_rules(link.table.name)) or any(self._has_retain(c) for c in link.children)
+        return bool(self.retain_rules(link.table.name)) or any(
+            self._has_retain(c) for c in link.children
+        )
 
     # -- anonymisation markers ------------------------------------------------------------
 
-    def marked(self, info: TableInfo, key: list[str] | tuple[str, ...], t: sa.TableClause, column: str) -> sa.ColumnElement:
+    def marked(
+        self, info: TableInfo, key: list[str] | tuple[str, ...], t: sa.TableClause, column: str
+    ) -> sa.ColumnElement:
         if control.marker_name(info.name) not in self.marker_tables:
             return sa.false()
         m = control.marker_table(info, list(key))
-        return sa.exists().where(m.c.columns.like(f"%,{column},%"), *(m.c[k] == t.c[k] for k in key))
+        return sa.exists().where(
+            m.c.columns.like(f"%,{column},%"), *(m.c[k] == t.c[k] for k in key)
+        )
 
-    def done(self, b: BoundRule, t: sa.TableClause, span: tuple[object, object] | None = None) -> sa.ColumnElement:
+    def done(
+        self, b: BoundRule, t: sa.TableClause, span: tuple[object, object] | None = None
+    ) -> sa.ColumnElement:
         """Every column the rule anonymises is already anonymised (one subquery for all
         columns: a row's markers, grouped, mention each column in at least one of them).
         `span`: the least and greatest first key of the rows asked about (one batch): only
@@ -204,10 +228,19 @@ class Predicates:
         # GROUP BY would rescan the markers for every row) and DuckDB runs semi joins.
         whole = "," + "".join(f"{c}," for c in b.rule.columns)
         exact = sa.select(*(m.c[k] for k in keys)).where(m.c.columns == whole, *in_span)
-        pieced = (sa.select(*(m.c[k] for k in keys)).where(m.c.columns != whole, *in_span)
-                  .group_by(*(m.c[k] for k in keys))
-                  .having(sa.and_(*(sa.func.max(sa.case((m.c.columns.like(f"%,{c},%"), 1), else_=0)) == 1
-                                    for c in b.rule.columns))))
+        pieced = (
+            sa.select(*(m.c[k] for k in keys))
+            .where(m.c.columns != whole, *in_span)
+            .group_by(*(m.c[k] for k in keys))
+            .having(
+                sa.and_(
+                    *(
+                        sa.func.max(sa.case((m.c.columns.like(f"%,{c},%"), 1), else_=0)) == 1
+                        for c in b.rule.columns
+                    )
+                )
+            )
+        )
         row = t.c[keys[0]] if len(keys) == 1 else sa.tuple_(*(t.c[k] for k in keys))
         return sa.or_(row.in_(exact), row.in_(pieced))
 
@@ -218,7 +251,11 @@ class Predicates:
 
     def superseded(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
         """Deletion wins: rows that a delete rule on the same table removes anyway."""
-        deleters = [d for d in self.bound if d.rule.action == "delete" and d.table.name == b.table.name and d is not b]
+        deleters = [
+            d
+            for d in self.bound
+            if d.rule.action == "delete" and d.table.name == b.table.name and d is not b
+        ]
         if b.rule.action != "anonymise" or not deleters:
             return sa.false()
         return sa.or_(*(self.deleter_frees(d, t) for d in deleters))
@@ -232,7 +269,9 @@ class Predicates:
         all of them, except in one worker of a parallel run (`KeyRangePredicates`)."""
         return sa.true()
 
-    def actionable(self, b: BoundRule, t: sa.TableClause, span: tuple[object, object] | None = None) -> sa.ColumnElement:
+    def actionable(
+        self, b: BoundRule, t: sa.TableClause, span: tuple[object, object] | None = None
+    ) -> sa.ColumnElement:
         parts = [self.free(b, t)]
         if b.rule.action == "anonymise":
             parts += [~self.superseded(b, t), ~self.done(b, t, span)]
@@ -259,9 +298,17 @@ class SubjectPredicates(Predicates):
     so planning and applying with this class erase what may be erased and count the rest as
     held or retained."""
 
-    def __init__(self, bound: list[BoundRule], as_of: date, catalog: Catalog,
-                 marker_tables: set[str] | None = None, *, subject_kind: str, subject_id: str,
-                 purposes: Iterable[str] | None = None):
+    def __init__(
+        self,
+        bound: list[BoundRule],
+        as_of: date,
+        catalog: Catalog,
+        marker_tables: set[str] | None = None,
+        *,
+        subject_kind: str,
+        subject_id: str,
+        purposes: Iterable[str] | None = None,
+    ):
         super().__init__(bound, as_of, catalog, marker_tables)
         self.subject_kind = subject_kind
         self.subject_id = subject_id
@@ -269,8 +316,11 @@ class SubjectPredicates(Predicates):
 
     def covers(self, b: BoundRule) -> bool:
         s = b.rule.subject
-        return (s is not None and s.kind == self.subject_kind
-                and (self.purposes is None or b.policy.purpose in self.purposes))
+        return (
+            s is not None
+            and s.kind == self.subject_kind
+            and (self.purposes is None or b.policy.purpose in self.purposes)
+        )
 
     def belongs(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
         if not self.covers(b):
@@ -291,8 +341,15 @@ class KeyRangePredicates(Predicates):
     anonymisation across ranges: `superseded` asks whether a delete rule frees the row at all,
     whichever worker deletes it."""
 
-    def __init__(self, bound: list[BoundRule], as_of: date, catalog: Catalog,
-                 marker_tables: set[str] | None = None, *, ranges: dict[str, tuple[object, object]]):
+    def __init__(
+        self,
+        bound: list[BoundRule],
+        as_of: date,
+        catalog: Catalog,
+        marker_tables: set[str] | None = None,
+        *,
+        ranges: dict[str, tuple[object, object]],
+    ):
         super().__init__(bound, as_of, catalog, marker_tables)
         self.ranges = dict(ranges)
 
@@ -301,7 +358,11 @@ class KeyRangePredicates(Predicates):
             return sa.false()
         lo, hi = self.ranges[b.id]
         col = t.c[b.rule.keys[0]]
-        return sa.and_(sa.true(), *([col >= lo] if lo is not None else []), *([col < hi] if hi is not None else []))
+        return sa.and_(
+            sa.true(),
+            *([col >= lo] if lo is not None else []),
+            *([col < hi] if hi is not None else []),
+        )
 
     def expired(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
         return sa.and_(super().expired(b, t), self.in_share(b, t))
@@ -315,11 +376,21 @@ class HoldsReleased(Predicates):
     """The normal predicates as if the holds `released` (ids) were released: planning with and
     without them tells how many rows a release would free. Counts only."""
 
-    def __init__(self, bound: list[BoundRule], as_of: date, catalog: Catalog,
-                 marker_tables: set[str] | None = None, *, released: Iterable[str] = ()):
+    def __init__(
+        self,
+        bound: list[BoundRule],
+        as_of: date,
+        catalog: Catalog,
+        marker_tables: set[str] | None = None,
+        *,
+        released: Iterable[str] = (),
+    ):
         super().__init__(bound, as_of, catalog, marker_tables)
         self.released = sorted(released)
 
     def _still_active(self) -> list[sa.ColumnElement]:
         h = control.holds
-        return [h.c.released_at.is_(None), *([h.c.hold_id.not_in(self.released)] if self.released else [])]
+        return [
+            h.c.released_at.is_(None),
+            *([h.c.hold_id.not_in(self.released)] if self.released else []),
+        ]

@@ -81,9 +81,14 @@ class Request:
     def options(self, purposes: Iterable[str] | None) -> dict[str, Any]:
         """Keyword options of `SubjectPredicates` for this request."""
         if self.subject_id is None:
-            raise ConfigError(f"request {self.request_id} is closed and no longer names its subject")
-        return {"subject_kind": self.subject_kind, "subject_id": self.subject_id,
-                "purposes": None if purposes is None else list(purposes)}
+            raise ConfigError(
+                f"request {self.request_id} is closed and no longer names its subject"
+            )
+        return {
+            "subject_kind": self.subject_kind,
+            "subject_id": self.subject_id,
+            "purposes": None if purposes is None else list(purposes),
+        }
 
 
 def due_date(received: date) -> date:
@@ -94,14 +99,18 @@ def due_date(received: date) -> date:
 def parse_subject(text: str) -> tuple[str, str]:
     kind, sep, sid = (text or "").partition(":")
     if not sep or not re.fullmatch(r"[a-z][a-z0-9_-]*", kind) or not sid.strip():
-        raise ConfigError("a subject is KIND:ID, e.g. customer:1042 (the kind as in the policies' subject fields)")
+        raise ConfigError(
+            "a subject is KIND:ID, e.g. customer:1042 (the kind as in the policies' subject fields)"
+        )
     return kind, sid.strip()
 
 
 # --- what the policies say about subjects ----------------------------------------------------
 
 
-def kind_columns(policies: PolicySet, purposes: Iterable[str] | None = None) -> dict[str, set[tuple[str, str]]]:
+def kind_columns(
+    policies: PolicySet, purposes: Iterable[str] | None = None
+) -> dict[str, set[tuple[str, str]]]:
     """Per subject kind, the (table, column) pairs that hold its ids."""
     wanted = None if purposes is None else set(purposes)
     out: dict[str, set[tuple[str, str]]] = {}
@@ -114,7 +123,9 @@ def kind_columns(policies: PolicySet, purposes: Iterable[str] | None = None) -> 
     return out
 
 
-def shared_kind_problem(policies: PolicySet, subject_kind: str, purposes: Iterable[str]) -> str | None:
+def shared_kind_problem(
+    policies: PolicySet, subject_kind: str, purposes: Iterable[str]
+) -> str | None:
     """A kind whose ids live in columns of different names may name different people (the
     newsletter's subscriber_id and a phone subscription's msisdn_id): acting on one id would
     act on two people. Say so, or None."""
@@ -122,12 +133,16 @@ def shared_kind_problem(policies: PolicySet, subject_kind: str, purposes: Iterab
     if len({c for _, c in columns}) <= 1:
         return None
     where = ", ".join(f"{t}.{c}" for t, c in sorted(columns))
-    return (f"subject kind {subject_kind!r} names ids in differently named columns ({where}); if these are "
-            "different people, this request would act on all of them. Give the policies distinct kinds, "
-            "or confirm that the columns hold the same person's id")
+    return (
+        f"subject kind {subject_kind!r} names ids in differently named columns ({where}); if these are "
+        "different people, this request would act on all of them. Give the policies distinct kinds, "
+        "or confirm that the columns hold the same person's id"
+    )
 
 
-def scope_purposes(policies: PolicySet, kind: str, subject_kind: str, purpose: str | None) -> list[str]:
+def scope_purposes(
+    policies: PolicySet, kind: str, subject_kind: str, purpose: str | None
+) -> list[str]:
     """The purposes whose rules a request acts on (export: every purpose that knows the kind).
     erasure and access: all; consent_withdrawal: the named purpose (legal basis consent);
     objection: purposes on legitimate interests (the named one, if given)."""
@@ -137,7 +152,9 @@ def scope_purposes(policies: PolicySet, kind: str, subject_kind: str, purpose: s
             continue
         if kind == "consent_withdrawal" and (p.purpose != purpose or p.legal_basis != "consent"):
             continue
-        if kind == "objection" and (p.legal_basis != "legitimate_interests" or purpose not in (None, p.purpose)):
+        if kind == "objection" and (
+            p.legal_basis != "legitimate_interests" or purpose not in (None, p.purpose)
+        ):
             continue
         out.append(p.purpose)
     return sorted(out)
@@ -149,23 +166,31 @@ def check_request(policies: PolicySet, kind: str, subject_kind: str, purpose: st
         raise ConfigError(f"unknown request kind {kind!r}; use one of: {', '.join(KINDS)}")
     kinds = kind_columns(policies)
     if subject_kind not in kinds:
-        raise ConfigError(f"no policy rule has subject kind {subject_kind!r}; kinds in the policies: "
-                          f"{', '.join(sorted(kinds)) or 'none'}")
+        raise ConfigError(
+            f"no policy rule has subject kind {subject_kind!r}; kinds in the policies: "
+            f"{', '.join(sorted(kinds)) or 'none'}"
+        )
     purposes = {p.purpose: p for p in policies.policies}
     if kind == "consent_withdrawal":
         if not purpose:
-            raise ConfigError("a consent withdrawal names the purpose the consent was given for: --purpose NAME")
+            raise ConfigError(
+                "a consent withdrawal names the purpose the consent was given for: --purpose NAME"
+            )
         if purpose not in purposes:
             raise ConfigError(f"no policy has purpose {purpose!r}")
         if purposes[purpose].legal_basis != "consent":
-            raise ConfigError(f"purpose {purpose!r} rests on {purposes[purpose].legal_basis}, not consent: there is "
-                              "no consent to withdraw; record an objection or an erasure instead")
+            raise ConfigError(
+                f"purpose {purpose!r} rests on {purposes[purpose].legal_basis}, not consent: there is "
+                "no consent to withdraw; record an objection or an erasure instead"
+            )
     elif kind == "objection":
         if purpose and purpose not in purposes:
             raise ConfigError(f"no policy has purpose {purpose!r}")
         if purpose and purposes[purpose].legal_basis != "legitimate_interests":
-            raise ConfigError(f"purpose {purpose!r} rests on {purposes[purpose].legal_basis}: an objection "
-                              "(Art. 21) applies to processing on legitimate interests")
+            raise ConfigError(
+                f"purpose {purpose!r} rests on {purposes[purpose].legal_basis}: an objection "
+                "(Art. 21) applies to processing on legitimate interests"
+            )
     elif purpose:
         raise ConfigError(f"--purpose is for consent withdrawals and objections, not for {kind}")
 
@@ -191,8 +216,13 @@ def resolve_email(store: Store, session: Session, policies: PolicySet, email: st
                 continue
             seen.add((b.table.name, col.name, s.kind, s.column))
             t = alias(b.table)
-            q = sa.select(sa.cast(t.c[s.column], sa.String)).where(
-                sa.func.lower(sa.func.trim(t.c[col.name])) == value, t.c[s.column].is_not(None)).distinct()
+            q = (
+                sa.select(sa.cast(t.c[s.column], sa.String))
+                .where(
+                    sa.func.lower(sa.func.trim(t.c[col.name])) == value, t.c[s.column].is_not(None)
+                )
+                .distinct()
+            )
             found |= {f"{s.kind}:{row[0]}" for row in session.fetchall(q)}
     return sorted(found)
 
@@ -206,14 +236,34 @@ def _request(row: tuple) -> Request:
     return Request(*row)
 
 
-def add_request(session: Session, *, kind: str, subject_kind: str, subject_id: str, received_on: date,
-                purpose: str | None = None) -> Request:
+def add_request(
+    session: Session,
+    *,
+    kind: str,
+    subject_kind: str,
+    subject_id: str,
+    received_on: date,
+    purpose: str | None = None,
+) -> Request:
     request_id = "R-" + uuid.uuid4().hex[:10]
     with session.transaction():
-        session.execute(sa.insert(R).values(
-            request_id=request_id, kind=kind, purpose=purpose, subject_kind=subject_kind, subject_id=subject_id,
-            received_on=received_on, due_on=due_date(received_on), status="pending", status_note=None,
-            recheck_on=None, created_at=control.now(), updated_at=None, completed_at=None))
+        session.execute(
+            sa.insert(R).values(
+                request_id=request_id,
+                kind=kind,
+                purpose=purpose,
+                subject_kind=subject_kind,
+                subject_id=subject_id,
+                received_on=received_on,
+                due_on=due_date(received_on),
+                status="pending",
+                status_note=None,
+                recheck_on=None,
+                created_at=control.now(),
+                updated_at=None,
+                completed_at=None,
+            )
+        )
     return get_request(session, request_id)
 
 
@@ -234,12 +284,17 @@ def list_requests(session: Session, statuses: Iterable[str] | None = None) -> li
 def due_for_processing(session: Session, as_of: date) -> list[Request]:
     """Open requests to (re)process as of a date: pending ones, and deferred ones whose
     recheck day has come or that wait on a hold (no day: checked every run)."""
-    return [r for r in list_requests(session, OPEN_STATUSES)
-            if r.status == "pending" or r.recheck_on is None or r.recheck_on <= as_of]
+    return [
+        r
+        for r in list_requests(session, OPEN_STATUSES)
+        if r.status == "pending" or r.recheck_on is None or r.recheck_on <= as_of
+    ]
 
 
 def _update(session: Session, request_id: str, **values: Any) -> None:
-    session.execute(sa.update(R).where(R.c.request_id == request_id).values(updated_at=control.now(), **values))
+    session.execute(
+        sa.update(R).where(R.c.request_id == request_id).values(updated_at=control.now(), **values)
+    )
 
 
 # --- outcomes and receipts --------------------------------------------------------------------
@@ -269,13 +324,21 @@ OUT = control.request_outcomes
 
 def load_outcomes(session: Session, request_id: str) -> dict[str, TableOutcome]:
     out = {}
-    for row in session.fetchall(sa.select(*OUT.c).where(OUT.c.request_id == request_id).order_by(OUT.c.table_name)):
+    for row in session.fetchall(
+        sa.select(*OUT.c).where(OUT.c.request_id == request_id).order_by(OUT.c.table_name)
+    ):
         d = dict(zip([c.name for c in OUT.c], row, strict=True))
         out[d["table_name"]] = TableOutcome(
-            table=d["table_name"], deleted=d["deleted"] or 0, anonymised=d["anonymised"] or 0,
-            unlinked=d["unlinked"] or 0, held=d["held"] or 0, retained=d["retained"] or 0,
+            table=d["table_name"],
+            deleted=d["deleted"] or 0,
+            anonymised=d["anonymised"] or 0,
+            unlinked=d["unlinked"] or 0,
+            held=d["held"] or 0,
+            retained=d["retained"] or 0,
             hold_cases=set(filter(None, (d["hold_cases"] or "").split(","))),
-            retained_by=set(filter(None, (d["retained_by"] or "").split(","))), free_from=d["free_from"])
+            retained_by=set(filter(None, (d["retained_by"] or "").split(","))),
+            free_from=d["free_from"],
+        )
     return out
 
 
@@ -284,23 +347,48 @@ def _save_outcomes(session: Session, request_id: str, outcomes: dict[str, TableO
     for o in outcomes.values():
         if not (o.changed or o.held or o.retained):
             continue
-        session.execute(sa.insert(OUT).values(
-            request_id=request_id, table_name=o.table, deleted=o.deleted, anonymised=o.anonymised,
-            unlinked=o.unlinked, held=o.held, retained=o.retained, hold_cases=",".join(sorted(o.hold_cases)),
-            retained_by=",".join(sorted(o.retained_by)), free_from=o.free_from, updated_at=control.now()))
+        session.execute(
+            sa.insert(OUT).values(
+                request_id=request_id,
+                table_name=o.table,
+                deleted=o.deleted,
+                anonymised=o.anonymised,
+                unlinked=o.unlinked,
+                held=o.held,
+                retained=o.retained,
+                hold_cases=",".join(sorted(o.hold_cases)),
+                retained_by=",".join(sorted(o.retained_by)),
+                free_from=o.free_from,
+                updated_at=control.now(),
+            )
+        )
 
 
 REC = control.request_receipts
 
 
 def _issue_receipt(session: Session, request_id: str, status: str, body: dict[str, Any]) -> None:
-    n = session.scalar(sa.select(sa.func.count()).select_from(REC).where(REC.c.request_id == request_id)) or 0
-    session.execute(sa.insert(REC).values(request_id=request_id, receipt_no=n + 1, issued_at=control.now(),
-                                          status=status, body=json.dumps(body, default=str, sort_keys=True)))
+    n = (
+        session.scalar(
+            sa.select(sa.func.count()).select_from(REC).where(REC.c.request_id == request_id)
+        )
+        or 0
+    )
+    session.execute(
+        sa.insert(REC).values(
+            request_id=request_id,
+            receipt_no=n + 1,
+            issued_at=control.now(),
+            status=status,
+            body=json.dumps(body, default=str, sort_keys=True),
+        )
+    )
 
 
 def receipts(session: Session, request_id: str) -> list[dict[str, Any]]:
-    rows = session.fetchall(sa.select(REC.c.body).where(REC.c.request_id == request_id).order_by(REC.c.receipt_no))
+    rows = session.fetchall(
+        sa.select(REC.c.body).where(REC.c.request_id == request_id).order_by(REC.c.receipt_no)
+    )
     return [json.loads(r[0]) for r in rows]
 
 
@@ -312,19 +400,36 @@ def latest_receipt(session: Session, request_id: str) -> dict[str, Any] | None:
 def export_records(session: Session, request_id: str) -> list[dict[str, Any]]:
     e = control.request_exports
     names = [c.name for c in e.c]
-    return [dict(zip(names, r, strict=True)) for r in
-            session.fetchall(sa.select(*e.c).where(e.c.request_id == request_id).order_by(e.c.produced_at))]
+    return [
+        dict(zip(names, r, strict=True))
+        for r in session.fetchall(
+            sa.select(*e.c).where(e.c.request_id == request_id).order_by(e.c.produced_at)
+        )
+    ]
 
 
-def _receipt(req: Request, policies: PolicySet, status: str, as_of: date, key: PseudonymKey | None,
-             **extra: Any) -> dict[str, Any]:
+def _receipt(
+    req: Request,
+    policies: PolicySet,
+    status: str,
+    as_of: date,
+    key: PseudonymKey | None,
+    **extra: Any,
+) -> dict[str, Any]:
     answered = control.now().date()
     body: dict[str, Any] = {
-        "receipt_version": RECEIPT_VERSION, "request_id": req.request_id, "kind": req.kind,
-        "purpose": req.purpose, "subject_kind": req.subject_kind,
-        "received_on": req.received_on.isoformat(), "due_on": req.due_on.isoformat(),
-        "answered_on": answered.isoformat(), "answered_in_time": answered <= req.due_on,
-        "as_of": as_of.isoformat(), "status": status, "policies_sha256": policies.digest,
+        "receipt_version": RECEIPT_VERSION,
+        "request_id": req.request_id,
+        "kind": req.kind,
+        "purpose": req.purpose,
+        "subject_kind": req.subject_kind,
+        "received_on": req.received_on.isoformat(),
+        "due_on": req.due_on.isoformat(),
+        "answered_on": answered.isoformat(),
+        "answered_in_time": answered <= req.due_on,
+        "as_of": as_of.isoformat(),
+        "status": status,
+        "policies_sha256": policies.digest,
         "key_id": key.key_id if key else None,
     }
     body.update(extra)
@@ -332,23 +437,42 @@ def _receipt(req: Request, policies: PolicySet, status: str, as_of: date, key: P
 
 
 def _table_entries(outcomes: dict[str, TableOutcome]) -> list[dict[str, Any]]:
-    return [{"table": o.table, "deleted": o.deleted, "anonymised": o.anonymised, "unlinked": o.unlinked}
-            for o in sorted(outcomes.values(), key=lambda o: o.table) if o.changed]
+    return [
+        {"table": o.table, "deleted": o.deleted, "anonymised": o.anonymised, "unlinked": o.unlinked}
+        for o in sorted(outcomes.values(), key=lambda o: o.table)
+        if o.changed
+    ]
 
 
 def _deferred_entries(outcomes: dict[str, TableOutcome]) -> list[dict[str, Any]]:
     out = []
     for o in sorted(outcomes.values(), key=lambda o: o.table):
         if o.held:
-            out.append({"table": o.table, "rows": o.held, "reason": "legal_hold",
-                        "case_refs": sorted(o.hold_cases), "until": None,
-                        "until_note": "until the hold is released"})
+            out.append(
+                {
+                    "table": o.table,
+                    "rows": o.held,
+                    "reason": "legal_hold",
+                    "case_refs": sorted(o.hold_cases),
+                    "until": None,
+                    "until_note": "until the hold is released",
+                }
+            )
         if o.retained:
-            out.append({"table": o.table, "rows": o.retained, "reason": "retention_period",
-                        "rules": sorted(o.retained_by),
-                        "until": None if o.free_unknown or o.free_from is None else o.free_from.isoformat(),
-                        "until_note": "when the clock of the retaining rule is set" if o.free_unknown
-                        else "the day the rows leave their statutory minimum period"})
+            out.append(
+                {
+                    "table": o.table,
+                    "rows": o.retained,
+                    "reason": "retention_period",
+                    "rules": sorted(o.retained_by),
+                    "until": None
+                    if o.free_unknown or o.free_from is None
+                    else o.free_from.isoformat(),
+                    "until_note": "when the clock of the retaining rule is set"
+                    if o.free_unknown
+                    else "the day the rows leave their statutory minimum period",
+                }
+            )
     return out
 
 
@@ -371,10 +495,16 @@ def _hold_cases(holds: list[control.Hold], b: BoundRule, req: Request) -> set[st
     tables = {b.table.name, *(link.table.name for link in b.links())}
     out = set()
     for h in holds:
-        if ((h.scope == "purpose" and h.purpose == b.policy.purpose)
-                or (h.scope == "table" and h.table_name in tables)
-                or (h.scope == "subject" and b.rule.subject is not None and h.subject_kind == req.subject_kind
-                    and h.subject_id == req.subject_id)):
+        if (
+            (h.scope == "purpose" and h.purpose == b.policy.purpose)
+            or (h.scope == "table" and h.table_name in tables)
+            or (
+                h.scope == "subject"
+                and b.rule.subject is not None
+                and h.subject_kind == req.subject_kind
+                and h.subject_id == req.subject_id
+            )
+        ):
             out.add(h.case_ref)
     return out
 
@@ -391,8 +521,13 @@ def _count_changes(report: RunReport, outcomes: dict[str, TableOutcome]) -> None
             oc.unlinked += c.unlinked
 
 
-def _count_left(plan: Plan, planner: Planner, holds: list[control.Hold], req: Request,
-                outcomes: dict[str, TableOutcome]) -> int:
+def _count_left(
+    plan: Plan,
+    planner: Planner,
+    holds: list[control.Hold],
+    req: Request,
+    outcomes: dict[str, TableOutcome],
+) -> int:
     """Fill held/retained per table from a fresh plan; return the rows still to act on."""
     for o in outcomes.values():
         o.held = o.retained = 0
@@ -430,17 +565,24 @@ def suppress_subject(session: Session, planner: Planner, key: PseudonymKey) -> i
     for b in planner.bound:
         if not pred.covers(b):
             continue
-        cols = [c.name for c in b.table.columns.values()
-                if c.type == "string" and (IDENTIFIER_COLUMN.search(c.name) or c.name in b.rule.suppress)]
+        cols = [
+            c.name
+            for c in b.table.columns.values()
+            if c.type == "string"
+            and (IDENTIFIER_COLUMN.search(c.name) or c.name in b.rule.suppress)
+        ]
         cols = [c for c in cols if (b.table.name, c) not in seen]
         if not cols:
             continue
         seen |= {(b.table.name, c) for c in cols}
         t = alias(b.table)
-        data = pl.from_arrow(session.arrow(sa.select(*(t.c[c] for c in cols)).where(pred.belongs(b, t))))
+        data = pl.from_arrow(
+            session.arrow(sa.select(*(t.c[c] for c in cols)).where(pred.belongs(b, t)))
+        )
         if isinstance(data, pl.DataFrame) and not data.is_empty():
             by_purpose.setdefault(b.policy.purpose, []).extend(
-                data[c].cast(pl.String).str.strip_chars().str.to_lowercase() for c in cols)
+                data[c].cast(pl.String).str.strip_chars().str.to_lowercase() for c in cols
+            )
     added = 0
     s = control.suppression
     for purpose, parts in sorted(by_purpose.items()):
@@ -451,18 +593,31 @@ def suppress_subject(session: Session, planner: Planner, key: PseudonymKey) -> i
         hashes = keyed_hashes(values, key).unique()
         staged = session.stage("rj_suppress", pl.DataFrame({"identifier_hash": hashes}).to_arrow())
         with session.transaction():
-            n = session.execute(sa.insert(s).from_select(
-                ["identifier_hash", "key_id", "purpose", "added_at"],
-                sa.select(staged.c.identifier_hash, sa.literal(key.key_id), sa.literal(purpose),
-                          sa.literal(control.now(), sa.DateTime()))
-                .where(~staged.c.identifier_hash.in_(sa.select(s.c.identifier_hash)))))
+            n = session.execute(
+                sa.insert(s).from_select(
+                    ["identifier_hash", "key_id", "purpose", "added_at"],
+                    sa.select(
+                        staged.c.identifier_hash,
+                        sa.literal(key.key_id),
+                        sa.literal(purpose),
+                        sa.literal(control.now(), sa.DateTime()),
+                    ).where(~staged.c.identifier_hash.in_(sa.select(s.c.identifier_hash))),
+                )
+            )
         session.drop_stage("rj_suppress")
         added += max(n, 0)
     return added
 
 
-def process_request(store: Store, session: Session, policies: PolicySet, req: Request, as_of: date,
-                    key: PseudonymKey, out: str | Path | None = None) -> Processed:
+def process_request(
+    store: Store,
+    session: Session,
+    policies: PolicySet,
+    req: Request,
+    as_of: date,
+    key: PseudonymKey,
+    out: str | Path | None = None,
+) -> Processed:
     """Act on one open request as of a date; record outcomes and a receipt; return them."""
     if not req.is_open:
         raise ConfigError(f"request {req.request_id} is {req.status}: nothing to process")
@@ -479,9 +634,16 @@ def process_request(store: Store, session: Session, policies: PolicySet, req: Re
         if req.status == "pending":
             planner = Planner(store, session, policies, as_of, SubjectPredicates, **options)
             suppressed = suppress_subject(session, planner, key)
-        report = Applier(store, session, policies, as_of, key,
-                         RunOptions(max_delete_fraction=None, purposes=tuple(purposes), mode="request"),
-                         predicates=SubjectPredicates, **options).run()
+        report = Applier(
+            store,
+            session,
+            policies,
+            as_of,
+            key,
+            RunOptions(max_delete_fraction=None, purposes=tuple(purposes), mode="request"),
+            predicates=SubjectPredicates,
+            **options,
+        ).run()
         run_id = report.run_id
         _count_changes(report, outcomes)
         check = Planner(store, session, policies, as_of, SubjectPredicates, **options)
@@ -492,68 +654,137 @@ def process_request(store: Store, session: Session, policies: PolicySet, req: Re
     status, recheck, deferred_until = "done", None, None
     if to_act or held or retained:
         status = "partially_done" if any(o.changed for o in outcomes.values()) else "deferred"
-        dated = [o.free_from for o in outcomes.values() if o.retained and not o.free_unknown and o.free_from]
+        dated = [
+            o.free_from
+            for o in outcomes.values()
+            if o.retained and not o.free_unknown and o.free_from
+        ]
         if not (held or to_act) and len(dated) == sum(1 for o in outcomes.values() if o.retained):
             # only retain periods with known end dates: look again on the first, done on the last
             recheck, deferred_until = min(dated), max(dated)
-    note = None if purposes else "no rule of the policies applies to this request's subject kind and purpose"
+    note = (
+        None
+        if purposes
+        else "no rule of the policies applies to this request's subject kind and purpose"
+    )
     body = _receipt(
-        req, policies, status, as_of, key, run_id=run_id, purposes=purposes, tables=_table_entries(outcomes),
+        req,
+        policies,
+        status,
+        as_of,
+        key,
+        run_id=run_id,
+        purposes=purposes,
+        tables=_table_entries(outcomes),
         deferred=_deferred_entries(outcomes),
         deferred_until=deferred_until.isoformat() if deferred_until else None,
-        suppression_entries_added=suppressed, note=note)
+        suppression_entries_added=suppressed,
+        note=note,
+    )
     with session.transaction():
         _save_outcomes(session, req.request_id, outcomes)
         _close_or_update(session, req, status, recheck, note)
         _issue_receipt(session, req.request_id, status, body)
-    return Processed(req.request_id, status, body, run_id=run_id,
-                     tables_changed=tuple(report.tables_changed) if run_id else ())
+    return Processed(
+        req.request_id,
+        status,
+        body,
+        run_id=run_id,
+        tables_changed=tuple(report.tables_changed) if run_id else (),
+    )
 
 
-def _close_or_update(session: Session, req: Request, status: str, recheck: date | None, note: str | None) -> None:
+def _close_or_update(
+    session: Session, req: Request, status: str, recheck: date | None, note: str | None
+) -> None:
     if status in ("done", "rejected"):
         # the id was needed to act; a closed request forgets it
-        _update(session, req.request_id, status=status, recheck_on=None, status_note=note,
-                subject_id=None, completed_at=control.now())
+        _update(
+            session,
+            req.request_id,
+            status=status,
+            recheck_on=None,
+            status_note=note,
+            subject_id=None,
+            completed_at=control.now(),
+        )
     else:
         _update(session, req.request_id, status=status, recheck_on=recheck, status_note=note)
 
 
-def _process_access(store: Store, session: Session, policies: PolicySet, req: Request, as_of: date,
-                    key: PseudonymKey | None, out: str | Path | None) -> Processed:
+def _process_access(
+    store: Store,
+    session: Session,
+    policies: PolicySet,
+    req: Request,
+    as_of: date,
+    key: PseudonymKey | None,
+    out: str | Path | None,
+) -> Processed:
     from retention_jobs.export import write_export
 
     if out is None:
-        raise ConfigError(f"access request {req.request_id} needs an output file: "
-                          f"`retention-jobs requests process {req.request_id} --out FILE.zip`")
+        raise ConfigError(
+            f"access request {req.request_id} needs an output file: "
+            f"`retention-jobs requests process {req.request_id} --out FILE.zip`"
+        )
     record = write_export(store, session, policies, req, as_of, Path(out))
-    body = _receipt(req, policies, "done", as_of, key, export={
-        "produced_at": record["produced_at"].isoformat(), "tables": record["table_count"],
-        "rows": record["row_count"], "bytes": record["byte_count"], "sha256": record["sha256"]},
-        note="the export was handed to the operator; no copy is kept")
+    body = _receipt(
+        req,
+        policies,
+        "done",
+        as_of,
+        key,
+        export={
+            "produced_at": record["produced_at"].isoformat(),
+            "tables": record["table_count"],
+            "rows": record["row_count"],
+            "bytes": record["byte_count"],
+            "sha256": record["sha256"],
+        },
+        note="the export was handed to the operator; no copy is kept",
+    )
     with session.transaction():
-        session.execute(sa.insert(control.request_exports).values(request_id=req.request_id, **record))
+        session.execute(
+            sa.insert(control.request_exports).values(request_id=req.request_id, **record)
+        )
         _close_or_update(session, req, "done", None, None)
         _issue_receipt(session, req.request_id, "done", body)
     return Processed(req.request_id, "done", body)
 
 
-def reject_request(session: Session, policies: PolicySet, request_id: str, reason: str, as_of: date) -> Processed:
+def reject_request(
+    session: Session, policies: PolicySet, request_id: str, reason: str, as_of: date
+) -> Processed:
     if reason not in REJECT_REASONS:
         raise ConfigError(f"unknown reason {reason!r}; use one of: {', '.join(REJECT_REASONS)}")
     req = get_request(session, request_id)
     if not req.is_open:
         raise ConfigError(f"request {request_id} is {req.status}: it cannot be rejected now")
-    body = _receipt(req, policies, "rejected", as_of, None, reason=reason, note=REJECT_REASONS[reason],
-                    tables=_table_entries(load_outcomes(session, request_id)))
+    body = _receipt(
+        req,
+        policies,
+        "rejected",
+        as_of,
+        None,
+        reason=reason,
+        note=REJECT_REASONS[reason],
+        tables=_table_entries(load_outcomes(session, request_id)),
+    )
     with session.transaction():
         _close_or_update(session, req, "rejected", None, reason)
         _issue_receipt(session, request_id, "rejected", body)
     return Processed(request_id, "rejected", body)
 
 
-def process_requests(store: Store, policies: PolicySet, as_of: date, key: PseudonymKey,
-                     request_ids: Iterable[str] | None = None, out: str | Path | None = None) -> list[Processed]:
+def process_requests(
+    store: Store,
+    policies: PolicySet,
+    as_of: date,
+    key: PseudonymKey,
+    request_ids: Iterable[str] | None = None,
+    out: str | Path | None = None,
+) -> list[Processed]:
     """Process the given requests, or every request due as of the date (pending ones, and
     deferred ones whose day has come or that wait on a hold). An access request is processed
     only when named with an output file. A failing request does not stop the others."""
@@ -566,8 +797,13 @@ def process_requests(store: Store, policies: PolicySet, as_of: date, key: Pseudo
             todo = due_for_processing(session, as_of)
         for req in todo:
             if req.kind == "access" and out is None:
-                done.append(Processed(req.request_id, req.status,
-                                      skipped="an access request needs --out FILE.zip; process it by its id"))
+                done.append(
+                    Processed(
+                        req.request_id,
+                        req.status,
+                        skipped="an access request needs --out FILE.zip; process it by its id",
+                    )
+                )
                 continue
             if not req.is_open:
                 done.append(Processed(req.request_id, req.status, skipped=f"already {req.status}"))
@@ -590,9 +826,14 @@ def _purge(store: Store, policies: PolicySet, as_of: date, done: list[Processed]
         return
     result = store.purge(tables, full=any(f.policy.purge == "full" for f in policies.files))
     with store.connect() as session, session.transaction():
-        control.append_audit(session, run_id=next(p.run_id for p in done if p.tables_changed),
-                             action=f"purge-{result['method']}", as_of=as_of, policy_sha256=policies.digest,
-                             seconds=result.get("seconds"))
+        control.append_audit(
+            session,
+            run_id=next(p.run_id for p in done if p.tables_changed),
+            action=f"purge-{result['method']}",
+            as_of=as_of,
+            policy_sha256=policies.digest,
+            seconds=result.get("seconds"),
+        )
 
 
 # --- holds: review and the effect of a release -----------------------------------------------
@@ -622,7 +863,9 @@ def _purposes_a_hold_touches(policies: PolicySet, hold: control.Hold) -> list[st
         if hold.scope == "purpose":
             hit = p.purpose == hold.purpose
         elif hold.scope == "table":
-            hit = any(r.table == hold.table_name or hold.table_name in tables(r.cascade) for r in p.rules)
+            hit = any(
+                r.table == hold.table_name or hold.table_name in tables(r.cascade) for r in p.rules
+            )
         else:
             hit = any(r.subject and r.subject.kind == hold.subject_kind for r in p.rules)
         if hit:
@@ -630,16 +873,23 @@ def _purposes_a_hold_touches(policies: PolicySet, hold: control.Hold) -> list[st
     return out
 
 
-def hold_effect(store: Store, session: Session, policies: PolicySet, as_of: date, hold_id: str) -> HoldEffect:
+def hold_effect(
+    store: Store, session: Session, policies: PolicySet, as_of: date, hold_id: str
+) -> HoldEffect:
     """Plan with and without the hold (counts only) to tell what releasing it would free."""
-    hold = next((h for h in control.list_holds(session, include_released=True) if h.hold_id == hold_id), None)
+    hold = next(
+        (h for h in control.list_holds(session, include_released=True) if h.hold_id == hold_id),
+        None,
+    )
     if hold is None:
         raise ConfigError(f"no hold {hold_id!r}; see `retention-jobs holds list`")
     purposes = _purposes_a_hold_touches(policies, hold)
     if not purposes or hold.released_at is not None:
         return HoldEffect(hold_id, 0, 0, 0, {})
     with_hold = Planner(store, session, policies, as_of).plan(purposes)
-    without = Planner(store, session, policies, as_of, HoldsReleased, released=[hold_id]).plan(purposes)
+    without = Planner(store, session, policies, as_of, HoldsReleased, released=[hold_id]).plan(
+        purposes
+    )
     after = {r.rule_id: r for r in without.rules}
     by_rule, protected, freed, cascade_rows = {}, 0, 0, 0
     for r in with_hold.rules:
@@ -653,7 +903,9 @@ def hold_effect(store: Store, session: Session, policies: PolicySet, as_of: date
     return HoldEffect(hold_id, protected, freed, cascade_rows, by_rule)
 
 
-def holds_for_review(session: Session, as_of: date) -> tuple[list[control.Hold], list[control.Hold]]:
+def holds_for_review(
+    session: Session, as_of: date
+) -> tuple[list[control.Hold], list[control.Hold]]:
     """Active holds whose review date is on or before the date, and active holds with none."""
     active = control.list_holds(session)
     due = [h for h in active if h.review_at is not None and h.review_at <= as_of]
@@ -673,8 +925,9 @@ class SuppressionCheck:
     """Entries hashed with another key: they cannot be compared with this key."""
 
 
-def check_suppressed(session: Session, key: PseudonymKey, path: str | Path,
-                     purpose: str | None = None) -> SuppressionCheck:
+def check_suppressed(
+    session: Session, key: PseudonymKey, path: str | Path, purpose: str | None = None
+) -> SuppressionCheck:
     """Which rows of a CSV file (with a header) hold a value on the suppression list, compared
     as keyed hashes of the trimmed, lower-cased text of every cell. Never returns a value."""
     try:
@@ -703,21 +956,31 @@ def summary_line(p: Processed) -> str:
     if p.skipped:
         return f"{p.request_id}: skipped ({p.skipped})"
     if p.failed:
-        return f"{p.request_id}: failed ({p.failed}); it stays {p.status} and is tried again next time"
+        return (
+            f"{p.request_id}: failed ({p.failed}); it stays {p.status} and is tried again next time"
+        )
     r = p.receipt or {}
     parts = [f"{p.request_id} {r.get('kind')}: {p.status}"]
     if r.get("export"):
         e = r["export"]
-        parts.append(f"export of {e['rows']} rows in {e['tables']} tables written (sha256 {e['sha256'][:16]}…)")
+        parts.append(
+            f"export of {e['rows']} rows in {e['tables']} tables written (sha256 {e['sha256'][:16]}…)"
+        )
     tables = r.get("tables") or []
     if tables:
-        parts.append(f"{sum(t['deleted'] for t in tables)} deleted, {sum(t['anonymised'] for t in tables)} "
-                     f"anonymised, {sum(t['unlinked'] for t in tables)} unlinked in {len(tables)} tables")
+        parts.append(
+            f"{sum(t['deleted'] for t in tables)} deleted, {sum(t['anonymised'] for t in tables)} "
+            f"anonymised, {sum(t['unlinked'] for t in tables)} unlinked in {len(tables)} tables"
+        )
     for d in r.get("deferred") or []:
         if d["reason"] == "legal_hold":
-            parts.append(f"{d['rows']} in {d['table']} held (case {', '.join(d['case_refs']) or '?'}) until released")
+            parts.append(
+                f"{d['rows']} in {d['table']} held (case {', '.join(d['case_refs']) or '?'}) until released"
+            )
         else:
-            parts.append(f"{d['rows']} in {d['table']} retained by {', '.join(d['rules'])} until {d['until'] or 'unknown'}")
+            parts.append(
+                f"{d['rows']} in {d['table']} retained by {', '.join(d['rules'])} until {d['until'] or 'unknown'}"
+            )
     if r.get("suppression_entries_added"):
         parts.append(f"{r['suppression_entries_added']} suppression entries added")
     if r.get("note"):

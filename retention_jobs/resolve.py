@@ -105,8 +105,12 @@ class _Resolver:
     def column(self, f: PolicyFile, loc: Loc, info: TableInfo, name: str) -> ColumnInfo | None:
         col = info.columns.get(name)
         if col is None:
-            self.err(f, loc, f"column {name!r} is not in {info.name}",
-                     _suggest(name, list(info.columns)) or f"columns: {', '.join(info.columns)}")
+            self.err(
+                f,
+                loc,
+                f"column {name!r} is not in {info.name}",
+                _suggest(name, list(info.columns)) or f"columns: {', '.join(info.columns)}",
+            )
         return col
 
     # -- rules ----------------------------------------------------------------------------
@@ -134,7 +138,8 @@ class _Resolver:
             self.column(f, (*base, "suppress"), info, col)
         self.strategies(f, (*base, "columns"), info, r.columns)
         links = tuple(
-            link for j, c in enumerate(r.cascade)
+            link
+            for j, c in enumerate(r.cascade)
             if (link := self.cascade(f, (*base, "cascade", j), info, r.keys, c)) is not None
         )
         if r.action == "delete":
@@ -155,8 +160,12 @@ class _Resolver:
         if col is None:
             return None
         if col.type not in DATE_TYPES:
-            self.err(f, loc, f"clock column {col.name!r} is {col.raw_type}, not a date or timestamp",
-                     "a clock must be a DATE, TIMESTAMP or TIMESTAMPTZ column")
+            self.err(
+                f,
+                loc,
+                f"clock column {col.name!r} is {col.raw_type}, not a date or timestamp",
+                "a clock must be a DATE, TIMESTAMP or TIMESTAMPTZ column",
+            )
             return None
         return col.type
 
@@ -171,15 +180,25 @@ class _Resolver:
                     continue
                 ok = (
                     (col.type == "string" and isinstance(v, str))
-                    or (col.type in NUMERIC_TYPES and isinstance(v, (int, float)) and not isinstance(v, bool))
+                    or (
+                        col.type in NUMERIC_TYPES
+                        and isinstance(v, (int, float))
+                        and not isinstance(v, bool)
+                    )
                     or (col.type in DATE_TYPES and isinstance(v, (date, str)))
                     or col.type == "other"
                 )
                 if not ok:
-                    self.err(f, loc, f"{c.column}: value {type(v).__name__} does not fit the column's type {col.raw_type}",
-                             "quote strings, leave numbers bare, write dates as YYYY-MM-DD")
+                    self.err(
+                        f,
+                        loc,
+                        f"{c.column}: value {type(v).__name__} does not fit the column's type {col.raw_type}",
+                        "quote strings, leave numbers bare, write dates as YYYY-MM-DD",
+                    )
 
-    def strategies(self, f: PolicyFile, loc: Loc, info: TableInfo, columns: dict[str, Strategy]) -> None:
+    def strategies(
+        self, f: PolicyFile, loc: Loc, info: TableInfo, columns: dict[str, Strategy]
+    ) -> None:
         referenced = bool(self.catalog.referencing(info.name))
         for name, s in columns.items():
             col = self.column(f, (*loc, name), info, name)
@@ -188,24 +207,41 @@ class _Resolver:
             problem = strategy_problem(s, col)
             if problem is None and isinstance(s, Fake):
                 why = check_provider(s.provider, s.locale or f.policy.locale)
-                problem = (why, "see the Faker provider list: name, email, phone_number, address, ...") if why else None
+                problem = (
+                    (why, "see the Faker provider list: name, email, phone_number, address, ...")
+                    if why
+                    else None
+                )
             if problem:
                 self.err(f, (*loc, name), problem[0], problem[1])
             elif self.store_kind == "duckdb" and col.unique and referenced:
-                self.err(f, (*loc, name),
-                         f"DuckDB cannot update the indexed column {info.name}.{name} while other tables "
-                         "reference its rows by foreign key (it rewrites the row and trips the key check)",
-                         "drop the UNIQUE constraint on that column, or delete instead of anonymise")
+                self.err(
+                    f,
+                    (*loc, name),
+                    f"DuckDB cannot update the indexed column {info.name}.{name} while other tables "
+                    "reference its rows by foreign key (it rewrites the row and trips the key check)",
+                    "drop the UNIQUE constraint on that column, or delete instead of anonymise",
+                )
 
-    def cascade(self, f: PolicyFile, loc: Loc, parent: TableInfo, parent_key: list[str] | tuple[str, ...],
-                c: Cascade) -> Link | None:
+    def cascade(
+        self,
+        f: PolicyFile,
+        loc: Loc,
+        parent: TableInfo,
+        parent_key: list[str] | tuple[str, ...],
+        c: Cascade,
+    ) -> Link | None:
         info = self.table(f, (*loc, "table"), c.table)
         if info is None:
             return None
         on = self.column(f, (*loc, "on"), info, c.on)
         references = c.references or (parent_key[0] if len(parent_key) == 1 else None)
         if references is None:
-            self.err(f, (*loc, "references"), "the parent's key has several columns; name the one `on` refers to")
+            self.err(
+                f,
+                (*loc, "references"),
+                "the parent's key has several columns; name the one `on` refers to",
+            )
             return None
         self.column(f, (*loc, "references"), parent, references)
         key: tuple[str, ...]
@@ -216,13 +252,23 @@ class _Resolver:
         else:
             key = info.primary_key
             if not key and (c.action == "anonymise" or c.cascade):
-                self.err(f, (*loc, "key"), f"{info.name} has no primary key in the store", "name its key with `key:`")
+                self.err(
+                    f,
+                    (*loc, "key"),
+                    f"{info.name} has no primary key in the store",
+                    "name its key with `key:`",
+                )
         if c.action == "unlink" and on is not None and not on.nullable:
-            self.err(f, (*loc, "action"), f"unlink sets {info.name}.{c.on} to NULL, but the column is NOT NULL",
-                     "use action delete, or make the column nullable")
+            self.err(
+                f,
+                (*loc, "action"),
+                f"unlink sets {info.name}.{c.on} to NULL, but the column is NOT NULL",
+                "use action delete, or make the column nullable",
+            )
         self.strategies(f, (*loc, "columns"), info, c.columns)
         children = tuple(
-            link for j, cc in enumerate(c.cascade)
+            link
+            for j, cc in enumerate(c.cascade)
             if (link := self.cascade(f, (*loc, "cascade", j), info, key, cc)) is not None
         )
         link = Link(c, info, c.on, references, key, children)
@@ -230,21 +276,28 @@ class _Resolver:
             self.fk_coverage(f, loc, info, children)
         return link
 
-    def fk_coverage(self, f: PolicyFile, loc: Loc, info: TableInfo, links: tuple[Link, ...]) -> None:
+    def fk_coverage(
+        self, f: PolicyFile, loc: Loc, info: TableInfo, links: tuple[Link, ...]
+    ) -> None:
         """A delete must not break a foreign key: every referencing table needs a cascade."""
         for fk in self.catalog.referencing(info.name):
             covered = any(
-                link.table.name == fk.table and (link.on,) == fk.columns and (
+                link.table.name == fk.table
+                and (link.on,) == fk.columns
+                and (
                     link.spec.action in ("delete", "unlink")
                     or isinstance(link.spec.columns.get(link.on), Redact)
                 )
                 for link in links
             )
             if not covered:
-                self.err(f, (*loc, "cascade"),
-                         f"deleting from {info.name} would violate foreign key {fk.name!r} of {fk.table}"
-                         f"({', '.join(fk.columns)})",
-                         f"add a cascade: {{table: {fk.table}, on: {fk.columns[0]}, action: delete | unlink}}")
+                self.err(
+                    f,
+                    (*loc, "cascade"),
+                    f"deleting from {info.name} would violate foreign key {fk.name!r} of {fk.table}"
+                    f"({', '.join(fk.columns)})",
+                    f"add a cascade: {{table: {fk.table}, on: {fk.columns[0]}, action: delete | unlink}}",
+                )
 
 
 def strategy_problem(s: Strategy, col: ColumnInfo) -> tuple[str, str] | None:
@@ -252,51 +305,78 @@ def strategy_problem(s: Strategy, col: ColumnInfo) -> tuple[str, str] | None:
     t = col.type
     if isinstance(s, Redact):
         if not col.nullable:
-            return (f"redact writes NULL, but {col.name} is NOT NULL",
-                    "use hash, fake or constant, or make the column nullable")
+            return (
+                f"redact writes NULL, but {col.name} is NOT NULL",
+                "use hash, fake or constant, or make the column nullable",
+            )
         return None
     if isinstance(s, Hash):
         if t != "string":
-            return (f"hash writes text, but {col.name} is {col.raw_type}", "use redact, constant or generalise")
+            return (
+                f"hash writes text, but {col.name} is {col.raw_type}",
+                "use redact, constant or generalise",
+            )
         if col.max_length is not None and col.max_length < (s.length or 16):
-            return (f"hash needs at least {s.length or 16} characters, but {col.name} holds {col.max_length}",
-                    "use mask or redact, or widen the column")
+            return (
+                f"hash needs at least {s.length or 16} characters, but {col.name} holds {col.max_length}",
+                "use mask or redact, or widen the column",
+            )
         return None
     if isinstance(s, Fake):
         if t != "string":
-            return (f"fake {s.provider} writes text, but {col.name} is {col.raw_type}",
-                    "use redact, constant or generalise for non-text columns")
+            return (
+                f"fake {s.provider} writes text, but {col.name} is {col.raw_type}",
+                "use redact, constant or generalise for non-text columns",
+            )
         return None
     if isinstance(s, Mask):
         if t != "string":
-            return (f"mask works on text, but {col.name} is {col.raw_type}", "use redact or generalise")
+            return (
+                f"mask works on text, but {col.name} is {col.raw_type}",
+                "use redact or generalise",
+            )
         if col.unique:
-            return (f"masked values of the unique column {col.name} would collide", "use hash or fake")
+            return (
+                f"masked values of the unique column {col.name} would collide",
+                "use hash or fake",
+            )
         return None
     if isinstance(s, Generalise):
         if s.to and t not in DATE_TYPES:
-            return (f"generalise to {s.to} needs a date or timestamp, but {col.name} is {col.raw_type}",
-                    "use {generalise: {band: N}} for numbers")
+            return (
+                f"generalise to {s.to} needs a date or timestamp, but {col.name} is {col.raw_type}",
+                "use {generalise: {band: N}} for numbers",
+            )
         if s.band and t not in NUMERIC_TYPES:
-            return (f"generalise band needs a number, but {col.name} is {col.raw_type}",
-                    "use {generalise: year} for dates")
+            return (
+                f"generalise band needs a number, but {col.name} is {col.raw_type}",
+                "use {generalise: year} for dates",
+            )
         if col.unique:
-            return (f"generalised values of the unique column {col.name} would collide", "use hash or fake")
+            return (
+                f"generalised values of the unique column {col.name} would collide",
+                "use hash or fake",
+            )
         return None
     if isinstance(s, Constant):
         if col.unique:
             return (f"a constant cannot go into the unique column {col.name}", "use hash or fake")
         v = s.value
         if v is None and not col.nullable:
-            return (f"constant null into the NOT NULL column {col.name}", "pick a non-null constant")
+            return (
+                f"constant null into the NOT NULL column {col.name}",
+                "pick a non-null constant",
+            )
         if v is not None and not (
             (t == "string" and isinstance(v, str))
             or (t in NUMERIC_TYPES and isinstance(v, (int, float)) and not isinstance(v, bool))
             or (t == "boolean" and isinstance(v, bool))
             or (t in DATE_TYPES and isinstance(v, date))
         ):
-            return (f"constant {type(v).__name__} does not fit {col.name} ({col.raw_type})",
-                    "give a value of the column's type")
+            return (
+                f"constant {type(v).__name__} does not fit {col.name} ({col.raw_type})",
+                "give a value of the column's type",
+            )
         if isinstance(v, str) and col.max_length is not None and len(v) > col.max_length:
             return (f"constant is longer than {col.name} allows ({col.max_length})", "shorten it")
     return None

@@ -83,8 +83,12 @@ class World:
         return self.parents if table == PARENT else self.children
 
     def copy(self) -> World:
-        return World(copy.deepcopy(self.parents), copy.deepcopy(self.children), list(self.holds),
-                     set(self.marked))
+        return World(
+            copy.deepcopy(self.parents),
+            copy.deepcopy(self.children),
+            list(self.holds),
+            set(self.marked),
+        )
 
 
 # --- calendar ---------------------------------------------------------------------------------
@@ -209,7 +213,9 @@ class Oracle:
         if rule.subject is not None:
             kind, column = rule.subject
             value = row[column]
-            if value is not None and any(h.scope == "subject" and h.target == f"{kind}:{value}" for h in active):
+            if value is not None and any(
+                h.scope == "subject" and h.target == f"{kind}:{value}" for h in active
+            ):
                 return True
         return bool(rule.cascade and self.table_held(world, CHILD) and self.children_of(world, row))
 
@@ -225,16 +231,25 @@ class Oracle:
     def retained(self, world: World, rule: RuleSpec, row: dict) -> bool:
         if self.retained_here(world, rule.table, row):
             return True
-        return bool(rule.cascade) and any(self.retained_here(world, CHILD, c) for c in self.children_of(world, row))
+        return bool(rule.cascade) and any(
+            self.retained_here(world, CHILD, c) for c in self.children_of(world, row)
+        )
 
     def free(self, world: World, rule: RuleSpec, row: dict) -> bool:
-        return self.expired(world, rule, row) and not self.held(world, rule, row) and not self.retained(world, rule, row)
+        return (
+            self.expired(world, rule, row)
+            and not self.held(world, rule, row)
+            and not self.retained(world, rule, row)
+        )
 
     def superseded(self, world: World, rule: RuleSpec, row: dict) -> bool:
         if rule.action != "anonymise":
             return False
-        return any(self.free(world, d, row) for d in self.rules
-                   if d.action == "delete" and d.table == rule.table and d is not rule)
+        return any(
+            self.free(world, d, row)
+            for d in self.rules
+            if d.action == "delete" and d.table == rule.table and d is not rule
+        )
 
     def done(self, world: World, rule: RuleSpec, row: dict) -> bool:
         return all((rule.table, row[rule.key], c) in world.marked for c, _ in rule.columns)
@@ -242,10 +257,14 @@ class Oracle:
     def actionable(self, world: World, rule: RuleSpec, row: dict) -> bool:
         if rule.action == "retain" or not self.free(world, rule, row):
             return False
-        return rule.action != "anonymise" or not (self.superseded(world, rule, row) or self.done(world, rule, row))
+        return rule.action != "anonymise" or not (
+            self.superseded(world, rule, row) or self.done(world, rule, row)
+        )
 
     def acted(self, world: World, rule: RuleSpec) -> list[int]:
-        return sorted(k for k, row in world.rows(rule.table).items() if self.actionable(world, rule, row))
+        return sorted(
+            k for k, row in world.rows(rule.table).items() if self.actionable(world, rule, row)
+        )
 
     # -- plan -----------------------------------------------------------------------------
 
@@ -253,7 +272,9 @@ class Oracle:
         out = {}
         for rule in self.rules:
             rows = list(world.rows(rule.table).values())
-            counts = dict.fromkeys(("total", "expired", "held", "retained", "superseded", "already_done", "to_act"), 0)
+            counts = dict.fromkeys(
+                ("total", "expired", "held", "retained", "superseded", "already_done", "to_act"), 0
+            )
             counts["total"] = len(rows)
             for row in rows:
                 if rule.action == "retain":  # its own rows: past the minimum, or inside it
@@ -275,18 +296,24 @@ class Oracle:
                     counts["to_act"] += 1
             if rule.cascade:
                 acted = set(self.acted(world, rule))
-                counts["cascade_rows"] = sum(1 for c in world.children.values() if c[PARENT_KEY] in acted)
+                counts["cascade_rows"] = sum(
+                    1 for c in world.children.values() if c[PARENT_KEY] in acted
+                )
             out[rule.rule_id] = counts
         return out
 
     # -- a run ----------------------------------------------------------------------------
 
-    def simulate_run(self, world: World, key_secret: bytes) -> tuple[World, dict[str, dict[str, int]]]:
+    def simulate_run(
+        self, world: World, key_secret: bytes
+    ) -> tuple[World, dict[str, dict[str, int]]]:
         """The world after one run, and per rule the rows it changed."""
         before = world
         world = world.copy()
         planned = {r.rule_id: set(self.acted(before, r)) for r in self.rules}
-        order = sorted(self.rules, key=lambda r: {"delete": 0, "anonymise": 1, "retain": 2}[r.action])
+        order = sorted(
+            self.rules, key=lambda r: {"delete": 0, "anonymise": 1, "retain": 2}[r.action]
+        )
         results: dict[str, dict[str, int]] = {}
         for rule in order:
             res = {"rows": 0, "cascade_rows": 0}
@@ -294,8 +321,11 @@ class Oracle:
             if rule.action == "retain":
                 continue
             table = world.rows(rule.table)
-            keys = [k for k in sorted(planned[rule.rule_id])
-                    if k in table and self.actionable(world, rule, table[k])]
+            keys = [
+                k
+                for k in sorted(planned[rule.rule_id])
+                if k in table and self.actionable(world, rule, table[k])
+            ]
             for k in keys:
                 row = table[k]
                 kids = self.children_of(world, row) if rule.cascade else []
@@ -327,13 +357,19 @@ class Hashed:
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Hashed):
             return other.original == self.original
-        return isinstance(other, str) and other != self.original and re.fullmatch(r"[0-9a-f]{16,64}", other) is not None
+        return (
+            isinstance(other, str)
+            and other != self.original
+            and re.fullmatch(r"[0-9a-f]{16,64}", other) is not None
+        )
 
     def __hash__(self) -> int:
         return hash(self.original)
 
 
-def anonymise(world: World, table: str, row: dict, columns: tuple[tuple[str, str], ...], secret: bytes) -> None:
+def anonymise(
+    world: World, table: str, row: dict, columns: tuple[tuple[str, str], ...], secret: bytes
+) -> None:
     key = row[PARENT_KEY if table == PARENT else CHILD_KEY]
     for column, strategy in columns:
         if (table, key, column) in world.marked:

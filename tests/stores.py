@@ -35,8 +35,13 @@ def pg_server_url() -> sa.URL:
 
 
 def _libpq(url: sa.URL, database: str | None = None) -> dict:
-    args = {"host": url.host or "127.0.0.1", "port": url.port or 5432, "user": url.username or "postgres",
-            "dbname": database or url.database or "postgres", "connect_timeout": 5}
+    args = {
+        "host": url.host or "127.0.0.1",
+        "port": url.port or 5432,
+        "user": url.username or "postgres",
+        "dbname": database or url.database or "postgres",
+        "connect_timeout": 5,
+    }
     if url.password:
         args["password"] = url.password
     return args
@@ -48,9 +53,11 @@ def pg_unavailable_reason() -> str | None:
         with psycopg.connect(**_libpq(url), autocommit=True) as con:
             con.execute("SELECT 1")
     except psycopg.Error as e:
-        return (f"no PostgreSQL server at {url.render_as_string(hide_password=True)} "
-                f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                f"set {PG_ENV} to another server")
+        return (
+            f"no PostgreSQL server at {url.render_as_string(hide_password=True)} "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+            f"set {PG_ENV} to another server"
+        )
     return None
 
 
@@ -67,7 +74,9 @@ def pg_database() -> Iterator[str]:
     with psycopg.connect(**_libpq(url), autocommit=True) as con:
         con.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+        yield url.set(drivername="postgresql+psycopg", database=name).render_as_string(
+            hide_password=False
+        )
     finally:
         with psycopg.connect(**_libpq(url), autocommit=True) as con:
             con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -77,9 +86,13 @@ def reset_pg_database(url: str) -> None:
     """Drop every schema but the system ones; leave an empty `public`."""
     u = sa.engine.make_url(url)
     with psycopg.connect(**_libpq(u), autocommit=True) as con:
-        schemas = [r[0] for r in con.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
-            "AND nspname <> 'information_schema'").fetchall()]
+        schemas = [
+            r[0]
+            for r in con.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' "
+                "AND nspname <> 'information_schema'"
+            ).fetchall()
+        ]
         for s in schemas:
             con.execute(f'DROP SCHEMA "{s}" CASCADE')
         con.execute("CREATE SCHEMA public")
@@ -98,8 +111,11 @@ def load(session: Session, table: str, data: pa.Table) -> int:
     staged = session.stage("rj_test_load", data)
     target = sa.table(short, *(sa.column(c) for c in data.column_names), schema=schema)
     with session.transaction():
-        n = session.execute(sa.insert(target).from_select(
-            data.column_names, sa.select(*(staged.c[c] for c in data.column_names))))
+        n = session.execute(
+            sa.insert(target).from_select(
+                data.column_names, sa.select(*(staged.c[c] for c in data.column_names))
+            )
+        )
     session.drop_stage("rj_test_load")
     return n
 
@@ -115,26 +131,40 @@ SMOKE_DDL = [
 
 def smoke_customers() -> pa.Table:
     ids = list(range(1, 1001))
-    ended = [date(2015, 1, 1) + timedelta(days=i) if i % 3 == 0 else date(2020, 6, 1) if i % 3 == 1 else None
-             for i in ids]
-    return pa.table({
-        "id": pa.array(ids, pa.int64()),
-        "email": [f"u{i}@x.no" for i in ids],
-        "name": [f"Name {i}" for i in ids],
-        "phone": [f"12345{i}" for i in ids],
-        "born": pa.array([date(1980, 1, 1) + timedelta(days=i) for i in ids], pa.date32()),
-        "ended_at": pa.array(ended, pa.date32()),
-        "last_seen": pa.array([datetime(2019, 1, 1) + timedelta(days=i) for i in ids], pa.timestamp("us")),
-    })
+    ended = [
+        date(2015, 1, 1) + timedelta(days=i)
+        if i % 3 == 0
+        else date(2020, 6, 1)
+        if i % 3 == 1
+        else None
+        for i in ids
+    ]
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "email": [f"u{i}@x.no" for i in ids],
+            "name": [f"Name {i}" for i in ids],
+            "phone": [f"12345{i}" for i in ids],
+            "born": pa.array([date(1980, 1, 1) + timedelta(days=i) for i in ids], pa.date32()),
+            "ended_at": pa.array(ended, pa.date32()),
+            "last_seen": pa.array(
+                [datetime(2019, 1, 1) + timedelta(days=i) for i in ids], pa.timestamp("us")
+            ),
+        }
+    )
 
 
 def smoke_orders() -> pa.Table:
     ids = list(range(1, 3001))
-    return pa.table({
-        "order_id": pa.array(ids, pa.int64()),
-        "customer_id": pa.array([1 + (i % 1000) for i in ids], pa.int64()),
-        "placed_at": pa.array([date(2014, 1, 1) + timedelta(days=i % 4000) for i in ids], pa.date32()),
-    })
+    return pa.table(
+        {
+            "order_id": pa.array(ids, pa.int64()),
+            "customer_id": pa.array([1 + (i % 1000) for i in ids], pa.int64()),
+            "placed_at": pa.array(
+                [date(2014, 1, 1) + timedelta(days=i % 4000) for i in ids], pa.date32()
+            ),
+        }
+    )
 
 
 def build_smoke(session: Session) -> None:

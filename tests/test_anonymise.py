@@ -24,7 +24,12 @@ def test_keyed_hash_is_keyed_stable_and_matches_reference():
     s = pl.Series("v", ["a@b.no", None, "a@b.no", "x"])
     h = keyed_hashes(s, KEY)
     ref = hashlib.blake2b(b"a@b.no", key=KEY.secret, digest_size=16).hexdigest()
-    assert h.to_list() == [ref, None, ref, hashlib.blake2b(b"x", key=KEY.secret, digest_size=16).hexdigest()]
+    assert h.to_list() == [
+        ref,
+        None,
+        ref,
+        hashlib.blake2b(b"x", key=KEY.secret, digest_size=16).hexdigest(),
+    ]
     other = keyed_hashes(s, PseudonymKey.from_text("another-key-0123456789"))
     assert other[0] != h[0]
 
@@ -43,19 +48,28 @@ def test_key_comes_from_env_and_is_never_shown(monkeypatch):
 
 
 def test_each_strategy_keeps_the_column_type():
-    df = pl.DataFrame({
-        "email": ["ola@example.no", "kari@example.se"],
-        "name": ["Ola Nordmann", "Kari Nordmann"],
-        "phone": ["+4712345678", "12"],
-        "born": [date(1980, 5, 17), date(1991, 12, 31)],
-        "seen": [datetime(2020, 3, 4, 5, 6), datetime(2021, 7, 8, 9, 10)],
-        "age": [37, 42],
-        "street": ["Storgata 1", "Kungsgatan 2"],
-        "tier": ["gold", "silver"],
-    })
-    cols = {"email": Hash(), "name": Fake(provider="name"), "phone": Mask(keep_last=2),
-            "born": Generalise(to="year"), "seen": Generalise(to="month"), "age": Generalise(band=10),
-            "street": Redact(), "tier": Constant(value="none")}
+    df = pl.DataFrame(
+        {
+            "email": ["ola@example.no", "kari@example.se"],
+            "name": ["Ola Nordmann", "Kari Nordmann"],
+            "phone": ["+4712345678", "12"],
+            "born": [date(1980, 5, 17), date(1991, 12, 31)],
+            "seen": [datetime(2020, 3, 4, 5, 6), datetime(2021, 7, 8, 9, 10)],
+            "age": [37, 42],
+            "street": ["Storgata 1", "Kungsgatan 2"],
+            "tier": ["gold", "silver"],
+        }
+    )
+    cols = {
+        "email": Hash(),
+        "name": Fake(provider="name"),
+        "phone": Mask(keep_last=2),
+        "born": Generalise(to="year"),
+        "seen": Generalise(to="month"),
+        "age": Generalise(band=10),
+        "street": Redact(),
+        "tier": Constant(value="none"),
+    }
     out = anonymise_frame(df, cols, {c: col(c) for c in cols}, KEY, "nb_NO")
     assert out.schema == df.schema
     assert out["email"].str.len_chars().to_list() == [32, 32]
@@ -75,15 +89,22 @@ def test_done_rows_are_left_alone():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.emails(), min_size=1, max_size=300, unique=True), st.integers(min_value=30, max_value=80))
+@given(
+    st.lists(st.emails(), min_size=1, max_size=300, unique=True),
+    st.integers(min_value=30, max_value=80),
+)
 def test_fakes_in_a_unique_column_stay_unique_and_fit(emails, max_len):
     df = pl.DataFrame({"email": emails})
     info = col("email", max_length=max_len, unique=True)
-    out = anonymise_frame(df, {"email": Fake(provider="email")}, {"email": info}, KEY, "sv_SE")["email"]
+    out = anonymise_frame(df, {"email": Fake(provider="email")}, {"email": info}, KEY, "sv_SE")[
+        "email"
+    ]
     assert out.n_unique() == len(emails)
     assert out.str.len_chars().max() <= max_len
     assert out.str.contains("@").all()
-    again = anonymise_frame(df, {"email": Fake(provider="email")}, {"email": info}, KEY, "sv_SE")["email"]
+    again = anonymise_frame(df, {"email": Fake(provider="email")}, {"email": info}, KEY, "sv_SE")[
+        "email"
+    ]
     assert again.to_list() == out.to_list()
 
 
@@ -98,7 +119,9 @@ def test_same_input_same_fake_across_frames():
 
 def test_mask_never_leaves_a_short_value_whole():
     df = pl.DataFrame({"p": ["1", "12", "123", None]})
-    out = anonymise_frame(df, {"p": Mask(keep_first=1, keep_last=1)}, {"p": col("p")}, KEY, "nb_NO")["p"]
+    out = anonymise_frame(
+        df, {"p": Mask(keep_first=1, keep_last=1)}, {"p": col("p")}, KEY, "nb_NO"
+    )["p"]
     assert out.to_list() == ["*", "**", "1*3", None]
 
 
@@ -109,6 +132,10 @@ def test_hex_digests_equal_keyed_blake2b_of_each_value(values):
     from retention_jobs.anonymise import hex_digests
 
     key = PseudonymKey.from_text("hypothesis-key-0123456789")
-    expected = [hashlib.blake2b(v.encode("utf-8") if isinstance(v, str) else v, key=key.secret,
-                                digest_size=16).hexdigest() for v in values]
+    expected = [
+        hashlib.blake2b(
+            v.encode("utf-8") if isinstance(v, str) else v, key=key.secret, digest_size=16
+        ).hexdigest()
+        for v in values
+    ]
     assert hex_digests(values, key) == expected

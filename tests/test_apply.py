@@ -140,7 +140,11 @@ def by_rule(report):
 def test_plan_changes_no_byte(world):
     before = hashlib.sha256(world.path.read_bytes()).hexdigest()
     plan = build_plan(world, policies(SHOP, BOOKS), AS_OF)
-    assert {r.rule_id for r in plan.rules} == {"shop/ended", "shop/inactive", "bookkeeping/orders-5y"}
+    assert {r.rule_id for r in plan.rules} == {
+        "shop/ended",
+        "shop/inactive",
+        "bookkeeping/orders-5y",
+    }
     assert hashlib.sha256(world.path.read_bytes()).hexdigest() == before
 
 
@@ -148,41 +152,68 @@ def test_delete_respects_retain_of_children_and_cascades(world):
     ps = policies(SHOP, BOOKS)
     # oracle, written as plain SQL: ended customers (year end + 5y <= as-of) whose orders are
     # all past their own 5-year bookkeeping minimum
-    expect = {r[0] for r in rows(world, """
+    expect = {
+        r[0]
+        for r in rows(
+            world,
+            """
         SELECT id FROM s.customers c WHERE ended_at IS NOT NULL
           AND make_date(year(ended_at) + 1, 1, 1) + INTERVAL 5 YEAR <= DATE '2026-11-22'
           AND NOT EXISTS (SELECT 1 FROM s.orders o WHERE o.customer_id = c.id
-                          AND make_date(year(o.placed_at) + 1, 1, 1) + INTERVAL 5 YEAR > DATE '2026-11-22')""")}
+                          AND make_date(year(o.placed_at) + 1, 1, 1) + INTERVAL 5 YEAR > DATE '2026-11-22')""",
+        )
+    }
     assert expect, "the fixture must have deletable customers"
     report = by_rule(run(world, ps))
     assert report["shop/ended"].deleted == len(expect)
     left = {r[0] for r in rows(world, "SELECT id FROM s.customers")}
     assert not (expect & left)
-    assert not rows(world, "SELECT 1 FROM s.orders o WHERE NOT EXISTS (SELECT 1 FROM s.customers c WHERE c.id = o.customer_id)")
+    assert not rows(
+        world,
+        "SELECT 1 FROM s.orders o WHERE NOT EXISTS (SELECT 1 FROM s.customers c WHERE c.id = o.customer_id)",
+    )
     notes = report["shop/ended"].plan.retained_by
     assert notes and notes[0].rule_id == "bookkeeping/orders-5y" and notes[0].free_from is not None
 
 
 def test_subject_hold_protects_every_path(world):
     ps = policies(SHOP, BOOKS)
-    victim = rows(world, "SELECT min(id) FROM s.customers WHERE id % 3 = 0 AND NOT EXISTS "
-                         "(SELECT 1 FROM s.orders o WHERE o.customer_id = s.customers.id AND placed_at > DATE '2021-01-01')")[0][0]
+    victim = rows(
+        world,
+        "SELECT min(id) FROM s.customers WHERE id % 3 = 0 AND NOT EXISTS "
+        "(SELECT 1 FROM s.orders o WHERE o.customer_id = s.customers.id AND placed_at > DATE '2021-01-01')",
+    )[0][0]
     before = rows(world, f"SELECT * FROM s.customers WHERE id = {victim}")
     orders_before = rows(world, f"SELECT * FROM s.orders WHERE customer_id = {victim} ORDER BY 1")
     with world.connect() as s:
-        control.add_hold(s, scope="subject", subject=f"customer:{victim}", case_ref="LIT-1",
-                         reason="litigation", placed_by="test")
+        control.add_hold(
+            s,
+            scope="subject",
+            subject=f"customer:{victim}",
+            case_ref="LIT-1",
+            reason="litigation",
+            placed_by="test",
+        )
     report = by_rule(run(world, ps))
     assert report["shop/ended"].plan.held >= 1
     assert rows(world, f"SELECT * FROM s.customers WHERE id = {victim}") == before
-    assert rows(world, f"SELECT * FROM s.orders WHERE customer_id = {victim} ORDER BY 1") == orders_before
+    assert (
+        rows(world, f"SELECT * FROM s.orders WHERE customer_id = {victim} ORDER BY 1")
+        == orders_before
+    )
 
 
 def test_table_hold_on_child_blocks_parent_and_release_frees_it(world):
     ps = policies(SHOP)
     with world.connect() as s:
-        hold = control.add_hold(s, scope="table", table="s.orders", case_ref="AUTH-9",
-                                reason="authority_order", placed_by="test")
+        hold = control.add_hold(
+            s,
+            scope="table",
+            table="s.orders",
+            case_ref="AUTH-9",
+            reason="authority_order",
+            placed_by="test",
+        )
     first = by_rule(run(world, ps))
     assert first["shop/ended"].deleted == 0 and first["shop/ended"].plan.held > 0
     n_orders = rows(world, "SELECT count(*) FROM s.orders")[0][0]
@@ -190,7 +221,10 @@ def test_table_hold_on_child_blocks_parent_and_release_frees_it(world):
     with world.connect() as s:
         assert control.release_hold(s, hold, "test")
     second = by_rule(run(world, ps))
-    assert second["shop/ended"].deleted == first["shop/ended"].plan.held - second["shop/ended"].plan.held
+    assert (
+        second["shop/ended"].deleted
+        == first["shop/ended"].plan.held - second["shop/ended"].plan.held
+    )
 
 
 def test_anonymise_is_idempotent_and_deletion_wins(world):
@@ -208,7 +242,9 @@ def test_anonymise_is_idempotent_and_deletion_wins(world):
 
 def test_anonymised_values_keep_types_and_lose_originals(world):
     run(world, policies(SHOP))
-    changed = rows(world, "SELECT id, email, name, phone, born FROM s.customers WHERE email NOT LIKE 'person%'")
+    changed = rows(
+        world, "SELECT id, email, name, phone, born FROM s.customers WHERE email NOT LIKE 'person%'"
+    )
     assert changed
     for cid, email, name, phone, born in changed:
         assert len(email) == 32 and all(ch in "0123456789abcdef" for ch in email)
@@ -238,10 +274,16 @@ def test_delete_guard_refuses_before_changing_anything(world):
 
 
 def test_related_clock_and_all_filter(world):
-    expect = {r[0] for r in rows(world, """
+    expect = {
+        r[0]
+        for r in rows(
+            world,
+            """
         SELECT s.subscriber_id FROM s.subscribers s
         WHERE NOT EXISTS (SELECT 1 FROM s.list_subs l WHERE l.subscriber_id = s.subscriber_id AND l.status <> 'unsubscribed')
-          AND (SELECT max(changed_at) FROM s.list_subs l WHERE l.subscriber_id = s.subscriber_id) < TIMESTAMP '2026-11-23'""")}
+          AND (SELECT max(changed_at) FROM s.list_subs l WHERE l.subscriber_id = s.subscriber_id) < TIMESTAMP '2026-11-23'""",
+        )
+    }
     report = by_rule(run(world, policies(NEWSLETTER)))
     assert report["newsletter/unsubscribed"].deleted == len(expect) == 75
     assert {r[0] for r in rows(world, "SELECT subscriber_id FROM s.subscribers")}.isdisjoint(expect)
@@ -291,7 +333,9 @@ def test_overlapped_batches_end_exactly_as_one_batch_after_the_other(tmp_path, b
     from stores import build_smoke
     from test_store import AS_OF, BOOKKEEPING, KEY, SHOP
 
-    texts = [load_text(textwrap.dedent(t), n) for t, n in ((SHOP, "shop.yaml"), (BOOKKEEPING, "bk.yaml"))]
+    texts = [
+        load_text(textwrap.dedent(t), n) for t, n in ((SHOP, "shop.yaml"), (BOOKKEEPING, "bk.yaml"))
+    ]
     policies = PolicySet(tuple(texts))
     out = {}
     for overlap in (True, False):
@@ -299,31 +343,56 @@ def test_overlapped_batches_end_exactly_as_one_batch_after_the_other(tmp_path, b
         with store.connect() as s:
             build_smoke(s)
             control.ensure_control_schema(store, s)
-            control.add_hold(s, scope="subject", subject="customer:3", case_ref="LIT-1", reason="litigation",
-                             placed_by="test")
-        report = run_policies(store, policies, AS_OF, KEY,
-                              RunOptions(max_delete_fraction=None, batch_size=batch_size, overlap=overlap))
+            control.add_hold(
+                s,
+                scope="subject",
+                subject="customer:3",
+                case_ref="LIT-1",
+                reason="litigation",
+                placed_by="test",
+            )
+        report = run_policies(
+            store,
+            policies,
+            AS_OF,
+            KEY,
+            RunOptions(max_delete_fraction=None, batch_size=batch_size, overlap=overlap),
+        )
         with store.connect(read_only=True) as s:
             out[overlap] = {
-                "counts": [(r.plan.rule_id, r.deleted, r.anonymised, r.batches, r.cascades) for r in report.rules],
+                "counts": [
+                    (r.plan.rule_id, r.deleted, r.anonymised, r.batches, r.cascades)
+                    for r in report.rules
+                ],
                 "customers": s.fetchall(sa.text("SELECT * FROM s.customers ORDER BY id")),
                 "orders": s.fetchall(sa.text("SELECT * FROM s.orders ORDER BY order_id")),
-                "markers": s.fetchall(sa.text(
-                    "SELECT id, columns, rule, original_hashes FROM retention_control.anonymised__s__customers "
-                    "ORDER BY id, columns")),
-                "erased": s.fetchall(sa.text(
-                    "SELECT table_name, column_name, anchor_hash, value_hash, value_length "
-                    "FROM retention_control.erased_values ORDER BY ALL")),
-                "ledger": s.fetchall(sa.text(
-                    "SELECT purpose, rule, table_name, action, batch, deleted, anonymised "
-                    "FROM retention_control.audit WHERE action NOT LIKE 'purge%' ORDER BY seq")),
+                "markers": s.fetchall(
+                    sa.text(
+                        "SELECT id, columns, rule, original_hashes FROM retention_control.anonymised__s__customers "
+                        "ORDER BY id, columns"
+                    )
+                ),
+                "erased": s.fetchall(
+                    sa.text(
+                        "SELECT table_name, column_name, anchor_hash, value_hash, value_length "
+                        "FROM retention_control.erased_values ORDER BY ALL"
+                    )
+                ),
+                "ledger": s.fetchall(
+                    sa.text(
+                        "SELECT purpose, rule, table_name, action, batch, deleted, anonymised "
+                        "FROM retention_control.audit WHERE action NOT LIKE 'purge%' ORDER BY seq"
+                    )
+                ),
             }
     assert out[True]["counts"][1][2] == 630  # the anonymise rule did act
     for part in out[False]:
         assert out[True][part] == out[False][part], part
 
 
-def test_a_failure_while_preparing_the_next_batch_leaves_whole_batches_and_a_rerun_finishes(tmp_path, monkeypatch):
+def test_a_failure_while_preparing_the_next_batch_leaves_whole_batches_and_a_rerun_finishes(
+    tmp_path, monkeypatch
+):
     import textwrap
 
     from stores import build_smoke
@@ -349,18 +418,26 @@ def test_a_failure_while_preparing_the_next_batch_leaves_whole_batches_and_a_rer
     with pytest.raises(RuntimeError, match="boom in the prepare thread"):
         run_policies(store, policies, AS_OF, KEY, opts)
     with store.connect(read_only=True) as s:
-        marked = s.scalar(sa.text("SELECT count(DISTINCT id) FROM retention_control.anonymised__s__customers"))
+        marked = s.scalar(
+            sa.text("SELECT count(DISTINCT id) FROM retention_control.anonymised__s__customers")
+        )
         status = s.scalar(sa.text("SELECT status FROM retention_control.runs WHERE mode = 'run'"))
-    assert marked == 200 and status == "failed"  # batches 1 and 2 committed whole, batch 3 not at all
+    assert (
+        marked == 200 and status == "failed"
+    )  # batches 1 and 2 committed whole, batch 3 not at all
     monkeypatch.setattr(Applier, "_prepare_rows", real)
     again = run_policies(store, policies, AS_OF, KEY, opts)
     rule = {r.plan.rule_id: r for r in again.rules}["shop/inactive"]
     # the rerun finds the two committed batches done and anonymises exactly the rest
     assert rule.plan.already_done == 200 and rule.anonymised == rule.plan.expired - 200 > 0
     with store.connect(read_only=True) as s:
-        marked = s.scalar(sa.text("SELECT count(DISTINCT id) FROM retention_control.anonymised__s__customers"))
+        marked = s.scalar(
+            sa.text("SELECT count(DISTINCT id) FROM retention_control.anonymised__s__customers")
+        )
         left = s.scalar(sa.text("SELECT count(*) FROM s.customers"))
-    assert marked == rule.plan.expired == left  # every customer left was inactive: all anonymised once
+    assert (
+        marked == rule.plan.expired == left
+    )  # every customer left was inactive: all anonymised once
 
 
 def test_held_rows_are_fingerprinted_only_by_a_run_that_has_work(tmp_path):
@@ -378,8 +455,14 @@ def test_held_rows_are_fingerprinted_only_by_a_run_that_has_work(tmp_path):
     with store.connect() as s:
         build_smoke(s)
         control.ensure_control_schema(store, s)
-        control.add_hold(s, scope="subject", subject="customer:3", case_ref="LIT-1", reason="litigation",
-                         placed_by="test")
+        control.add_hold(
+            s,
+            scope="subject",
+            subject="customer:3",
+            case_ref="LIT-1",
+            reason="litigation",
+            placed_by="test",
+        )
     options = RunOptions(max_delete_fraction=None, batch_size=100, purge=False)
     first = run_policies(store, policies, AS_OF, KEY, options)
     assert first.changed and first.held_fingerprints
@@ -387,8 +470,12 @@ def test_held_rows_are_fingerprinted_only_by_a_run_that_has_work(tmp_path):
     again = run_policies(store, policies, AS_OF, KEY, options)
     assert not again.changed and again.held_fingerprints == {}
     assert any(r.plan.held for r in again.rules)  # there are held rows; they were not read
-    checks = {c.name: c for c in run_checks(store, policies, AS_OF, KEY, run_id=again.run_id,
-                                             held_before=again.held_fingerprints)}
+    checks = {
+        c.name: c
+        for c in run_checks(
+            store, policies, AS_OF, KEY, run_id=again.run_id, held_before=again.held_fingerprints
+        )
+    }
     assert checks["held_rows_unchanged"].passed
     with store.connect() as s:  # a journalled delete batch of an interrupted run is work
         applier = Applier(store, s, policies, AS_OF, KEY, options)
@@ -421,7 +508,10 @@ def test_markers_keep_each_original_hash_compactly_and_the_check_reads_both_form
     store = DuckDBStore(tmp_path / "w.duckdb")
     with store.connect() as s:
         build_smoke(s)
-        before = {r[0]: r[1:] for r in s.fetchall(sa.text("SELECT id, email, name, phone FROM s.customers"))}
+        before = {
+            r[0]: r[1:]
+            for r in s.fetchall(sa.text("SELECT id, email, name, phone FROM s.customers"))
+        }
     run_policies(store, policies, AS_OF, KEY, RunOptions(max_delete_fraction=None, purge=False))
     m = "retention_control.anonymised__s__customers"
 
@@ -446,17 +536,32 @@ def test_markers_keep_each_original_hash_compactly_and_the_check_reads_both_form
     victim, columns, _ = next(r for r in markers if ",email," in r[1] and before[r[0]][0])
     with store.connect() as s:  # a sync job writes one original e-mail back
         anonymised = s.scalar(sa.text(f"SELECT email FROM s.customers WHERE id = {victim}"))
-        s.execute(sa.text("UPDATE s.customers SET email = :e WHERE id = :i").bindparams(e=before[victim][0], i=victim))
+        s.execute(
+            sa.text("UPDATE s.customers SET email = :e WHERE id = :i").bindparams(
+                e=before[victim][0], i=victim
+            )
+        )
     first = check()
     assert not first.passed and first.counts == {"s.customers.email": 1}
     with store.connect() as s:  # the same markers in the first format
         for cid, columns, _ in markers:
             originals = dict(zip(("email", "name", "phone"), before[cid], strict=True))
-            old = "".join(f"{c}={h(originals[c]).hex() if originals[c] is not None else 'null'};"
-                          for c in columns.strip(",").split(",") if c != "born")
-            s.execute(sa.text(f"UPDATE {m} SET original_hashes = :o WHERE id = :i").bindparams(o=old, i=cid))
+            old = "".join(
+                f"{c}={h(originals[c]).hex() if originals[c] is not None else 'null'};"
+                for c in columns.strip(",").split(",")
+                if c != "born"
+            )
+            s.execute(
+                sa.text(f"UPDATE {m} SET original_hashes = :o WHERE id = :i").bindparams(
+                    o=old, i=cid
+                )
+            )
     second = check()
     assert not second.passed and second.counts == first.counts and second.summary == first.summary
     with store.connect() as s:
-        s.execute(sa.text("UPDATE s.customers SET email = :e WHERE id = :i").bindparams(e=anonymised, i=victim))
+        s.execute(
+            sa.text("UPDATE s.customers SET email = :e WHERE id = :i").bindparams(
+                e=anonymised, i=victim
+            )
+        )
     assert check().passed

@@ -88,29 +88,48 @@ def build_store(root: Path) -> tuple[Path, Path]:
     db = root / "store.duckdb"
     con = duckdb.connect(str(db))
     con.execute("CREATE SCHEMA mkt; CREATE SCHEMA crm")
-    con.execute("CREATE TABLE mkt.subscribers(id BIGINT PRIMARY KEY, email VARCHAR, name VARCHAR, "
-                "unsubscribed_at DATE)")
-    con.execute("CREATE TABLE crm.customers(id BIGINT PRIMARY KEY, email VARCHAR, name VARCHAR, "
-                "phone VARCHAR, ended_at DATE, last_seen TIMESTAMP)")
-    con.execute("CREATE TABLE crm.orders(order_id BIGINT PRIMARY KEY, "
-                "customer_id BIGINT REFERENCES crm.customers(id), placed_at DATE)")
+    con.execute(
+        "CREATE TABLE mkt.subscribers(id BIGINT PRIMARY KEY, email VARCHAR, name VARCHAR, "
+        "unsubscribed_at DATE)"
+    )
+    con.execute(
+        "CREATE TABLE crm.customers(id BIGINT PRIMARY KEY, email VARCHAR, name VARCHAR, "
+        "phone VARCHAR, ended_at DATE, last_seen TIMESTAMP)"
+    )
+    con.execute(
+        "CREATE TABLE crm.orders(order_id BIGINT PRIMARY KEY, "
+        "customer_id BIGINT REFERENCES crm.customers(id), placed_at DATE)"
+    )
     for i in range(1, 101):
         day = FIRST_UNSUBSCRIBE + timedelta(days=(i - 1) // 3) if i <= 15 else None
-        con.execute("INSERT INTO mkt.subscribers VALUES (?, ?, ?, ?)", [i, email(1000 + i), name(1000 + i), day])
+        con.execute(
+            "INSERT INTO mkt.subscribers VALUES (?, ?, ?, ?)",
+            [i, email(1000 + i), name(1000 + i), day],
+        )
     for i in range(1, 41):
         ended = date(2019, 6, 1) if i % 5 == 0 else None
         # active customers were seen today: still active on any date a test checks
         seen = "2020-01-15 12:00:00" if i % 4 == 0 else f"{date.today()} 12:00:00"
-        con.execute("INSERT INTO crm.customers VALUES (?, ?, ?, ?, ?, ?)",
-                    [i, email(i), name(i), f"+47 9000 {i:04d}", ended, seen])
-        con.execute("INSERT INTO crm.orders VALUES (?, ?, DATE '2019-01-01'), (?, ?, DATE '2019-02-01')",
-                    [2 * i, i, 2 * i + 1, i])
+        con.execute(
+            "INSERT INTO crm.customers VALUES (?, ?, ?, ?, ?, ?)",
+            [i, email(i), name(i), f"+47 9000 {i:04d}", ended, seen],
+        )
+        con.execute(
+            "INSERT INTO crm.orders VALUES (?, ?, DATE '2019-01-01'), (?, ?, DATE '2019-02-01')",
+            [2 * i, i, 2 * i + 1, i],
+        )
     con.close()
     store = DuckDBStore(db)
     with store.connect() as session:
         control.ensure_control_schema(store, session)
-        control.add_hold(session, scope="subject", subject="customer:5", case_ref="LIT-1",
-                         reason="dispute", placed_by="test")
+        control.add_hold(
+            session,
+            scope="subject",
+            subject="customer:5",
+            case_ref="LIT-1",
+            reason="dispute",
+            placed_by="test",
+        )
     return db, policies
 
 
@@ -127,8 +146,10 @@ def scalar(db: Path, sql: str):
 
 
 def snapshot(db: Path) -> list:
-    return [query(db, f"SELECT * FROM {t} ORDER BY 1") for t in
-            ("mkt.subscribers", "crm.customers", "crm.orders", "retention_control.audit")]
+    return [
+        query(db, f"SELECT * FROM {t} ORDER BY 1")
+        for t in ("mkt.subscribers", "crm.customers", "crm.orders", "retention_control.audit")
+    ]
 
 
 @pytest.fixture
@@ -138,12 +159,17 @@ def store(tmp_path):
     return db, defs
 
 
-def run(db: Path, asset: dg.AssetsDefinition, partition: str, raise_on_error: bool = True, **config):
+def run(
+    db: Path, asset: dg.AssetsDefinition, partition: str, raise_on_error: bool = True, **config
+):
     op = asset.op.name
     return dg.materialize(
         [asset],
         partition_key=partition,
-        resources={"store": StoreResource(location=str(db)), "pseudonym_key": PseudonymKeyResource(key=KEY)},
+        resources={
+            "store": StoreResource(location=str(db)),
+            "pseudonym_key": PseudonymKeyResource(key=KEY),
+        },
         run_config={"ops": {op: {"config": config}}} if config else None,
         raise_on_error=raise_on_error,
     )
@@ -180,10 +206,22 @@ def test_one_partition_applies_the_policy_and_reports_counts(store):
     assert md["policy_file"].value.endswith("customers.yaml")
     assert "| ended | crm.customers | delete |" in md["counts"].value
     assert checks(result) == dict.fromkeys(
-        ["nothing_expired_left", "no_original_values", "held_rows_unchanged", "audit_recorded",
-         "erasure_verified"], True)
+        [
+            "nothing_expired_left",
+            "no_original_values",
+            "held_rows_unchanged",
+            "audit_recorded",
+            "erasure_verified",
+        ],
+        True,
+    )
     assert scalar(db, "SELECT count(*) FROM crm.customers") == 33
-    assert scalar(db, "SELECT count(*) FROM crm.customers WHERE email LIKE '%@example.no' AND id % 4 = 0") == 0
+    assert (
+        scalar(
+            db, "SELECT count(*) FROM crm.customers WHERE email LIKE '%@example.no' AND id % 4 = 0"
+        )
+        == 0
+    )
     assert scalar(db, "SELECT count(*) FROM crm.customers WHERE id = 5") == 1
 
 
@@ -191,7 +229,12 @@ def test_metadata_holds_no_personal_value(store):
     db, defs = store
     result = run(db, defs["customers"], "2026-03-10")
     text = metadata_text(materialization(result).metadata)
-    text += json.dumps([{k: str(v.value) for k, v in e.metadata.items()} for e in result.get_asset_check_evaluations()])
+    text += json.dumps(
+        [
+            {k: str(v.value) for k, v in e.metadata.items()}
+            for e in result.get_asset_check_evaluations()
+        ]
+    )
     for i in range(1, 41):
         assert email(i) not in text and name(i) not in text and f"9000 {i:04d}" not in text
     assert KEY not in text
@@ -207,7 +250,10 @@ def test_a_range_of_partitions_each_acts_as_of_its_day(store):
         assert all(checks(result).values())
     assert deleted == [3, 3, 3]
     assert scalar(db, "SELECT min(unsubscribed_at) FROM mkt.subscribers") == date(2026, 3, 4)
-    runs = query(db, "SELECT DISTINCT run_id, as_of FROM retention_control.audit WHERE purpose = 'newsletter'")
+    runs = query(
+        db,
+        "SELECT DISTINCT run_id, as_of FROM retention_control.audit WHERE purpose = 'newsletter'",
+    )
     assert sorted(str(a) for _, a in runs) == ["2026-03-01", "2026-03-02", "2026-03-03"]
 
 
@@ -238,7 +284,9 @@ def test_dry_run_changes_nothing_and_only_observes(store):
 def test_a_share_above_max_delete_fraction_fails_before_changing_anything(store):
     db, defs = store
     before = snapshot(db)
-    result = run(db, defs["customers"], "2026-03-10", raise_on_error=False, max_delete_fraction=0.05)
+    result = run(
+        db, defs["customers"], "2026-03-10", raise_on_error=False, max_delete_fraction=0.05
+    )
     assert not result.success
     failure = result.failure_data_for_node(defs["customers"].op.name)
     assert failure.error.cls_name == "Failure"
@@ -252,11 +300,20 @@ def test_run_needs_a_key_but_a_dry_run_does_not(store):
     db, defs = store
     asset = defs["newsletter"]
     resources = {"store": StoreResource(location=str(db)), "pseudonym_key": PseudonymKeyResource()}
-    result = dg.materialize([asset], partition_key="2026-03-02", resources=resources, raise_on_error=False)
+    result = dg.materialize(
+        [asset], partition_key="2026-03-02", resources=resources, raise_on_error=False
+    )
     assert not result.success
-    assert "RETENTION_PSEUDONYM_KEY is not set" in result.failure_data_for_node(asset.op.name).error.message
-    ok = dg.materialize([asset], partition_key="2026-03-02", resources=resources,
-                        run_config={"ops": {asset.op.name: {"config": {"dry_run": True}}}})
+    assert (
+        "RETENTION_PSEUDONYM_KEY is not set"
+        in result.failure_data_for_node(asset.op.name).error.message
+    )
+    ok = dg.materialize(
+        [asset],
+        partition_key="2026-03-02",
+        resources=resources,
+        run_config={"ops": {asset.op.name: {"config": {"dry_run": True}}}},
+    )
     assert ok.success
 
 
@@ -283,14 +340,20 @@ def tamper_after_run(monkeypatch, db: Path, sql: str) -> None:
     monkeypatch.setattr(policy_assets_module, "run_policies", run_then_tamper)
 
 
-@pytest.mark.parametrize(("check", "sql"), [
-    ("held_rows_unchanged", "UPDATE crm.customers SET phone = '+47 0000 0000' WHERE id = 5"),
-    ("nothing_expired_left", "INSERT INTO crm.customers VALUES "
-                             "(10, 'x@y.z', 'X', '1', DATE '2019-06-01', TIMESTAMP '2026-01-01')"),
-    ("no_original_values", f"UPDATE crm.customers SET email = '{email(4)}' WHERE id = 4"),
-    ("audit_recorded", "DELETE FROM retention_control.audit WHERE run_id = '{run_id}'"),
-    ("erasure_verified", f"APPEND {email(10)}"),  # customer 10 ended in 2019 and was deleted
-])
+@pytest.mark.parametrize(
+    ("check", "sql"),
+    [
+        ("held_rows_unchanged", "UPDATE crm.customers SET phone = '+47 0000 0000' WHERE id = 5"),
+        (
+            "nothing_expired_left",
+            "INSERT INTO crm.customers VALUES "
+            "(10, 'x@y.z', 'X', '1', DATE '2019-06-01', TIMESTAMP '2026-01-01')",
+        ),
+        ("no_original_values", f"UPDATE crm.customers SET email = '{email(4)}' WHERE id = 4"),
+        ("audit_recorded", "DELETE FROM retention_control.audit WHERE run_id = '{run_id}'"),
+        ("erasure_verified", f"APPEND {email(10)}"),  # customer 10 ended in 2019 and was deleted
+    ],
+)
 def test_each_check_fails_on_a_tampered_store(store, monkeypatch, check, sql):
     db, defs = store
     tamper_after_run(monkeypatch, db, sql)
@@ -300,7 +363,10 @@ def test_each_check_fails_on_a_tampered_store(store, monkeypatch, check, sql):
     assert all(passed for name, passed in got.items() if name != check)
     # the checks are blocking: the step fails, and it is not retried
     assert not result.success
-    assert "blocking asset check" in result.failure_data_for_node(defs["customers"].op.name).error.message
+    assert (
+        "blocking asset check"
+        in result.failure_data_for_node(defs["customers"].op.name).error.message
+    )
     assert len(result.get_asset_materialization_events()) == 1
 
 
@@ -324,7 +390,7 @@ def test_a_lost_store_is_left_to_the_retry_policy():
 
 def test_unexpected_errors_are_retried_with_values_removed():
     with pytest.raises(dg.Failure) as info, engine_errors():
-        raise RuntimeError("Constraint Error: duplicate key \"kari@example.no\" (id)=(42)")
+        raise RuntimeError('Constraint Error: duplicate key "kari@example.no" (id)=(42)')
     assert info.value.allow_retries is True
     assert "kari@example.no" not in info.value.description and "42" not in info.value.description
 
@@ -333,7 +399,10 @@ def test_checks_alone_reread_the_store_without_running(store):
     db, defs = store
     asset = defs["customers"]
     run(db, asset, "2026-03-10")
-    resources = {"store": StoreResource(location=str(db)), "pseudonym_key": PseudonymKeyResource(key=KEY)}
+    resources = {
+        "store": StoreResource(location=str(db)),
+        "pseudonym_key": PseudonymKeyResource(key=KEY),
+    }
     only_checks = dg.AssetSelection.checks_for_assets(asset.key)
     clean = dg.materialize([asset], resources=resources, selection=only_checks)
     assert clean.get_asset_materialization_events() == []
@@ -342,7 +411,9 @@ def test_checks_alone_reread_the_store_without_running(store):
     con.execute(f"UPDATE crm.customers SET name = '{name(8)}' WHERE id = 8")
     con.close()
     before = snapshot(db)
-    tampered = dg.materialize([asset], resources=resources, selection=only_checks, raise_on_error=False)
+    tampered = dg.materialize(
+        [asset], resources=resources, selection=only_checks, raise_on_error=False
+    )
     assert checks(tampered) == {"nothing_expired_left": True, "no_original_values": False}
     assert snapshot(db) == before
 

@@ -16,12 +16,20 @@ AS_OF = "2026-11-22"
 KEY = "cli-test-key-0123456789abcdef"
 
 
-def cli(*args: str, cwd: Path, key: str | None = KEY, check: bool = False) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, cwd: Path, key: str | None = KEY, check: bool = False
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
     if key:
         env["RETENTION_PSEUDONYM_KEY"] = key
-    proc = subprocess.run([sys.executable, "-m", "retention_jobs.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -32,7 +40,9 @@ def demo_dir(tmp_path_factory):
     """A working directory with the shipped policies and a small demo warehouse."""
     d = tmp_path_factory.mktemp("cli")
     shutil.copytree(ROOT / "policies", d / "policies")
-    proc = cli("demo", "--rows", "2000", "--as-of", AS_OF, "--format", "json", cwd=d, key=None, check=True)
+    proc = cli(
+        "demo", "--rows", "2000", "--as-of", AS_OF, "--format", "json", cwd=d, key=None, check=True
+    )
     report = json.loads(proc.stdout)
     return d, report
 
@@ -46,21 +56,36 @@ def test_demo_acts_on_every_policy_and_leaves_held_rows(demo_dir):
     purposes = {r["rule"].split("/")[0] for r in report["rules"]}
     shipped = {p.stem for p in (ROOT / "policies").glob("*.yaml")}
     assert purposes == shipped
-    acted = {r["rule"].split("/")[0] for r in report["rules"]
-             if r["deleted"] or r["anonymised"] or any(c["deleted"] or c["anonymised"] or c["unlinked"]
-                                                      for c in r["cascade_results"])}
+    acted = {
+        r["rule"].split("/")[0]
+        for r in report["rules"]
+        if r["deleted"]
+        or r["anonymised"]
+        or any(c["deleted"] or c["anonymised"] or c["unlinked"] for c in r["cascade_results"])
+    }
     assert acted == shipped, f"policies that did nothing: {shipped - acted}"
     assert sum(r["held"] for r in report["rules"]) > 0
 
 
 def test_held_customers_are_untouched(demo_dir):
     d, _ = demo_dir
-    proc = cli("holds", "list", "--format", "json", "--store", ".retention/warehouse.duckdb", cwd=d, check=True)
+    proc = cli(
+        "holds",
+        "list",
+        "--format",
+        "json",
+        "--store",
+        ".retention/warehouse.duckdb",
+        cwd=d,
+        check=True,
+    )
     held = [h["subject_id"] for h in json.loads(proc.stdout) if h["subject_kind"] == "customer"]
     assert held
     con = duckdb.connect(str(d / ".retention/warehouse.duckdb"), read_only=True)
     try:
-        rows = con.execute(f"SELECT count(*) FROM billing.customers WHERE customer_id IN ({','.join(held)})").fetchone()
+        rows = con.execute(
+            f"SELECT count(*) FROM billing.customers WHERE customer_id IN ({','.join(held)})"
+        ).fetchone()
     finally:
         con.close()
     assert rows[0] == len(held)
@@ -73,8 +98,18 @@ def test_second_run_and_plan_change_nothing(demo_dir):
     plan = json.loads(cli("plan", "--as-of", AS_OF, "--format", "json", cwd=d, check=True).stdout)
     assert sha(db) == before, "plan must not change a byte"
     assert all(r["to_act"] == 0 for r in plan["rules"])
-    again = json.loads(cli("run", "--as-of", AS_OF, "--format", "json", cwd=d,
-                           key="retention-jobs-demo-key-not-secret", check=True).stdout)
+    again = json.loads(
+        cli(
+            "run",
+            "--as-of",
+            AS_OF,
+            "--format",
+            "json",
+            cwd=d,
+            key="retention-jobs-demo-key-not-secret",
+            check=True,
+        ).stdout
+    )
     assert not again["changed"]
     assert all(r["deleted"] == 0 and r["anonymised"] == 0 for r in again["rules"])
 
@@ -96,7 +131,15 @@ def test_parallel_workers_on_the_duckdb_file_exit_2_and_change_nothing(demo_dir)
     d, _ = demo_dir
     db = d / ".retention/warehouse.duckdb"
     before = sha(db)
-    proc = cli("run", "--as-of", "2027-06-01", "--workers", "2", cwd=d, key="retention-jobs-demo-key-not-secret")
+    proc = cli(
+        "run",
+        "--as-of",
+        "2027-06-01",
+        "--workers",
+        "2",
+        cwd=d,
+        key="retention-jobs-demo-key-not-secret",
+    )
     assert proc.returncode == 2, proc.stderr
     assert "needs a SQL store" in proc.stderr and "--workers 1" in proc.stderr
     assert sha(db) == before
@@ -151,17 +194,38 @@ def test_holds_lifecycle_and_release_frees_rows(demo_dir, tmp_path):
     d, _ = demo_dir
     work = tmp_path / "w"
     shutil.copytree(d, work)
-    proc = cli("holds", "add", "--table", "web.access_logs", "--case", "AUTH-2026-3",
-               "--reason", "authority_order", "--placed-by", "dpo", cwd=work, check=True)
+    proc = cli(
+        "holds",
+        "add",
+        "--table",
+        "web.access_logs",
+        "--case",
+        "AUTH-2026-3",
+        "--reason",
+        "authority_order",
+        "--placed-by",
+        "dpo",
+        cwd=work,
+        check=True,
+    )
     hold_id = proc.stdout.split()[1]
-    plan = json.loads(cli("plan", "--as-of", "2027-02-01", "--format", "json", cwd=work, check=True).stdout)
+    plan = json.loads(
+        cli("plan", "--as-of", "2027-02-01", "--format", "json", cwd=work, check=True).stdout
+    )
     logs = [r for r in plan["rules"] if r["table"] == "web.access_logs"]
     assert logs and all(r["to_act"] == 0 and r["held"] == r["expired"] for r in logs)
     cli("holds", "release", hold_id, "--by", "dpo", cwd=work, check=True)
-    plan = json.loads(cli("plan", "--as-of", "2027-02-01", "--format", "json", cwd=work, check=True).stdout)
+    plan = json.loads(
+        cli("plan", "--as-of", "2027-02-01", "--format", "json", cwd=work, check=True).stdout
+    )
     assert any(r["to_act"] > 0 for r in plan["rules"] if r["table"] == "web.access_logs")
     assert cli("holds", "release", hold_id, cwd=work).returncode == 2
-    assert cli("holds", "add", "--subject", "nocolon", "--case", "X", "--reason", "y", cwd=work).returncode == 2
+    assert (
+        cli(
+            "holds", "add", "--subject", "nocolon", "--case", "X", "--reason", "y", cwd=work
+        ).returncode
+        == 2
+    )
 
 
 def test_schema_is_json_schema():
@@ -175,7 +239,9 @@ def test_output_holds_no_personal_values(demo_dir):
     d, report = demo_dir
     con = duckdb.connect(str(d / ".retention/warehouse.duckdb"), read_only=True)
     try:
-        emails = [r[0] for r in con.execute("SELECT email FROM billing.customers LIMIT 50").fetchall()]
+        emails = [
+            r[0] for r in con.execute("SELECT email FROM billing.customers LIMIT 50").fetchall()
+        ]
         ledger = con.execute("SELECT * FROM retention_control.audit").fetchall()
     finally:
         con.close()

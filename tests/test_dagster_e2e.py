@@ -74,8 +74,14 @@ class Processes:
     def start(self, name: str, *args: str) -> None:
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], cwd=ROOT, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [str(BIN / args[0]), *args[1:]],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.started.append((name, proc, log))
 
     def check_alive(self) -> None:
@@ -104,7 +110,9 @@ class Processes:
 
 
 def graphql(url: str, document: str, variables: dict) -> dict:
-    r = requests.post(f"{url}/graphql", json={"query": document, "variables": variables}, timeout=30)
+    r = requests.post(
+        f"{url}/graphql", json={"query": document, "variables": variables}, timeout=30
+    )
     if not r.ok:
         raise requests.HTTPError(f"{r.status_code}: {r.text[:2000]}")
     body = r.json()
@@ -126,8 +134,12 @@ def wait_for_server(url: str, procs: Processes) -> None:
 
 
 def launch_backfill(url: str, procs: Processes) -> str:
-    params = {"partitionNames": PARTITIONS, "assetSelection": [{"path": ["retention", "newsletter"]}],
-              "fromFailure": False, "title": "e2e"}
+    params = {
+        "partitionNames": PARTITIONS,
+        "assetSelection": [{"path": ["retention", "newsletter"]}],
+        "fromFailure": False,
+        "title": "e2e",
+    }
     deadline = time.monotonic() + 90
     while True:  # the code location may still be loading: the server can answer 500 meanwhile
         procs.check_alive()
@@ -154,10 +166,16 @@ def wait_for_runs(url: str, backfill: str, procs: Processes) -> list[dict]:
         data = graphql(url, RUNS, {"backfill": backfill})
         runs = data["runsOrError"]["results"]
         status = data["partitionBackfillOrError"].get("status")
-        if len(runs) == len(PARTITIONS) and all(r["status"] in TERMINAL for r in runs) and status != "REQUESTED":
+        if (
+            len(runs) == len(PARTITIONS)
+            and all(r["status"] in TERMINAL for r in runs)
+            and status != "REQUESTED"
+        ):
             return runs
         time.sleep(2)
-    raise AssertionError(f"the backfill's runs did not finish within {TIMEOUT} s: {runs}, backfill {status}")
+    raise AssertionError(
+        f"the backfill's runs did not finish within {TIMEOUT} s: {runs}, backfill {status}"
+    )
 
 
 @pytest.mark.e2e
@@ -168,31 +186,56 @@ def test_a_backfill_through_graphql_applies_three_days(tmp_path):
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     logs = tmp_path / "logs"
     logs.mkdir()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "RETENTION_STORE": str(db),
-           "RETENTION_POLICIES": str(policies), "RETENTION_PSEUDONYM_KEY": KEY, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "RETENTION_STORE": str(db),
+        "RETENTION_POLICIES": str(policies),
+        "RETENTION_PSEUDONYM_KEY": KEY,
+        "PYTHONUNBUFFERED": "1",
+    }
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     procs = Processes(logs, env)
     try:
-        procs.start("webserver", "dagster-webserver", "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml")
+        procs.start(
+            "webserver",
+            "dagster-webserver",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "workspace.yaml",
+        )
         procs.start("daemon", "dagster-daemon", "run", "-w", "workspace.yaml")
         wait_for_server(url, procs)
         backfill = launch_backfill(url, procs)
         runs = wait_for_runs(url, backfill, procs)
 
         assert {r["status"] for r in runs} == {"SUCCESS"}, runs
-        partitions = sorted(t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition")
+        partitions = sorted(
+            t["value"] for r in runs for t in r["tags"] if t["key"] == "dagster/partition"
+        )
         assert partitions == PARTITIONS
         # three unsubscribe each day: the three days' nine are gone, the fourth day's are not
-        assert query(db, "SELECT count(*), min(unsubscribed_at) FROM mkt.subscribers "
-                         "WHERE unsubscribed_at IS NOT NULL") == [(6, date(2026, 3, 4))]
-        ledger = query(db, "SELECT as_of, count(DISTINCT run_id), sum(deleted) FROM retention_control.audit "
-                           "WHERE purpose = 'newsletter' GROUP BY as_of ORDER BY as_of")
+        assert query(
+            db,
+            "SELECT count(*), min(unsubscribed_at) FROM mkt.subscribers "
+            "WHERE unsubscribed_at IS NOT NULL",
+        ) == [(6, date(2026, 3, 4))]
+        ledger = query(
+            db,
+            "SELECT as_of, count(DISTINCT run_id), sum(deleted) FROM retention_control.audit "
+            "WHERE purpose = 'newsletter' GROUP BY as_of ORDER BY as_of",
+        )
         assert [(str(d), n, deleted) for d, n, deleted in ledger] == [(p, 1, 3) for p in PARTITIONS]
         # nothing Dagster stored (run and event databases, compute logs) holds the key or a value
         stored = b"".join(f.read_bytes() for f in home.rglob("*") if f.is_file())
         assert KEY.encode() not in stored
-        personal = [v for i in range(1001, 1101) for v in (test_assets.email(i), test_assets.name(i))]
+        personal = [
+            v for i in range(1001, 1101) for v in (test_assets.email(i), test_assets.name(i))
+        ]
         assert not [v for v in personal if v.encode() in stored]
     except BaseException:
         print(procs.tails())

@@ -56,8 +56,14 @@ def test_row_counts_scale_with_rows(tables):
     bigger = demo.build_tables(ROWS * 4, AS_OF)
     assert tables["billing.customers"].height == ROWS
     assert bigger["billing.customers"].height == ROWS * 4
-    for name in ("marketing.list_subscriptions", "billing.invoices", "crm.activities", "web.access_logs",
-                 "telecom.traffic_records", "telephony.call_records"):
+    for name in (
+        "marketing.list_subscriptions",
+        "billing.invoices",
+        "crm.activities",
+        "web.access_logs",
+        "telecom.traffic_records",
+        "telephony.call_records",
+    ):
         ratio = bigger[name].height / tables[name].height
         assert 3.2 < ratio < 4.8, (name, ratio)
     # child tables hold several rows per parent
@@ -98,9 +104,16 @@ def test_declared_foreign_keys_are_in_the_catalog(warehouse):
     store = DuckDBStore(warehouse)
     with store.connect(read_only=True) as session:
         catalog = store.catalog(session)
-    declared = {(fk.table, fk.columns, fk.ref_table, fk.ref_columns)
-                for t in catalog.tables.values() for fk in t.foreign_keys}
-    expected = {(t, (c,), p, (pc,)) for t, c, p, pc in demo.foreign_keys() if (t, c, p, pc) not in demo.SOFT_FOREIGN_KEYS}
+    declared = {
+        (fk.table, fk.columns, fk.ref_table, fk.ref_columns)
+        for t in catalog.tables.values()
+        for fk in t.foreign_keys
+    }
+    expected = {
+        (t, (c,), p, (pc,))
+        for t, c, p, pc in demo.foreign_keys()
+        if (t, c, p, pc) not in demo.SOFT_FOREIGN_KEYS
+    }
     assert declared == expected
     assert catalog.tables["hr.candidates"].columns["email"].unique
 
@@ -134,8 +147,12 @@ def test_policies_resolve_against_the_demo_schema(warehouse):
     with store.connect(read_only=True) as session:
         bound = resolve(policies, store.catalog(session), "duckdb")
     assert len(bound) == sum(len(p.rules) for p in policies.policies)
-    assert {b.rule.table for b in bound} >= {"marketing.newsletter_subscribers", "billing.customers",
-                                            "telephony.call_records", "telecom.traffic_records"}
+    assert {b.rule.table for b in bound} >= {
+        "marketing.newsletter_subscribers",
+        "billing.customers",
+        "telephony.call_records",
+        "telecom.traffic_records",
+    }
 
 
 def test_demo_holds_name_expired_customers(tables):

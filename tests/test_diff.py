@@ -48,9 +48,25 @@ ROWS = 1000
 
 def git(repo: Path, *args: str) -> str:
     env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
-    proc = subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org",
-                           "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", *args],
-                          cwd=repo, env=env, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.org",
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return proc.stdout
 
 
@@ -63,7 +79,9 @@ def replace_dir(target: Path, source: Path | None) -> None:
         shutil.copytree(source, target, copy_function=shutil.copy)
 
 
-def make_repo(path: Path, base: Path, head: Path, approvals: Path | None = None, commit_head: bool = True) -> Path:
+def make_repo(
+    path: Path, base: Path, head: Path, approvals: Path | None = None, commit_head: bool = True
+) -> Path:
     """A git repository with `policies/` as in `base` (tag `base`), then as in `head` with the
     approvals (tag `head`, or left uncommitted in the working tree)."""
     path.mkdir()
@@ -103,8 +121,13 @@ def steady(pristine_store, tmp_path_factory):
         if key not in made:
             target = tmp_path_factory.mktemp("steady") / "warehouse.duckdb"
             shutil.copy(pristine_store, target)
-            run_policies(open_store(str(target)), load_policies([policy_dir]), PRERUN,
-                         PseudonymKey.from_text(DEMO_KEY_TEXT), RunOptions(max_delete_fraction=None))
+            run_policies(
+                open_store(str(target)),
+                load_policies([policy_dir]),
+                PRERUN,
+                PseudonymKey.from_text(DEMO_KEY_TEXT),
+                RunOptions(max_delete_fraction=None),
+            )
             made[key] = target
         return made[key]
 
@@ -128,8 +151,22 @@ def test_fixture_case(case, steady, tmp_path, monkeypatch):
     meta = yaml.safe_load((d / "case.yaml").read_text()) if (d / "case.yaml").exists() else {}
     store = steady(d / "base")
     repo = make_repo(tmp_path / "repo", d / "base", d / "head", d / "approvals")
-    result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF, "--store", str(store),
-                     "--format", "markdown", *meta.get("args", []), monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--head",
+        "head",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(store),
+        "--format",
+        "markdown",
+        *meta.get("args", []),
+        monkeypatch=monkeypatch,
+    )
     expected = d / "expected.md"
     if os.environ.get("RJ_UPDATE_FIXTURES"):
         expected.write_text(result.stdout)
@@ -141,8 +178,21 @@ def test_guard_message_and_json(steady, tmp_path, monkeypatch):
     d = FIXTURES / "delete-half-table"
     store = steady(d / "base")
     repo = make_repo(tmp_path / "repo", d / "base", d / "head")
-    result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF, "--store", str(store),
-                     "--format", "json", monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--head",
+        "head",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(store),
+        "--format",
+        "json",
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 3
     assert "telecom.traffic_records" in result.stderr and "approvals/" in result.stderr
     data = json.loads(result.stdout)
@@ -151,8 +201,23 @@ def test_guard_message_and_json(steady, tmp_path, monkeypatch):
     assert 0.25 < table["share"] < 1 and table["newly_deleted"] > 0
     assert table["head_delete_rows"] == round(table["share"] * table["rows"])
     # a higher limit passes without an approval
-    result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF, "--store", str(store),
-                     "--format", "json", "--max-delete-fraction", "0.9", monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--head",
+        "head",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(store),
+        "--format",
+        "json",
+        "--max-delete-fraction",
+        "0.9",
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 0 and json.loads(result.stdout)["passed"] is True
 
 
@@ -160,12 +225,29 @@ def test_approval_must_cover_the_measured_share(steady, tmp_path, monkeypatch):
     d = FIXTURES / "delete-half-table-approved"
     approvals = tmp_path / "approvals"
     approvals.mkdir()
-    text = (d / "approvals" / "telecom-traffic-p3m.yaml").read_text().replace("max_fraction: 0.55", "max_fraction: 0.3")
+    text = (
+        (d / "approvals" / "telecom-traffic-p3m.yaml")
+        .read_text()
+        .replace("max_fraction: 0.55", "max_fraction: 0.3")
+    )
     (approvals / "too-small.yaml").write_text(text)
     store = steady(d / "base")
     repo = make_repo(tmp_path / "repo", d / "base", d / "head", approvals)
-    result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF, "--store", str(store),
-                     "--format", "markdown", monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--head",
+        "head",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(store),
+        "--format",
+        "markdown",
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 3
     assert "**approval needed**" in result.stdout
 
@@ -176,14 +258,35 @@ def test_working_tree_head_and_same_store_state(steady, tmp_path, monkeypatch):
     store = steady(d / "base")
     repo = make_repo(tmp_path / "repo", d / "base", d / "head", d / "approvals", commit_head=False)
     before = store.read_bytes()
-    result = run_cli(repo, "diff", "--base", "base", "--as-of", AS_OF, "--store", str(store),
-                     "--format", "markdown", monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(store),
+        "--format",
+        "markdown",
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 0, result.stdout + result.stderr
     assert result.stdout.startswith("**Retention diff** `base` → `working tree` as of 2026-11-22:")
     assert "approved by dpo@example.org (approvals/telecom-traffic-p3m.yaml)" in result.stdout
     assert store.read_bytes() == before
     # the table format shows the same numbers for a terminal
-    result = run_cli(repo, "diff", "--base", "base", "--as-of", AS_OF, "--store", str(store), monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(store),
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 0 and "telecom.traffic_records" in result.stdout
 
 
@@ -191,8 +294,21 @@ def test_no_change(steady, tmp_path, monkeypatch):
     d = FIXTURES / "newsletter-keep-for"
     store = steady(d / "base")
     repo = make_repo(tmp_path / "repo", d / "base", d / "base")
-    result = run_cli(repo, "diff", "--base", "base", "--head", "base", "--as-of", AS_OF, "--store", str(store),
-                     "--format", "markdown", monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--head",
+        "base",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(store),
+        "--format",
+        "markdown",
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 0
     assert "No change in what a run would do." in result.stdout
     assert "0 rules changed, 0 added, 0 removed" in result.stdout
@@ -205,13 +321,32 @@ def test_counts_never_values(steady, tmp_path, monkeypatch):
     d = FIXTURES / "newsletter-keep-for"
     store = steady(d / "base")
     con = duckdb.connect(str(store), read_only=True)
-    values = {v for row in con.execute("SELECT email, full_name FROM marketing.newsletter_subscribers").fetchall()
-              for v in row if v}
+    values = {
+        v
+        for row in con.execute(
+            "SELECT email, full_name FROM marketing.newsletter_subscribers"
+        ).fetchall()
+        for v in row
+        if v
+    }
     con.close()
     repo = make_repo(tmp_path / "repo", d / "base", d / "head")
     for fmt in ("markdown", "json", "table"):
-        result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF, "--store", str(store),
-                         "--format", fmt, monkeypatch=monkeypatch)
+        result = run_cli(
+            repo,
+            "diff",
+            "--base",
+            "base",
+            "--head",
+            "head",
+            "--as-of",
+            AS_OF,
+            "--store",
+            str(store),
+            "--format",
+            fmt,
+            monkeypatch=monkeypatch,
+        )
         assert result.exit_code == 0
         assert not [v for v in values if v in result.stdout]
 
@@ -230,11 +365,29 @@ def test_postgres_store_gives_the_same_comment(tmp_path, monkeypatch):
         load_store(store, ROWS, date.fromisoformat(AS_OF))
         with store.connect() as session:
             control.ensure_control_schema(store, session)
-        run_policies(store, load_policies([d / "base"]), PRERUN, PseudonymKey.from_text(DEMO_KEY_TEXT),
-                     RunOptions(max_delete_fraction=None))
+        run_policies(
+            store,
+            load_policies([d / "base"]),
+            PRERUN,
+            PseudonymKey.from_text(DEMO_KEY_TEXT),
+            RunOptions(max_delete_fraction=None),
+        )
         repo = make_repo(tmp_path / "repo", d / "base", d / "head")
-        result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF, "--store", url,
-                         "--format", "markdown", monkeypatch=monkeypatch)
+        result = run_cli(
+            repo,
+            "diff",
+            "--base",
+            "base",
+            "--head",
+            "head",
+            "--as-of",
+            AS_OF,
+            "--store",
+            url,
+            "--format",
+            "markdown",
+            monkeypatch=monkeypatch,
+        )
     assert result.exit_code == 0, result.stdout + result.stderr
     assert result.stdout == (d / "expected.md").read_text()
 
@@ -242,43 +395,90 @@ def test_postgres_store_gives_the_same_comment(tmp_path, monkeypatch):
 # --- failures --------------------------------------------------------------------------------
 
 
-def test_a_base_that_does_not_load_is_reported_with_its_place(pristine_store, tmp_path, monkeypatch):
+def test_a_base_that_does_not_load_is_reported_with_its_place(
+    pristine_store, tmp_path, monkeypatch
+):
     d = FIXTURES / "newsletter-keep-for"
     broken = tmp_path / "broken"
     broken.mkdir()
-    text = (d / "base" / "newsletter.yaml").read_text().replace("keep_for: P0D", "keep_for: P0 days")
+    text = (
+        (d / "base" / "newsletter.yaml").read_text().replace("keep_for: P0D", "keep_for: P0 days")
+    )
     (broken / "newsletter.yaml").write_text(text)
     line = next(i for i, ln in enumerate(text.splitlines(), 1) if "keep_for:" in ln)
     repo = make_repo(tmp_path / "repo", broken, d / "head")
-    result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF,
-                     "--store", str(pristine_store), monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--head",
+        "head",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(pristine_store),
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 2
-    assert f"base:policies/newsletter.yaml:{line}:5: rules[0].keep_for: 'P0 days' is not an ISO-8601 period" \
+    assert (
+        f"base:policies/newsletter.yaml:{line}:5: rules[0].keep_for: 'P0 days' is not an ISO-8601 period"
         in result.stderr
+    )
 
 
 def test_a_base_that_does_not_resolve_is_reported(pristine_store, tmp_path, monkeypatch):
     d = FIXTURES / "newsletter-keep-for"
     broken = tmp_path / "broken"
     broken.mkdir()
-    text = (d / "base" / "newsletter.yaml").read_text().replace(
-        "table: marketing.newsletter_subscribers", "table: marketing.newsletter_subscriber")
+    text = (
+        (d / "base" / "newsletter.yaml")
+        .read_text()
+        .replace(
+            "table: marketing.newsletter_subscribers", "table: marketing.newsletter_subscriber"
+        )
+    )
     (broken / "newsletter.yaml").write_text(text)
-    line = next(i for i, ln in enumerate(text.splitlines(), 1)
-                if ln.strip() == "table: marketing.newsletter_subscriber")
+    line = next(
+        i
+        for i, ln in enumerate(text.splitlines(), 1)
+        if ln.strip() == "table: marketing.newsletter_subscriber"
+    )
     repo = make_repo(tmp_path / "repo", broken, d / "head")
-    result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF,
-                     "--store", str(pristine_store), monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--head",
+        "head",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(pristine_store),
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 2
-    assert f"base:policies/newsletter.yaml:{line}:5: rules[0].table: table 'marketing.newsletter_subscriber' " \
-           "is not in the store" in result.stderr
+    assert (
+        f"base:policies/newsletter.yaml:{line}:5: rules[0].table: table 'marketing.newsletter_subscriber' "
+        "is not in the store" in result.stderr
+    )
 
 
 def test_unknown_revision_is_bad_input(pristine_store, tmp_path, monkeypatch):
     d = FIXTURES / "newsletter-keep-for"
     repo = make_repo(tmp_path / "repo", d / "base", d / "head")
-    result = run_cli(repo, "diff", "--base", "no-such-branch", "--as-of", AS_OF, "--store", str(pristine_store),
-                     monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "no-such-branch",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(pristine_store),
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 2
     assert "unknown revision 'no-such-branch'" in result.stderr
 
@@ -287,12 +487,28 @@ def test_bad_approval_file_is_bad_input(pristine_store, tmp_path, monkeypatch):
     d = FIXTURES / "delete-half-table"
     approvals = tmp_path / "approvals"
     approvals.mkdir()
-    (approvals / "x.yaml").write_text("purpose: telecom-traffic\nrule: delete-traffic-records\nmax_fraction: 2\n")
+    (approvals / "x.yaml").write_text(
+        "purpose: telecom-traffic\nrule: delete-traffic-records\nmax_fraction: 2\n"
+    )
     repo = make_repo(tmp_path / "repo", d / "base", d / "head", approvals)
-    result = run_cli(repo, "diff", "--base", "base", "--head", "head", "--as-of", AS_OF,
-                     "--store", str(pristine_store), monkeypatch=monkeypatch)
+    result = run_cli(
+        repo,
+        "diff",
+        "--base",
+        "base",
+        "--head",
+        "head",
+        "--as-of",
+        AS_OF,
+        "--store",
+        str(pristine_store),
+        monkeypatch=monkeypatch,
+    )
     assert result.exit_code == 2
-    assert "head:approvals/x.yaml:3:1: max_fraction: Input should be less than or equal to 1" in result.stderr
+    assert (
+        "head:approvals/x.yaml:3:1: max_fraction: Input should be less than or equal to 1"
+        in result.stderr
+    )
     assert "head:approvals/x.yaml:1:1: approved_by: Field required" in result.stderr
 
 
@@ -320,22 +536,46 @@ def test_duplicate_purposes_at_a_revision():
 
 
 def test_rule_changes_and_strategy_text():
-    base = load_text((FIXTURES / "customers-anonymised-column" / "base" / "customers.yaml").read_text(), "b")
-    head = load_text((FIXTURES / "customers-anonymised-column" / "head" / "customers.yaml").read_text(), "h")
+    base = load_text(
+        (FIXTURES / "customers-anonymised-column" / "base" / "customers.yaml").read_text(), "b"
+    )
+    head = load_text(
+        (FIXTURES / "customers-anonymised-column" / "head" / "customers.yaml").read_text(), "h"
+    )
     rb, rh = base.policy.rules[1], head.policy.rules[1]
     changes, new, changed = rule_changes(rb, rh)
-    assert changes == ["anonymises also national_id (redact)"] and new == ["national_id"] and changed == []
+    assert (
+        changes == ["anonymises also national_id (redact)"]
+        and new == ["national_id"]
+        and changed == []
+    )
     assert rule_changes(None, rh)[0][0] == "added"
     assert rule_changes(rb, None) == (["removed"], [], [])
     assert [strategy_text(s) for s in rh.columns.values()] == [
-        "fake name", "hash", "mask (keep_first 3)", "redact", "mask (keep_first 2)", "generalise year", "redact"]
+        "fake name",
+        "hash",
+        "mask (keep_first 3)",
+        "redact",
+        "mask (keep_first 2)",
+        "generalise year",
+        "redact",
+    ]
 
 
 def test_approvals_are_validated_with_places():
-    ok = load_approval_texts([("a.yaml", "purpose: p\nrule: r\nmax_fraction: 0.5\napproved_by: x\nreason: y\n")])
+    ok = load_approval_texts(
+        [("a.yaml", "purpose: p\nrule: r\nmax_fraction: 0.5\napproved_by: x\nreason: y\n")]
+    )
     assert ok[0].approval.rule_id == "p/r" and ok[0].approval.max_fraction == 0.5
     with pytest.raises(PolicyError) as e:
-        load_approval_texts([("a.yaml", "purpose: p\nrule: r\nmax_fraction: 0\napproved_by: x\nreason: y\nextra: 1\n")])
+        load_approval_texts(
+            [
+                (
+                    "a.yaml",
+                    "purpose: p\nrule: r\nmax_fraction: 0\napproved_by: x\nreason: y\nextra: 1\n",
+                )
+            ]
+        )
     text = str(e.value)
     assert "a.yaml:3:1: max_fraction: Input should be greater than 0" in text
     assert "a.yaml:6:1: extra: Extra inputs are not permitted" in text
@@ -345,13 +585,23 @@ def test_approvals_are_validated_with_places():
 
 
 def test_workflow_parses_and_calls_the_cli():
-    wf = yaml.load((ROOT / ".github" / "workflows" / "policies.yml").read_text(), Loader=yaml.BaseLoader)
+    wf = yaml.load(
+        (ROOT / ".github" / "workflows" / "policies.yml").read_text(), Loader=yaml.BaseLoader
+    )
     assert "pull_request" in wf["on"] and wf["on"]["pull_request"]["paths"]
     steps = wf["jobs"]["policies"]["steps"]
-    assert steps[0]["uses"].startswith("actions/checkout@") and steps[0]["with"]["fetch-depth"] == "0"
+    assert (
+        steps[0]["uses"].startswith("actions/checkout@") and steps[0]["with"]["fetch-depth"] == "0"
+    )
     scripts = "\n".join(s.get("run", "") for s in steps)
-    for command in ("uv run retention-jobs validate", "uv run retention-jobs lint", "uv run retention-jobs diff",
-                    "--format markdown", "gh pr comment", "--body-file"):
+    for command in (
+        "uv run retention-jobs validate",
+        "uv run retention-jobs lint",
+        "uv run retention-jobs diff",
+        "--format markdown",
+        "gh pr comment",
+        "--body-file",
+    ):
         assert command in scripts
     # yaml.safe_load too (it reads `on:` as True, which GitHub does not, but it must parse)
     assert yaml.safe_load((ROOT / ".github" / "workflows" / "policies.yml").read_text())

@@ -87,7 +87,9 @@ def test_deleted_and_anonymised_values_leave_the_file(tmp_path):
     store = build(path)
     deleted = [f"unique-mail-{i}@erase.example" for i in range(4, 2001, 4)]
     anonymised = [f"Fullname {i} Person" for i in range(1, 2001, 4)]
-    report = run_policies(store, policies(), AS_OF, KEY, RunOptions(max_delete_fraction=None, purge=False))
+    report = run_policies(
+        store, policies(), AS_OF, KEY, RunOptions(max_delete_fraction=None, purge=False)
+    )
     assert report.rules[0].deleted == 500 and report.rules[1].anonymised == 500
     # the independent oracle: search the file for the clear values the test knows
     before = raw_hits(path, deleted + anonymised)
@@ -98,7 +100,9 @@ def test_deleted_and_anonymised_values_leave_the_file(tmp_path):
     result = store.purge(["p.people"])
     assert result["bytes_after"] < result["bytes_before"]
     assert raw_hits(path, deleted + anonymised) == 0
-    assert raw_hits(path, [f"unique-mail-{i}@erase.example" for i in (2, 3, 6)]) == 3  # live rows stay
+    assert (
+        raw_hits(path, [f"unique-mail-{i}@erase.example" for i in (2, 3, 6)]) == 3
+    )  # live rows stay
     post = verify(store, KEY)
     assert post.clean and post.tracked >= 1000
     with store.connect(read_only=True) as s:
@@ -129,7 +133,9 @@ COMPACT = textwrap.dedent("""
 def snapshot(path) -> list:
     con = duckdb.connect(str(path), read_only=True)
     try:
-        return con.execute("SELECT count(*), sum(id), min(email), max(full_name) FROM p.people").fetchall()
+        return con.execute(
+            "SELECT count(*), sum(id), min(email), max(full_name) FROM p.people"
+        ).fetchall()
     finally:
         con.close()
 
@@ -140,8 +146,12 @@ def test_kill_during_compaction_leaves_a_whole_database(tmp_path):
     expected = snapshot(path)
     rng = random.Random(7)
     for _trial in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", COMPACT, str(path)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", COMPACT, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout.readline().strip() == "start"
         time.sleep(rng.uniform(0.05, 1.5))
         os.kill(proc.pid, signal.SIGKILL)
@@ -170,14 +180,23 @@ def tamper_and_verify(store, *sql: str):
         return control.verify_audit_chain(s)[1]
 
 
-@pytest.mark.parametrize(("sql", "seq", "word"), [
-    (["UPDATE retention_control.audit SET deleted = deleted + 1 WHERE seq = 5"], 5, "changed"),
-    (["UPDATE retention_control.audit SET rule = 'other' WHERE seq = 3"], 3, "changed"),
-    (["DELETE FROM retention_control.audit WHERE seq = 4"], 4, "missing"),
-    (["UPDATE retention_control.audit SET seq = -1 WHERE seq = 6",
-      "UPDATE retention_control.audit SET seq = 6 WHERE seq = 7",
-      "UPDATE retention_control.audit SET seq = 7 WHERE seq = -1"], 6, "does not follow"),
-])
+@pytest.mark.parametrize(
+    ("sql", "seq", "word"),
+    [
+        (["UPDATE retention_control.audit SET deleted = deleted + 1 WHERE seq = 5"], 5, "changed"),
+        (["UPDATE retention_control.audit SET rule = 'other' WHERE seq = 3"], 3, "changed"),
+        (["DELETE FROM retention_control.audit WHERE seq = 4"], 4, "missing"),
+        (
+            [
+                "UPDATE retention_control.audit SET seq = -1 WHERE seq = 6",
+                "UPDATE retention_control.audit SET seq = 6 WHERE seq = 7",
+                "UPDATE retention_control.audit SET seq = 7 WHERE seq = -1",
+            ],
+            6,
+            "does not follow",
+        ),
+    ],
+)
 def test_ledger_names_the_first_tampered_row(tmp_path, sql, seq, word):
     store, _ = ledger_store(tmp_path)
     broken = tamper_and_verify(store, *sql)
@@ -187,13 +206,21 @@ def test_ledger_names_the_first_tampered_row(tmp_path, sql, seq, word):
 def test_rehashed_row_is_caught_by_its_successor(tmp_path):
     store, _ = ledger_store(tmp_path)
     with store.connect() as s:
-        row = {c: v for c, v in zip([c.name for c in control.audit.c],
-                                    s.fetchall(sa.select(*control.audit.c).where(control.audit.c.seq == 5))[0],
-                                    strict=True)}
+        row = {
+            c: v
+            for c, v in zip(
+                [c.name for c in control.audit.c],
+                s.fetchall(sa.select(*control.audit.c).where(control.audit.c.seq == 5))[0],
+                strict=True,
+            )
+        }
         row["deleted"] = (row["deleted"] or 0) + 100
         new_hash = control.audit_row_hash(row)
-        s.execute(sa.update(control.audit).where(control.audit.c.seq == 5)
-                  .values(deleted=row["deleted"], row_hash=new_hash))
+        s.execute(
+            sa.update(control.audit)
+            .where(control.audit.c.seq == 5)
+            .values(deleted=row["deleted"], row_hash=new_hash)
+        )
     with store.connect(read_only=True) as s:
         broken = control.verify_audit_chain(s)[1]
     assert broken.seq == 6 and "row 5" in broken.problem
@@ -204,13 +231,23 @@ def test_audit_verify_cli_uses_an_outside_head(tmp_path):
     with store.connect(read_only=True) as s:
         head = control.audit_head(s)
     env = {**os.environ, "RETENTION_STORE": str(store.path)}
-    ok = subprocess.run([sys.executable, "-m", "retention_jobs.cli", "audit", "verify", "--head", head],
-                        capture_output=True, text=True, env=env)
+    ok = subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", "audit", "verify", "--head", head],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     with store.connect() as s:  # an attacker drops the newest row: the chain stays consistent
-        s.execute("DELETE FROM retention_control.audit WHERE seq = (SELECT max(seq) FROM retention_control.audit)")
-    bad = subprocess.run([sys.executable, "-m", "retention_jobs.cli", "audit", "verify", "--head", head],
-                         capture_output=True, text=True, env=env)
+        s.execute(
+            "DELETE FROM retention_control.audit WHERE seq = (SELECT max(seq) FROM retention_control.audit)"
+        )
+    bad = subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", "audit", "verify", "--head", head],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 1 and "does not contain head" in bad.stdout
 
 
@@ -228,9 +265,16 @@ def test_fingerprints_match_a_value_by_value_reference(values):
     key = PseudonymKey.from_text("fingerprint-key-0123456789")
 
     def h(b: bytes) -> int:  # the ledger keeps the first 8 digest bytes as a signed integer
-        return int.from_bytes(hashlib.blake2b(b, key=key.secret, digest_size=16).digest()[:8], "big", signed=True)
+        return int.from_bytes(
+            hashlib.blake2b(b, key=key.secret, digest_size=16).digest()[:8], "big", signed=True
+        )
 
-    expected = sorted({(h(v.encode()[:ANCHOR]), h(v.encode()), len(v.encode()))
-                       for v in values if v is not None and len(v.encode()) >= ANCHOR})
+    expected = sorted(
+        {
+            (h(v.encode()[:ANCHOR]), h(v.encode()), len(v.encode()))
+            for v in values
+            if v is not None and len(v.encode()) >= ANCHOR
+        }
+    )
     got = fingerprints(pl.Series("c", values, dtype=pl.String), key)
     assert sorted(got.select("anchor_hash", "value_hash", "value_length").iter_rows()) == expected

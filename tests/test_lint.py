@@ -79,8 +79,13 @@ def test_no_values_printed_by_the_store_check(tmp_path, monkeypatch):
     store = tmp_path / "store.duckdb"
     con = duckdb.connect(str(store))
     con.execute((d / "store.sql").read_text())
-    values = {v for t in ("support.callbacks", "support.notes", "hr.people", "web.visits", "app.users")
-              for row in con.execute(f"SELECT * FROM {t}").fetchall() for v in row if isinstance(v, str) and len(v) > 4}
+    values = {
+        v
+        for t in ("support.callbacks", "support.notes", "hr.people", "web.visits", "app.users")
+        for row in con.execute(f"SELECT * FROM {t}").fetchall()
+        for v in row
+        if isinstance(v, str) and len(v) > 4
+    }
     con.close()
     result = invoke(d, "lint", "policies", "--store", str(store), monkeypatch=monkeypatch)
     assert not [v for v in values if v in result.stdout + result.stderr]
@@ -94,7 +99,9 @@ def test_shipped_policies_are_clean(monkeypatch):
 
 def test_invalid_policies_exit_2(tmp_path, monkeypatch):
     (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "x.yaml").write_text("purpose: x\ntitle: t\nlegal_basis: consent\nowner: o\nrules: []\n")
+    (tmp_path / "policies" / "x.yaml").write_text(
+        "purpose: x\ntitle: t\nlegal_basis: consent\nowner: o\nrules: []\n"
+    )
     result = invoke(tmp_path, "lint", monkeypatch=monkeypatch)
     assert result.exit_code == 2
     assert "policies/x.yaml:5:1: rules:" in result.stderr
@@ -111,7 +118,14 @@ HEAD = "purpose: p\ntitle: t\nlegal_basis: contract\nowner: o\nrules:\n"
 
 
 def rule(name: str, **fields) -> str:
-    body = {"table": "s.t", "key": "id", "clock": "c", "keep_for": "P1Y", "action": "delete", **fields}
+    body = {
+        "table": "s.t",
+        "key": "id",
+        "clock": "c",
+        "keep_for": "P1Y",
+        "action": "delete",
+        **fields,
+    }
     return f"  - name: {name}\n" + "".join(f"    {k}: {v}\n" for k, v in body.items())
 
 
@@ -123,41 +137,74 @@ def test_placeholders():
 
 
 def test_disjoint_filters():
-    a, b, c, d, e, f = rules(HEAD + rule("a", where="{country: [NO, DK]}") + rule("b", where="{country: SE}")
-                             + rule("c", where="{country: {ne: SE}}") + rule("d", where="{ended_at: {is_null: true}}")
-                             + rule("e", where="{ended_at: {is_null: false}}") + rule("f"))
+    a, b, c, d, e, f = rules(
+        HEAD
+        + rule("a", where="{country: [NO, DK]}")
+        + rule("b", where="{country: SE}")
+        + rule("c", where="{country: {ne: SE}}")
+        + rule("d", where="{ended_at: {is_null: true}}")
+        + rule("e", where="{ended_at: {is_null: false}}")
+        + rule("f")
+    )
     assert disjoint(a, b) and disjoint(b, c) and disjoint(d, e)
     assert not disjoint(a, c) and not disjoint(a, f) and not disjoint(a, d)
 
 
 def test_period_comparisons_use_the_calendar_and_rounding():
-    p5y, d1825, p5y_year_end = rules(HEAD + rule("a", keep_for="P5Y") + rule("b", keep_for="P1825D")
-                                     + rule("c", keep_for="P5Y", round_clock_to="year_end"))
+    p5y, d1825, p5y_year_end = rules(
+        HEAD
+        + rule("a", keep_for="P5Y")
+        + rule("b", keep_for="P1825D")
+        + rule("c", keep_for="P5Y", round_clock_to="year_end")
+    )
     assert ends_before(d1825, p5y)  # five years hold a leap day or two
     assert ends_before(p5y, p5y_year_end) and never_after(p5y, p5y_year_end)
     assert not ends_before(p5y_year_end, p5y)
 
 
 def test_two_anonymise_rules_writing_one_column_differently(tmp_path, monkeypatch):
-    text = HEAD + rule("a", action="anonymise", columns="{email: hash}") + rule(
-        "b", action="anonymise", columns="{email: redact}")
+    text = (
+        HEAD
+        + rule("a", action="anonymise", columns="{email: hash}")
+        + rule("b", action="anonymise", columns="{email: redact}")
+    )
     problems = lint_policies(_set(text, tmp_path, monkeypatch))
     assert [p.message.split()[0] for p in problems] == ["RJ103"]
-    assert str(problems[0]).startswith("t.yaml:19:15: rules[1].columns.email: RJ103 email is anonymised differently")
+    assert str(problems[0]).startswith(
+        "t.yaml:19:15: rules[1].columns.email: RJ103 email is anonymised differently"
+    )
 
 
 def test_consent_withdrawal_found_in_related_values(tmp_path, monkeypatch):
     text = HEAD.replace("contract", "consent") + rule(
-        "a", related="[{table: s.lists, on: id, all: {status: unsubscribed}}]")
+        "a", related="[{table: s.lists, on: id, all: {status: unsubscribed}}]"
+    )
     assert lint_policies(_set(text, tmp_path, monkeypatch)) == []
 
 
 def test_personal_column_names():
     people = TableInfo("crm.people", {})
     things = TableInfo("app.organisations", {})
-    for c in ("email", "contact_email", "e_mail", "phone", "mobile_phone", "msisdn", "national_id", "ssn",
-              "personnummer", "fodselsnummer", "cpr", "iban", "ip_address", "client_ip", "imei", "full_name",
-              "first_name", "surname"):
+    for c in (
+        "email",
+        "contact_email",
+        "e_mail",
+        "phone",
+        "mobile_phone",
+        "msisdn",
+        "national_id",
+        "ssn",
+        "personnummer",
+        "fodselsnummer",
+        "cpr",
+        "iban",
+        "ip_address",
+        "client_ip",
+        "imei",
+        "full_name",
+        "first_name",
+        "surname",
+    ):
         assert personal_by_name(things, c), c
     for c in ("msisdn_id", "status", "zip", "list_name", "product_name", "shipping", "created_at"):
         assert not personal_by_name(things, c), c

@@ -44,21 +44,43 @@ def build(url: str, rows: int) -> None:
     """Every third account closed in 2020 (expired), the others open; two events each."""
     with psycopg.connect(libpq(url), autocommit=True) as con:
         con.execute("CREATE SCHEMA app")
-        con.execute("CREATE TABLE app.accounts (id BIGINT PRIMARY KEY, email TEXT, closed_at DATE, note TEXT)")
-        con.execute("CREATE TABLE app.events (id BIGSERIAL PRIMARY KEY, "
-                    "account_id BIGINT REFERENCES app.accounts(id), kind TEXT)")
+        con.execute(
+            "CREATE TABLE app.accounts (id BIGINT PRIMARY KEY, email TEXT, closed_at DATE, note TEXT)"
+        )
+        con.execute(
+            "CREATE TABLE app.events (id BIGSERIAL PRIMARY KEY, "
+            "account_id BIGINT REFERENCES app.accounts(id), kind TEXT)"
+        )
         con.execute("CREATE INDEX ON app.events (account_id)")
         con.execute(f"""INSERT INTO app.accounts SELECT i, 'user' || i || '@live.example',
                         CASE WHEN i % 3 = 0 THEN DATE '2020-01-01' END, 'n' FROM generate_series(1, {rows}) i""")
-        con.execute("INSERT INTO app.events (account_id, kind) SELECT id, k FROM app.accounts, "
-                    "(VALUES ('login'), ('logout')) v(k)")
+        con.execute(
+            "INSERT INTO app.events (account_id, kind) SELECT id, k FROM app.accounts, "
+            "(VALUES ('login'), ('logout')) v(k)"
+        )
 
 
 def cli(url: str, policies: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "RETENTION_STORE": url, "RETENTION_PSEUDONYM_KEY": KEY}
-    return subprocess.Popen([sys.executable, "-m", "retention_jobs.cli", "run", "--policies", str(policies),
-                             "--as-of", AS_OF, "--max-delete-fraction", "1", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "retention_jobs.cli",
+            "run",
+            "--policies",
+            str(policies),
+            "--as-of",
+            AS_OF,
+            "--max-delete-fraction",
+            "1",
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def rows(url: str, sql: str) -> list[tuple]:
@@ -83,7 +105,9 @@ def test_sigkill_mid_run_leaves_whole_batches_and_the_rerun_finishes(pg):
     n = 0
     while time.time() < deadline:  # kill once a few batches have committed
         try:
-            n = rows(url, "SELECT count(*) FROM retention_control.audit WHERE action = 'delete'")[0][0]
+            n = rows(url, "SELECT count(*) FROM retention_control.audit WHERE action = 'delete'")[
+                0
+            ][0]
         except psycopg.errors.UndefinedTable:
             n = 0
         if n >= 3 or proc.poll() is not None:
@@ -94,15 +118,24 @@ def test_sigkill_mid_run_leaves_whole_batches_and_the_rerun_finishes(pg):
     proc.wait()
     # whole batches: what the ledger says was deleted is exactly what is gone, parents and children
     gone = 30_000 - rows(url, "SELECT count(*) FROM app.accounts")[0][0]
-    logged = rows(url, "SELECT coalesce(sum(deleted), 0) FROM retention_control.audit "
-                       "WHERE action = 'delete' AND table_name = 'app.accounts'")[0][0]
+    logged = rows(
+        url,
+        "SELECT coalesce(sum(deleted), 0) FROM retention_control.audit "
+        "WHERE action = 'delete' AND table_name = 'app.accounts'",
+    )[0][0]
     assert 0 < gone == logged < len(expired)
     events_gone = 60_000 - rows(url, "SELECT count(*) FROM app.events")[0][0]
-    events_logged = rows(url, "SELECT coalesce(sum(deleted), 0) FROM retention_control.audit "
-                              "WHERE action = 'cascade-delete' AND table_name = 'app.events'")[0][0]
+    events_logged = rows(
+        url,
+        "SELECT coalesce(sum(deleted), 0) FROM retention_control.audit "
+        "WHERE action = 'cascade-delete' AND table_name = 'app.events'",
+    )[0][0]
     assert events_gone == events_logged >= 2 * gone
-    assert not rows(url, "SELECT 1 FROM app.events e LEFT JOIN app.accounts a ON a.id = e.account_id "
-                         "WHERE a.id IS NULL")
+    assert not rows(
+        url,
+        "SELECT 1 FROM app.events e LEFT JOIN app.accounts a ON a.id = e.account_id "
+        "WHERE a.id IS NULL",
+    )
     # the rerun finishes; the end state is an uninterrupted run's: exactly the expired ones gone
     rerun = cli(url, policies)
     out, errs = rerun.communicate(timeout=300)
@@ -132,11 +165,19 @@ def test_application_writes_while_the_run_deletes(pg):
                 for k in range(300):
                     new_id = 100_000 + k
                     with con.transaction():
-                        con.execute("INSERT INTO app.accounts VALUES (%s, %s, NULL, 'new')", [new_id, f"new{k}@x"])
-                        con.execute("INSERT INTO app.events (account_id, kind) VALUES (%s, 'login')", [new_id])
+                        con.execute(
+                            "INSERT INTO app.accounts VALUES (%s, %s, NULL, 'new')",
+                            [new_id, f"new{k}@x"],
+                        )
+                        con.execute(
+                            "INSERT INTO app.events (account_id, kind) VALUES (%s, 'login')",
+                            [new_id],
+                        )
                     inserted.append(new_id)
                     open_id = 1 + (k * 3)  # ids 1, 4, 7, ...: open accounts, never expired
-                    con.execute("UPDATE app.accounts SET note = %s WHERE id = %s", [f"touched {k}", open_id])
+                    con.execute(
+                        "UPDATE app.accounts SET note = %s WHERE id = %s", [f"touched {k}", open_id]
+                    )
                     updated.append(open_id)
                     time.sleep(0.005)
         except BaseException as e:  # noqa: BLE001 - reported by the test thread
@@ -154,10 +195,19 @@ def test_application_writes_while_the_run_deletes(pg):
     present = {r[0] for r in rows(url, "SELECT id FROM app.accounts")}
     assert set(inserted) <= present, "an application insert was lost"
     assert set(reopened) <= present, "a row was deleted that was not expired when its batch began"
-    notes = dict(rows(url, f"SELECT id, note FROM app.accounts WHERE id IN ({','.join(map(str, updated))})"))
+    notes = dict(
+        rows(url, f"SELECT id, note FROM app.accounts WHERE id IN ({','.join(map(str, updated))})")
+    )
     assert len(notes) == len(set(updated)) and all(v.startswith("touched") for v in notes.values())
     still_expired = rows(url, "SELECT count(*) FROM app.accounts WHERE closed_at IS NOT NULL")[0][0]
     assert still_expired == 0
     with sa.create_engine(url).connect() as con:
-        assert con.execute(sa.text("SELECT count(*) FROM app.events e LEFT JOIN app.accounts a "
-                                   "ON a.id = e.account_id WHERE a.id IS NULL")).scalar() == 0
+        assert (
+            con.execute(
+                sa.text(
+                    "SELECT count(*) FROM app.events e LEFT JOIN app.accounts a "
+                    "ON a.id = e.account_id WHERE a.id IS NULL"
+                )
+            ).scalar()
+            == 0
+        )

@@ -43,8 +43,11 @@ def doc(body: str = BODY, name: str = "old") -> str:
 
 def anonymise(columns: str) -> str:
     """BODY with action anonymise and `columns:` on line 12; column entries from line 13, col 7."""
-    return doc(BODY.replace("action: delete", "action: anonymise") + "columns:\n"
-               + textwrap.indent(textwrap.dedent(columns), "  "))
+    return doc(
+        BODY.replace("action: delete", "action: anonymise")
+        + "columns:\n"
+        + textwrap.indent(textwrap.dedent(columns), "  ")
+    )
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -65,197 +68,394 @@ def problems_of(tmp_path: Path, monkeypatch, files: dict[str, str]) -> list[Prob
     return exc.value.problems
 
 
-def assert_problems(problems: list[Problem], expected: list[tuple[str, str, str]], file: str = FILE) -> None:
+def assert_problems(
+    problems: list[Problem], expected: list[tuple[str, str, str]], file: str = FILE
+) -> None:
     """Exactly the expected problems, each at line:col with its field path and message fragment."""
     shown = "\n".join(str(p) for p in problems)
     assert len(problems) == len(expected), f"expected {len(expected)} problem(s), got:\n{shown}"
     remaining = list(problems)
     for where, fld, fragment in expected:
         prefix = f"{file}:{where}: {fld}: " if fld else f"{file}:{where}: "
-        hit = next((p for p in remaining if str(p).startswith(prefix) and fragment in str(p)
-                    and p.field == fld), None)
+        hit = next(
+            (
+                p
+                for p in remaining
+                if str(p).startswith(prefix) and fragment in str(p) and p.field == fld
+            ),
+            None,
+        )
         assert hit is not None, f"no problem {prefix}...{fragment}... in:\n{shown}"
         remaining.remove(hit)
 
 
 CASES = [
     # --- not a policy document at all ------------------------------------------------------
-    pytest.param("purpose: [shop\ntitle: Shop\n", [("2:6", "", "not valid YAML: expected ',' or ']'")],
-                 id="not-yaml-unclosed-flow-sequence"),
-    pytest.param("purpose: shop\n title: Shop\nlegal_basis: contract\n",
-                 [("2:7", "", "not valid YAML: mapping values are not allowed here")],
-                 id="bad-indentation-top-level"),
-    pytest.param(doc(BODY.replace("key: customer_id", " key: customer_id")),
-                 [("8:9", "", "not valid YAML: mapping values are not allowed here")],
-                 id="bad-indentation-in-rule"),
-    pytest.param("purpose: shop\n\ttitle: Shop\n", [("2:1", "", "found character '\\t'")],
-                 id="tab-indentation"),
-    pytest.param(doc(BODY.replace("keep_for: P5Y", "keep_for: *five_years")),
-                 [("10:15", "", "not valid YAML: found undefined alias 'five_years'")],
-                 id="undefined-alias"),
+    pytest.param(
+        "purpose: [shop\ntitle: Shop\n",
+        [("2:6", "", "not valid YAML: expected ',' or ']'")],
+        id="not-yaml-unclosed-flow-sequence",
+    ),
+    pytest.param(
+        "purpose: shop\n title: Shop\nlegal_basis: contract\n",
+        [("2:7", "", "not valid YAML: mapping values are not allowed here")],
+        id="bad-indentation-top-level",
+    ),
+    pytest.param(
+        doc(BODY.replace("key: customer_id", " key: customer_id")),
+        [("8:9", "", "not valid YAML: mapping values are not allowed here")],
+        id="bad-indentation-in-rule",
+    ),
+    pytest.param(
+        "purpose: shop\n\ttitle: Shop\n",
+        [("2:1", "", "found character '\\t'")],
+        id="tab-indentation",
+    ),
+    pytest.param(
+        doc(BODY.replace("keep_for: P5Y", "keep_for: *five_years")),
+        [("10:15", "", "not valid YAML: found undefined alias 'five_years'")],
+        id="undefined-alias",
+    ),
     pytest.param("", [("1:1", "", "the file is empty")], id="empty-file"),
-    pytest.param("# retention for the shop\n\n", [("1:1", "", "the file is empty")], id="comments-only"),
-    pytest.param("- purpose: shop\n  title: Shop\n", [("1:1", "", "a policy file is a mapping")],
-                 id="top-level-list"),
+    pytest.param(
+        "# retention for the shop\n\n", [("1:1", "", "the file is empty")], id="comments-only"
+    ),
+    pytest.param(
+        "- purpose: shop\n  title: Shop\n",
+        [("1:1", "", "a policy file is a mapping")],
+        id="top-level-list",
+    ),
     pytest.param("shop\n", [("1:1", "", "a policy file is a mapping")], id="top-level-scalar"),
     # --- top-level fields ------------------------------------------------------------------
-    pytest.param(doc().replace("legal_basis", "legal_bassis"),
-                 [("1:1", "legal_basis", "Field required; add it"),
-                  ("3:1", "legal_bassis", "Extra inputs are not permitted")],
-                 id="unknown-top-level-field-typo"),
-    pytest.param("purpose: shop\nrules:\n  - name: old\n    table: shop.customers\n",
-                 [("1:1", "title", "Field required"), ("1:1", "legal_basis", "Field required"),
-                  ("1:1", "owner", "Field required"), ("3:5", "rules[0].key", "Field required"),
-                  ("3:5", "rules[0].clock", "Field required"), ("3:5", "rules[0].keep_for", "Field required"),
-                  ("3:5", "rules[0].action", "Field required")],
-                 id="missing-required-fields"),
-    pytest.param(doc().replace("legal_basis: contract", "legal_basis: contractual"),
-                 [("3:1", "legal_basis", "Input should be 'consent', 'contract', 'legal_obligation'")],
-                 id="bad-legal-basis"),
-    pytest.param(doc().replace("purpose: shop", "purpose: Shop Customers"),
-                 [("1:1", "purpose", "String should match pattern")], id="purpose-not-a-slug"),
-    pytest.param(doc().replace("title: Shop customers", "title: ''"),
-                 [("2:1", "title", "String should have at least 1 character")], id="empty-title"),
-    pytest.param(doc() + "timezone: Europe/Olso\n",
-                 [("12:1", "timezone", "unknown time zone 'Europe/Olso'; use an IANA name")],
-                 id="bad-timezone"),
-    pytest.param(doc() + "locale: norwegian\n",
-                 [("12:1", "locale", "'norwegian' is not a locale such as nb_NO")], id="bad-locale"),
-    pytest.param(HEAD.replace("rules:", "rules: []"),
-                 [("5:1", "rules", "List should have at least 1 item")], id="no-rules"),
-    pytest.param(HEAD + "  name: old\n", [("5:1", "rules", "Input should be a valid list")],
-                 id="rules-not-a-list"),
+    pytest.param(
+        doc().replace("legal_basis", "legal_bassis"),
+        [
+            ("1:1", "legal_basis", "Field required; add it"),
+            ("3:1", "legal_bassis", "Extra inputs are not permitted"),
+        ],
+        id="unknown-top-level-field-typo",
+    ),
+    pytest.param(
+        "purpose: shop\nrules:\n  - name: old\n    table: shop.customers\n",
+        [
+            ("1:1", "title", "Field required"),
+            ("1:1", "legal_basis", "Field required"),
+            ("1:1", "owner", "Field required"),
+            ("3:5", "rules[0].key", "Field required"),
+            ("3:5", "rules[0].clock", "Field required"),
+            ("3:5", "rules[0].keep_for", "Field required"),
+            ("3:5", "rules[0].action", "Field required"),
+        ],
+        id="missing-required-fields",
+    ),
+    pytest.param(
+        doc().replace("legal_basis: contract", "legal_basis: contractual"),
+        [("3:1", "legal_basis", "Input should be 'consent', 'contract', 'legal_obligation'")],
+        id="bad-legal-basis",
+    ),
+    pytest.param(
+        doc().replace("purpose: shop", "purpose: Shop Customers"),
+        [("1:1", "purpose", "String should match pattern")],
+        id="purpose-not-a-slug",
+    ),
+    pytest.param(
+        doc().replace("title: Shop customers", "title: ''"),
+        [("2:1", "title", "String should have at least 1 character")],
+        id="empty-title",
+    ),
+    pytest.param(
+        doc() + "timezone: Europe/Olso\n",
+        [("12:1", "timezone", "unknown time zone 'Europe/Olso'; use an IANA name")],
+        id="bad-timezone",
+    ),
+    pytest.param(
+        doc() + "locale: norwegian\n",
+        [("12:1", "locale", "'norwegian' is not a locale such as nb_NO")],
+        id="bad-locale",
+    ),
+    pytest.param(
+        HEAD.replace("rules:", "rules: []"),
+        [("5:1", "rules", "List should have at least 1 item")],
+        id="no-rules",
+    ),
+    pytest.param(
+        HEAD + "  name: old\n",
+        [("5:1", "rules", "Input should be a valid list")],
+        id="rules-not-a-list",
+    ),
     # --- duplicates ------------------------------------------------------------------------
-    pytest.param(doc(BODY + "clock: born\n"),
-                 [("12:5", "rules[0].clock", "duplicate key 'clock'; YAML would silently keep only the last one")],
-                 id="duplicate-key-in-rule"),
-    pytest.param(doc(BODY + "where: {status: closed, status: ended}\n"),
-                 [("12:29", "rules[0].where.status", "duplicate key 'status'")],
-                 id="duplicate-key-in-flow-mapping"),
-    pytest.param(doc() + "  - name: old\n" + textwrap.indent(BODY, "    "),
-                 [("12:5", "rules[1].name", "two rules are named 'old'")],
-                 id="duplicate-rule-names"),
+    pytest.param(
+        doc(BODY + "clock: born\n"),
+        [
+            (
+                "12:5",
+                "rules[0].clock",
+                "duplicate key 'clock'; YAML would silently keep only the last one",
+            )
+        ],
+        id="duplicate-key-in-rule",
+    ),
+    pytest.param(
+        doc(BODY + "where: {status: closed, status: ended}\n"),
+        [("12:29", "rules[0].where.status", "duplicate key 'status'")],
+        id="duplicate-key-in-flow-mapping",
+    ),
+    pytest.param(
+        doc() + "  - name: old\n" + textwrap.indent(BODY, "    "),
+        [("12:5", "rules[1].name", "two rules are named 'old'")],
+        id="duplicate-rule-names",
+    ),
     # --- rule fields -----------------------------------------------------------------------
-    pytest.param(doc(BODY.replace("table: shop.customers", "table: customers")),
-                 [("7:5", "rules[0].table", "String should match pattern")], id="table-without-schema"),
-    pytest.param(doc(name="Old Rule"), [("6:5", "rules[0].name", "String should match pattern")],
-                 id="rule-name-not-a-slug"),
-    *[pytest.param(doc(BODY.replace("P5Y", bad)),
-                   [("10:5", "rules[0].keep_for", f"{bad!r} is not an ISO-8601 period of whole days")],
-                   id=f"bad-keep_for-{bad}")
-      for bad in ("P5Q", "PT12H", "5Y", "P", "P1.5Y", "P-1D", "P1D1M")],
-    pytest.param(doc(BODY.replace("P5Y", "5")),
-                 [("10:5", "rules[0].keep_for", "Input should be a valid string")], id="keep_for-a-number"),
-    pytest.param(doc(BODY + "round_clock_to: fiscal_year\n"),
-                 [("12:5", "rules[0].round_clock_to", "Input should be 'year_end' or 'month_end'")],
-                 id="bad-round_clock_to"),
-    pytest.param(doc(BODY.replace("action: delete", "action: erase")),
-                 [("11:5", "rules[0].action", "Input should be 'delete', 'anonymise' or 'retain'")],
-                 id="bad-action"),
-    pytest.param(doc(BODY.replace("action: delete", "action: anonymise")),
-                 [("6:5", "rules[0]", "action anonymise needs `columns`")], id="anonymise-without-columns"),
-    pytest.param(doc(BODY + "columns:\n  email: hash\n"),
-                 [("6:5", "rules[0]", "`columns` is only for action anonymise, not delete")],
-                 id="columns-with-delete"),
-    pytest.param(doc(BODY.replace("key: customer_id", "key: [customer_id, customer_id]")),
-                 [("6:5", "rules[0]", "key lists a column twice")], id="key-listed-twice"),
-    pytest.param(anonymise("full_name: redact\ncustomer_id: hash\n"),
-                 [("6:5", "rules[0]", "the key column 'customer_id' cannot be anonymised")],
-                 id="key-column-anonymised"),
-    pytest.param(doc(BODY.replace("action: delete", "action: retain")
-                     + "cascade:\n  - {table: shop.orders, on: customer_id, action: delete}\n"),
-                 [("6:5", "rules[0]", "a retain rule changes nothing: it takes no cascade or suppress")],
-                 id="retain-with-cascade"),
-    pytest.param(doc(BODY.replace("action: delete", "action: retain") + "suppress: [email]\n"),
-                 [("6:5", "rules[0]", "a retain rule changes nothing")], id="retain-with-suppress"),
-    pytest.param(doc(BODY + "subject: {kind: Customer, col: customer_id}\n"),
-                 [("12:5", "rules[0].subject.column", "Field required"),
-                  ("12:15", "rules[0].subject.kind", "String should match pattern"),
-                  ("12:31", "rules[0].subject.col", "Extra inputs are not permitted")],
-                 id="bad-subject"),
+    pytest.param(
+        doc(BODY.replace("table: shop.customers", "table: customers")),
+        [("7:5", "rules[0].table", "String should match pattern")],
+        id="table-without-schema",
+    ),
+    pytest.param(
+        doc(name="Old Rule"),
+        [("6:5", "rules[0].name", "String should match pattern")],
+        id="rule-name-not-a-slug",
+    ),
+    *[
+        pytest.param(
+            doc(BODY.replace("P5Y", bad)),
+            [("10:5", "rules[0].keep_for", f"{bad!r} is not an ISO-8601 period of whole days")],
+            id=f"bad-keep_for-{bad}",
+        )
+        for bad in ("P5Q", "PT12H", "5Y", "P", "P1.5Y", "P-1D", "P1D1M")
+    ],
+    pytest.param(
+        doc(BODY.replace("P5Y", "5")),
+        [("10:5", "rules[0].keep_for", "Input should be a valid string")],
+        id="keep_for-a-number",
+    ),
+    pytest.param(
+        doc(BODY + "round_clock_to: fiscal_year\n"),
+        [("12:5", "rules[0].round_clock_to", "Input should be 'year_end' or 'month_end'")],
+        id="bad-round_clock_to",
+    ),
+    pytest.param(
+        doc(BODY.replace("action: delete", "action: erase")),
+        [("11:5", "rules[0].action", "Input should be 'delete', 'anonymise' or 'retain'")],
+        id="bad-action",
+    ),
+    pytest.param(
+        doc(BODY.replace("action: delete", "action: anonymise")),
+        [("6:5", "rules[0]", "action anonymise needs `columns`")],
+        id="anonymise-without-columns",
+    ),
+    pytest.param(
+        doc(BODY + "columns:\n  email: hash\n"),
+        [("6:5", "rules[0]", "`columns` is only for action anonymise, not delete")],
+        id="columns-with-delete",
+    ),
+    pytest.param(
+        doc(BODY.replace("key: customer_id", "key: [customer_id, customer_id]")),
+        [("6:5", "rules[0]", "key lists a column twice")],
+        id="key-listed-twice",
+    ),
+    pytest.param(
+        anonymise("full_name: redact\ncustomer_id: hash\n"),
+        [("6:5", "rules[0]", "the key column 'customer_id' cannot be anonymised")],
+        id="key-column-anonymised",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("action: delete", "action: retain")
+            + "cascade:\n  - {table: shop.orders, on: customer_id, action: delete}\n"
+        ),
+        [("6:5", "rules[0]", "a retain rule changes nothing: it takes no cascade or suppress")],
+        id="retain-with-cascade",
+    ),
+    pytest.param(
+        doc(BODY.replace("action: delete", "action: retain") + "suppress: [email]\n"),
+        [("6:5", "rules[0]", "a retain rule changes nothing")],
+        id="retain-with-suppress",
+    ),
+    pytest.param(
+        doc(BODY + "subject: {kind: Customer, col: customer_id}\n"),
+        [
+            ("12:5", "rules[0].subject.column", "Field required"),
+            ("12:15", "rules[0].subject.kind", "String should match pattern"),
+            ("12:31", "rules[0].subject.col", "Extra inputs are not permitted"),
+        ],
+        id="bad-subject",
+    ),
     # --- strategies ------------------------------------------------------------------------
-    pytest.param(anonymise("email: scramble\n"),
-                 [("13:7", "rules[0].columns.email", "unknown strategy 'scramble'; use one of: redact, hash")],
-                 id="unknown-strategy"),
-    pytest.param(anonymise("email: {fake: email, hash: 16}\n"),
-                 [("13:7", "rules[0].columns.email", "a mapping with exactly one key")],
-                 id="strategy-with-two-keys"),
-    pytest.param(anonymise("born: {generalise: {to: year, band: 10}}\n"),
-                 [("13:7", "rules[0].columns.born", "generalise takes either a date unit (year | month) or {band: N}")],
-                 id="generalise-both"),
-    pytest.param(anonymise("born: {generalise: {}}\n"),
-                 [("13:7", "rules[0].columns.born", "generalise takes either a date unit")],
-                 id="generalise-neither"),
-    pytest.param(anonymise("born: {generalise: week}\n"),
-                 [("13:7", "rules[0].columns.born", "Input should be 'year' or 'month'")],
-                 id="generalise-bad-unit"),
-    pytest.param(anonymise("phone: {mask: {keep_end: 2}}\n"),
-                 [("13:7", "rules[0].columns.phone", "keep_end: Extra inputs are not permitted")],
-                 id="mask-unknown-option"),
-    pytest.param(anonymise("phone: {mask: {char: '##'}}\n"),
-                 [("13:7", "rules[0].columns.phone", "String should have at most 1 character")],
-                 id="mask-char-too-long"),
-    pytest.param(anonymise("phone: {mask: 3}\n"),
-                 [("13:7", "rules[0].columns.phone", "mask takes a mapping of options, got int")],
-                 id="mask-not-a-mapping"),
-    pytest.param(anonymise("email: {hash: 8}\n"),
-                 [("13:7", "rules[0].columns.email", "greater than or equal to 16")],
-                 id="hash-too-short"),
+    pytest.param(
+        anonymise("email: scramble\n"),
+        [
+            (
+                "13:7",
+                "rules[0].columns.email",
+                "unknown strategy 'scramble'; use one of: redact, hash",
+            )
+        ],
+        id="unknown-strategy",
+    ),
+    pytest.param(
+        anonymise("email: {fake: email, hash: 16}\n"),
+        [("13:7", "rules[0].columns.email", "a mapping with exactly one key")],
+        id="strategy-with-two-keys",
+    ),
+    pytest.param(
+        anonymise("born: {generalise: {to: year, band: 10}}\n"),
+        [
+            (
+                "13:7",
+                "rules[0].columns.born",
+                "generalise takes either a date unit (year | month) or {band: N}",
+            )
+        ],
+        id="generalise-both",
+    ),
+    pytest.param(
+        anonymise("born: {generalise: {}}\n"),
+        [("13:7", "rules[0].columns.born", "generalise takes either a date unit")],
+        id="generalise-neither",
+    ),
+    pytest.param(
+        anonymise("born: {generalise: week}\n"),
+        [("13:7", "rules[0].columns.born", "Input should be 'year' or 'month'")],
+        id="generalise-bad-unit",
+    ),
+    pytest.param(
+        anonymise("phone: {mask: {keep_end: 2}}\n"),
+        [("13:7", "rules[0].columns.phone", "keep_end: Extra inputs are not permitted")],
+        id="mask-unknown-option",
+    ),
+    pytest.param(
+        anonymise("phone: {mask: {char: '##'}}\n"),
+        [("13:7", "rules[0].columns.phone", "String should have at most 1 character")],
+        id="mask-char-too-long",
+    ),
+    pytest.param(
+        anonymise("phone: {mask: 3}\n"),
+        [("13:7", "rules[0].columns.phone", "mask takes a mapping of options, got int")],
+        id="mask-not-a-mapping",
+    ),
+    pytest.param(
+        anonymise("email: {hash: 8}\n"),
+        [("13:7", "rules[0].columns.email", "greater than or equal to 16")],
+        id="hash-too-short",
+    ),
     # --- where -----------------------------------------------------------------------------
-    pytest.param(doc(BODY + "where:\n  status: {like: closed}\n"),
-                 [("12:5", "rules[0].where", "status: unknown operator 'like'; use one of: eq, ne")],
-                 id="where-unknown-operator"),
-    pytest.param(doc(BODY + "where:\n  status: {in: closed}\n"),
-                 [("12:5", "rules[0].where", "status: in takes a list of values")], id="where-in-with-scalar"),
-    pytest.param(doc(BODY + "where:\n  status: {not_in: closed}\n"),
-                 [("12:5", "rules[0].where", "status: not_in takes a list of values")],
-                 id="where-not_in-with-scalar"),
-    pytest.param(doc(BODY + "where:\n  ended_at: {is_null: yes}\n"),
-                 [("12:5", "rules[0].where", "ended_at: is_null takes true or false")],
-                 id="where-is_null-not-bool"),
-    pytest.param(doc(BODY + "where:\n  status: {}\n"),
-                 [("12:5", "rules[0].where", "status: an empty operator mapping")], id="where-empty-operator"),
-    pytest.param(doc(BODY + "where:\n  1st_status: closed\n"),
-                 [("12:5", "rules[0].where", "'1st_status' is not a column name")],
-                 id="where-bad-column-name"),
-    pytest.param(doc(BODY + "where:\n  - status: closed\n"),
-                 [("12:5", "rules[0].where", "a filter is a mapping column: value")],
-                 id="where-given-as-list"),
+    pytest.param(
+        doc(BODY + "where:\n  status: {like: closed}\n"),
+        [("12:5", "rules[0].where", "status: unknown operator 'like'; use one of: eq, ne")],
+        id="where-unknown-operator",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  status: {in: closed}\n"),
+        [("12:5", "rules[0].where", "status: in takes a list of values")],
+        id="where-in-with-scalar",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  status: {not_in: closed}\n"),
+        [("12:5", "rules[0].where", "status: not_in takes a list of values")],
+        id="where-not_in-with-scalar",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  ended_at: {is_null: yes}\n"),
+        [("12:5", "rules[0].where", "ended_at: is_null takes true or false")],
+        id="where-is_null-not-bool",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  status: {}\n"),
+        [("12:5", "rules[0].where", "status: an empty operator mapping")],
+        id="where-empty-operator",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  1st_status: closed\n"),
+        [("12:5", "rules[0].where", "'1st_status' is not a column name")],
+        id="where-bad-column-name",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  - status: closed\n"),
+        [("12:5", "rules[0].where", "a filter is a mapping column: value")],
+        id="where-given-as-list",
+    ),
     # --- related filters and clocks --------------------------------------------------------
-    pytest.param(doc(BODY + "related:\n  - table: shop.orders\n    on: customer_id\n"
-                            "    all: {status: paid}\n    none: {status: open}\n"),
-                 [("13:9", "rules[0].related[0]", "a related filter takes exactly one of: all, any, none")],
-                 id="related-two-quantifiers"),
-    pytest.param(doc(BODY + "related:\n  - table: shop.orders\n    on: customer_id\n"),
-                 [("13:9", "rules[0].related[0]", "exactly one of: all, any, none")], id="related-no-quantifier"),
-    pytest.param(doc(BODY + "related:\n  - table: shop.orders\n    on: customer_id\n    any: {status: {like: x}}\n"),
-                 [("15:9", "rules[0].related[0].any", "status: unknown operator 'like'")],
-                 id="related-unknown-operator"),
-    pytest.param(doc(BODY.replace("clock: ended_at", "clock:\n  table: shop.orders\n  on: customer_id\n"
-                                  "  column: placed_at\n  aggregate: avg")),
-                 [("13:7", "rules[0].clock.aggregate", "Input should be 'max' or 'min'")],
-                 id="related-clock-bad-aggregate"),
-    pytest.param(doc(BODY.replace("clock: ended_at", "clock: {table: shop.orders, on: customer_id}")),
-                 [("9:5", "rules[0].clock.column", "Field required")], id="related-clock-without-column"),
+    pytest.param(
+        doc(
+            BODY + "related:\n  - table: shop.orders\n    on: customer_id\n"
+            "    all: {status: paid}\n    none: {status: open}\n"
+        ),
+        [("13:9", "rules[0].related[0]", "a related filter takes exactly one of: all, any, none")],
+        id="related-two-quantifiers",
+    ),
+    pytest.param(
+        doc(BODY + "related:\n  - table: shop.orders\n    on: customer_id\n"),
+        [("13:9", "rules[0].related[0]", "exactly one of: all, any, none")],
+        id="related-no-quantifier",
+    ),
+    pytest.param(
+        doc(
+            BODY
+            + "related:\n  - table: shop.orders\n    on: customer_id\n    any: {status: {like: x}}\n"
+        ),
+        [("15:9", "rules[0].related[0].any", "status: unknown operator 'like'")],
+        id="related-unknown-operator",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace(
+                "clock: ended_at",
+                "clock:\n  table: shop.orders\n  on: customer_id\n"
+                "  column: placed_at\n  aggregate: avg",
+            )
+        ),
+        [("13:7", "rules[0].clock.aggregate", "Input should be 'max' or 'min'")],
+        id="related-clock-bad-aggregate",
+    ),
+    pytest.param(
+        doc(BODY.replace("clock: ended_at", "clock: {table: shop.orders, on: customer_id}")),
+        [("9:5", "rules[0].clock.column", "Field required")],
+        id="related-clock-without-column",
+    ),
     # --- cascades --------------------------------------------------------------------------
-    pytest.param(doc(BODY + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: anonymise\n"),
-                 [("13:9", "rules[0].cascade[0]", "action anonymise needs `columns`")],
-                 id="cascade-anonymise-without-columns"),
-    pytest.param(doc(BODY + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: unlink\n"
-                            "    cascade:\n      - {table: shop.order_lines, on: order_id, action: delete}\n"),
-                 [("13:9", "rules[0].cascade[0]", "nested cascades are only allowed under action delete")],
-                 id="unlink-with-nested-cascade"),
-    pytest.param(doc(BODY + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: delete\n"
-                            "    columns: {note: redact}\n"),
-                 [("13:9", "rules[0].cascade[0]", "`columns` is only for action anonymise, not delete")],
-                 id="cascade-columns-with-delete"),
-    pytest.param(doc(BODY + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: nullify\n"),
-                 [("15:9", "rules[0].cascade[0].action", "Input should be 'delete', 'anonymise' or 'unlink'")],
-                 id="cascade-bad-action"),
-    pytest.param(doc(BODY.replace("action: delete", "action: anonymise")
-                     + "columns: {full_name: redact}\ncascade:\n  - {table: shop.orders, on: customer_id, action: delete}\n"),
-                 [("6:5", "rules[0]", "an anonymised parent keeps its children")],
-                 id="anonymise-with-cascade-delete"),
+    pytest.param(
+        doc(
+            BODY + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: anonymise\n"
+        ),
+        [("13:9", "rules[0].cascade[0]", "action anonymise needs `columns`")],
+        id="cascade-anonymise-without-columns",
+    ),
+    pytest.param(
+        doc(
+            BODY + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: unlink\n"
+            "    cascade:\n      - {table: shop.order_lines, on: order_id, action: delete}\n"
+        ),
+        [("13:9", "rules[0].cascade[0]", "nested cascades are only allowed under action delete")],
+        id="unlink-with-nested-cascade",
+    ),
+    pytest.param(
+        doc(
+            BODY + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: delete\n"
+            "    columns: {note: redact}\n"
+        ),
+        [("13:9", "rules[0].cascade[0]", "`columns` is only for action anonymise, not delete")],
+        id="cascade-columns-with-delete",
+    ),
+    pytest.param(
+        doc(BODY + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: nullify\n"),
+        [
+            (
+                "15:9",
+                "rules[0].cascade[0].action",
+                "Input should be 'delete', 'anonymise' or 'unlink'",
+            )
+        ],
+        id="cascade-bad-action",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("action: delete", "action: anonymise")
+            + "columns: {full_name: redact}\ncascade:\n  - {table: shop.orders, on: customer_id, action: delete}\n"
+        ),
+        [("6:5", "rules[0]", "an anonymised parent keeps its children")],
+        id="anonymise-with-cascade-delete",
+    ),
 ]
 
 
@@ -273,7 +473,9 @@ def test_printed_format_is_file_line_col_field_message_hint(tmp_path, monkeypatc
 
 
 def test_typo_in_field_name_suggests_the_field(tmp_path, monkeypatch):
-    problems = problems_of(tmp_path, monkeypatch, {"shop.yaml": doc().replace("legal_basis", "legal_bassis")})
+    problems = problems_of(
+        tmp_path, monkeypatch, {"shop.yaml": doc().replace("legal_basis", "legal_bassis")}
+    )
     extra = next(p for p in problems if p.field == "legal_bassis")
     assert extra.hint == "did you mean 'legal_basis'?"
 
@@ -282,33 +484,51 @@ def test_typo_in_field_name_suggests_the_field(tmp_path, monkeypatch):
 
 
 def test_every_problem_of_one_file_is_reported_at_once(tmp_path, monkeypatch):
-    text = (HEAD.replace("legal_basis: contract", "legal_basis: because")   # 3:1
-            + "  - name: old\n"
-            + textwrap.indent(BODY.replace("P5Y", "P5Q")                   # 10:5
-                              .replace("action: delete", "action: purge")  # 11:5
-                              + "where:\n  status: {like: x}\n", "    ")   # 12:5
-            + "timezone: Mars/Olympus\n")                                   # 14:1
+    text = (
+        HEAD.replace("legal_basis: contract", "legal_basis: because")  # 3:1
+        + "  - name: old\n"
+        + textwrap.indent(
+            BODY.replace("P5Y", "P5Q").replace("action: delete", "action: purge")  # 10:5  # 11:5
+            + "where:\n  status: {like: x}\n",
+            "    ",
+        )  # 12:5
+        + "timezone: Mars/Olympus\n"
+    )  # 14:1
     problems = problems_of(tmp_path, monkeypatch, {"shop.yaml": text})
     assert [(p.line, p.col, p.field) for p in problems] == [
-        (3, 1, "legal_basis"), (10, 5, "rules[0].keep_for"), (11, 5, "rules[0].action"),
-        (12, 5, "rules[0].where"), (14, 1, "timezone"),
+        (3, 1, "legal_basis"),
+        (10, 5, "rules[0].keep_for"),
+        (11, 5, "rules[0].action"),
+        (12, 5, "rules[0].where"),
+        (14, 1, "timezone"),
     ]
 
 
 def test_yaml_and_model_problems_of_a_file_come_together(tmp_path, monkeypatch):
     text = doc(BODY + "clock: born\n" + "where:\n  status: {in: closed}\n")
     problems = problems_of(tmp_path, monkeypatch, {"shop.yaml": text})
-    assert_problems(problems, [("12:5", "rules[0].clock", "duplicate key 'clock'"),
-                               ("13:5", "rules[0].where", "status: in takes a list of values")])
+    assert_problems(
+        problems,
+        [
+            ("12:5", "rules[0].clock", "duplicate key 'clock'"),
+            ("13:5", "rules[0].where", "status: in takes a list of values"),
+        ],
+    )
 
 
 def test_problems_across_files_are_reported_together(tmp_path, monkeypatch):
-    problems = problems_of(tmp_path, monkeypatch, {
-        "a_newsletter.yaml": doc().replace("purpose: shop", "purpose: newsletter").replace("P5Y", "5 years"),
-        "b_shop.yaml": doc() + "locale: Norsk\n",
-        "c_fine.yaml": doc().replace("purpose: shop", "purpose: fine"),
-        "d_empty.yml": "",
-    })
+    problems = problems_of(
+        tmp_path,
+        monkeypatch,
+        {
+            "a_newsletter.yaml": doc()
+            .replace("purpose: shop", "purpose: newsletter")
+            .replace("P5Y", "5 years"),
+            "b_shop.yaml": doc() + "locale: Norsk\n",
+            "c_fine.yaml": doc().replace("purpose: shop", "purpose: fine"),
+            "d_empty.yml": "",
+        },
+    )
     assert [str(p).split(": ")[0] + ": " + p.field for p in problems] == [
         "policies/a_newsletter.yaml:10:5: rules[0].keep_for",
         "policies/b_shop.yaml:12:1: locale",
@@ -317,12 +537,24 @@ def test_problems_across_files_are_reported_together(tmp_path, monkeypatch):
 
 
 def test_duplicate_purpose_across_two_files(tmp_path, monkeypatch):
-    problems = problems_of(tmp_path, monkeypatch, {
-        "customers.yaml": doc(),
-        "shop.yaml": "# the same purpose again\n" + doc(),
-    })
-    assert_problems(problems, [("2:1", "purpose", "purpose 'shop' is also defined in policies/customers.yaml; "
-                                                  "one file per purpose")])
+    problems = problems_of(
+        tmp_path,
+        monkeypatch,
+        {
+            "customers.yaml": doc(),
+            "shop.yaml": "# the same purpose again\n" + doc(),
+        },
+    )
+    assert_problems(
+        problems,
+        [
+            (
+                "2:1",
+                "purpose",
+                "purpose 'shop' is also defined in policies/customers.yaml; one file per purpose",
+            )
+        ],
+    )
 
 
 def test_unreadable_file_is_a_problem_too(tmp_path, monkeypatch):
@@ -331,14 +563,17 @@ def test_unreadable_file_is_a_problem_too(tmp_path, monkeypatch):
     with pytest.raises(PolicyError) as exc:
         load_policies(["policies"])
     assert [str(p) for p in exc.value.problems][1] == (
-        "policies/z_latin1.yaml:1:1: cannot read the file: UnicodeDecodeError; check the path")
+        "policies/z_latin1.yaml:1:1: cannot read the file: UnicodeDecodeError; check the path"
+    )
     assert len(exc.value.problems) == len(problems) + 1
 
 
 def test_no_policy_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "policies").mkdir()
-    with pytest.raises(PolicyError, match=r"^policies:1:1: no policy files found; put one YAML file"):
+    with pytest.raises(
+        PolicyError, match=r"^policies:1:1: no policy files found; put one YAML file"
+    ):
         load_policies(["policies"])
 
 
@@ -347,7 +582,12 @@ def test_no_policy_files(tmp_path, monkeypatch):
 
 def test_on_yes_no_stay_strings(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "shop.yaml", doc(BODY + textwrap.dedent("""\
+    write(
+        tmp_path,
+        "shop.yaml",
+        doc(
+            BODY
+            + textwrap.dedent("""\
         where:
           country: NO
           newsletter: yes
@@ -358,11 +598,16 @@ def test_on_yes_no_stay_strings(tmp_path, monkeypatch):
           - table: shop.orders
             on: customer_id
             action: delete
-        """)))
+        """)
+        ),
+    )
     rule = load_policies(["policies"]).by_purpose("shop").policy.rules[0]
     assert [(c.column, c.op, c.value) for c in rule.where] == [
-        ("country", "eq", "NO"), ("newsletter", "eq", "yes"), ("paused", "eq", "off"),
-        ("active", "eq", True), ("closed", "eq", False),
+        ("country", "eq", "NO"),
+        ("newsletter", "eq", "yes"),
+        ("paused", "eq", "off"),
+        ("active", "eq", True),
+        ("closed", "eq", False),
     ]
     assert rule.cascade == [Cascade(table="shop.orders", on="customer_id", action="delete")]
 
@@ -381,10 +626,15 @@ def test_short_and_long_strategy_forms():
         """)
     cols = load_text(text, FILE).policy.rules[0].columns
     assert cols == {
-        "full_name": Redact(), "email": Fake(provider="email", locale="sv_SE"),
-        "phone": Mask(keep_last=2, char="#"), "born": Generalise(to="year"),
-        "score": Generalise(band=10), "note": Hash(length=20), "city": Hash(length=24),
-        "street": Hash(), "name2": Fake(provider="name"),
+        "full_name": Redact(),
+        "email": Fake(provider="email", locale="sv_SE"),
+        "phone": Mask(keep_last=2, char="#"),
+        "born": Generalise(to="year"),
+        "score": Generalise(band=10),
+        "note": Hash(length=20),
+        "city": Hash(length=24),
+        "street": Hash(),
+        "name2": Fake(provider="name"),
     }
 
 
@@ -394,18 +644,29 @@ def test_marks_point_into_the_file():
     assert f.where(("rules", 0, "keep_for")) == (10, 5)
     # an unmarked location falls back to its nearest marked parent
     assert f.where(("rules", 0, "cascade", 0)) == (6, 5)
-    assert str(f.problem(("rules", 0, "clock"), "bad", "fix it")) == f"{FILE}:9:5: rules[0].clock: bad; fix it"
+    assert (
+        str(f.problem(("rules", 0, "clock"), "bad", "fix it"))
+        == f"{FILE}:9:5: rules[0].clock: bad; fix it"
+    )
 
 
 def test_the_documented_example_loads():
     docs = Path(__file__).resolve().parent.parent / "docs" / "policies.md"
-    example = next(b for b in re.findall(r"```yaml\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)
-                   if b.startswith("purpose: customers"))
+    example = next(
+        b
+        for b in re.findall(r"```yaml\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)
+        if b.startswith("purpose: customers")
+    )
     policy = load_text(example, "policies/customers.yaml").policy
     assert [(r.name, r.action) for r in policy.rules] == [
-        ("invoices-bookkeeping", "retain"), ("ended-customers", "delete"),
-        ("dormant-customers", "anonymise"), ("old-tickets", "anonymise"),
+        ("invoices-bookkeeping", "retain"),
+        ("ended-customers", "delete"),
+        ("dormant-customers", "anonymise"),
+        ("old-tickets", "anonymise"),
     ]
     ended = policy.rules[1]
-    assert [(c.column, c.op, c.value) for c in ended.where] == [("status", "eq", "ended"), ("country", "in", ["NO", "SE"])]
+    assert [(c.column, c.op, c.value) for c in ended.where] == [
+        ("status", "eq", "ended"),
+        ("country", "in", ["NO", "SE"]),
+    ]
     assert [c.on for c in ended.cascade] == ["customer_id", "customer_id"]

@@ -69,8 +69,11 @@ def pg_url():
     with pg_database() as url:
         # PostgreSQL's JIT compiles the planner's many-subquery statements for seconds each at
         # this size; retention statements are short (see the report on SqlStore sessions)
-        yield sa.engine.make_url(url).update_query_dict({"options": "-c jit=off"}).render_as_string(
-            hide_password=False)
+        yield (
+            sa.engine.make_url(url)
+            .update_query_dict({"options": "-c jit=off"})
+            .render_as_string(hide_password=False)
+        )
 
 
 @pytest.fixture(params=STORES)
@@ -107,11 +110,19 @@ def add(store: Store, kind: str, subject: str, purpose: str | None = None) -> rq
     subject_kind, subject_id = rq.parse_subject(subject)
     rq.check_request(POLICIES, kind, subject_kind, purpose)
     with store.connect() as s:
-        return rq.add_request(s, kind=kind, subject_kind=subject_kind, subject_id=subject_id,
-                              received_on=AS_OF, purpose=purpose)
+        return rq.add_request(
+            s,
+            kind=kind,
+            subject_kind=subject_kind,
+            subject_id=subject_id,
+            received_on=AS_OF,
+            purpose=purpose,
+        )
 
 
-def process(store: Store, request_id: str, as_of: date = AS_OF, out: Path | None = None) -> rq.Processed:
+def process(
+    store: Store, request_id: str, as_of: date = AS_OF, out: Path | None = None
+) -> rq.Processed:
     (p,) = rq.process_requests(store, POLICIES, as_of, KEY, [request_id], out)
     assert p.failed is None and p.skipped is None, p
     return p
@@ -123,10 +134,20 @@ def request(store: Store, request_id: str) -> rq.Request:
 
 
 def held_customers(store: Store) -> set[int]:
-    return {int(r[0]) for r in q(store, "SELECT subject_id FROM retention_control.holds WHERE subject_kind = 'customer'")}
+    return {
+        int(r[0])
+        for r in q(
+            store, "SELECT subject_id FROM retention_control.holds WHERE subject_kind = 'customer'"
+        )
+    }
 
 
-BILLING = ("billing.customers", "billing.subscriptions", "billing.invoices", "billing.credit_checks")
+BILLING = (
+    "billing.customers",
+    "billing.subscriptions",
+    "billing.invoices",
+    "billing.credit_checks",
+)
 
 
 def customer_rows(store: Store, cid: int) -> dict[str, list[tuple]]:
@@ -139,14 +160,17 @@ def customer_rows(store: Store, cid: int) -> dict[str, list[tuple]]:
 def pick_bookkeeping_customer(store: Store, extra: str = "") -> int:
     """A Norwegian customer, not held, with a credit check and with invoices on both sides of the
     five-year bookkeeping minimum (an invoice from year Y is free on 1 January of Y + 6)."""
-    rows = q(store, f"""
+    rows = q(
+        store,
+        f"""
         SELECT c.customer_id FROM billing.customers c WHERE c.country = 'NO' {extra}
           AND EXISTS (SELECT 1 FROM billing.invoices i WHERE i.customer_id = c.customer_id
                       AND i.invoice_date >= DATE '2021-01-01')
           AND EXISTS (SELECT 1 FROM billing.invoices i WHERE i.customer_id = c.customer_id
                       AND i.invoice_date < DATE '2021-01-01')
           AND EXISTS (SELECT 1 FROM billing.credit_checks k WHERE k.customer_id = c.customer_id)
-        ORDER BY c.customer_id""")
+        ORDER BY c.customer_id""",
+    )
     free = [r[0] for r in rows if r[0] not in held_customers(store)]
     assert free, "the demo must have such a customer"
     return free[0]
@@ -155,7 +179,9 @@ def pick_bookkeeping_customer(store: Store, extra: str = "") -> int:
 def test_erasure_keeps_bookkeeping_invoices_until_their_date_then_completes(store):
     cid = pick_bookkeeping_customer(store)
     before = customer_rows(store, cid)
-    invoices = {r[0]: r for r in before["billing.invoices"]}  # invoice_id, customer_id, subscription_id, date
+    invoices = {
+        r[0]: r for r in before["billing.invoices"]
+    }  # invoice_id, customer_id, subscription_id, date
     inside = {i for i, r in invoices.items() if r[3].year >= 2021}
     free_on = date(max(invoices[i][3].year for i in inside) + 6, 1, 1)
 
@@ -187,7 +213,9 @@ def test_erasure_keeps_bookkeeping_invoices_until_their_date_then_completes(stor
 
     # the nightly processing leaves it alone until the day comes, then finishes it
     with store.connect(read_only=True) as s:
-        assert req.request_id not in {x.request_id for x in rq.due_for_processing(s, free_on - timedelta(days=1))}
+        assert req.request_id not in {
+            x.request_id for x in rq.due_for_processing(s, free_on - timedelta(days=1))
+        }
     (done,) = rq.process_requests(store, POLICIES, free_on, KEY)
     assert done.request_id == req.request_id and done.status == "done"
     assert all(rows == [] for rows in customer_rows(store, cid).values())
@@ -213,12 +241,15 @@ def test_held_subject_is_deferred_with_the_case_until_the_hold_is_released(store
     assert p.receipt["tables"] == []
     assert p.receipt["deferred"] and all(
         d["reason"] == "legal_hold" and d["case_refs"] == [hold.case_ref] and d["until"] is None
-        for d in p.receipt["deferred"])
+        for d in p.receipt["deferred"]
+    )
     assert request(store, req.request_id).recheck_on is None  # looked at on every run
 
     with store.connect(read_only=True) as s:
         effect = rq.hold_effect(store, s, POLICIES, AS_OF, hold.hold_id)
-    assert effect.protected >= 1 and effect.freed >= 1  # the nightly run would erase the customer too
+    assert (
+        effect.protected >= 1 and effect.freed >= 1
+    )  # the nightly run would erase the customer too
 
     with store.connect() as s:
         assert control.release_hold(s, hold.hold_id, "test")
@@ -237,12 +268,15 @@ def snapshot(store: Store) -> dict[str, list[tuple]]:
 def test_consent_withdrawal_removes_the_newsletter_rows_only(store):
     # a subscriber still on a list (the nightly rule would keep them), whose number is also a
     # phone subscriber's id: "subscriber" names two kinds of person in the shipped policies
-    sid = q(store, """
+    sid = q(
+        store,
+        """
         SELECT s.subscriber_id FROM marketing.newsletter_subscribers s
         WHERE EXISTS (SELECT 1 FROM marketing.list_subscriptions l
                       WHERE l.subscriber_id = s.subscriber_id AND l.status = 'subscribed')
           AND EXISTS (SELECT 1 FROM telecom.traffic_records r WHERE r.msisdn_id = s.subscriber_id)
-        ORDER BY 1""")[0][0]
+        ORDER BY 1""",
+    )[0][0]
     before = snapshot(store)
     req = add(store, "consent_withdrawal", f"subscriber:{sid}", purpose="newsletter")
     p = process(store, req.request_id)
@@ -251,18 +285,27 @@ def test_consent_withdrawal_removes_the_newsletter_rows_only(store):
     after = snapshot(store)
     for table in TABLES:
         if table.startswith("marketing."):
-            assert after[table] == [r for r in before[table] if r[1 if "list" in table else 0] != sid]
+            assert after[table] == [
+                r for r in before[table] if r[1 if "list" in table else 0] != sid
+            ]
         else:
             assert after[table] == before[table], f"{table} must not change"
     tables = {t["table"]: t["deleted"] for t in p.receipt["tables"]}
-    assert tables == {"marketing.newsletter_subscribers": 1,
-                      "marketing.list_subscriptions": sum(1 for r in before["marketing.list_subscriptions"] if r[1] == sid)}
+    assert tables == {
+        "marketing.newsletter_subscribers": 1,
+        "marketing.list_subscriptions": sum(
+            1 for r in before["marketing.list_subscriptions"] if r[1] == sid
+        ),
+    }
     assert p.receipt["suppression_entries_added"] == 1  # the address
 
 
 def test_objection_acts_on_legitimate_interests_only(duck):
-    contact = q(duck, "SELECT contact_id FROM crm.contacts WHERE tenant_id = 1 AND email IS NOT NULL "
-                      "AND phone IS NOT NULL AND opted_out_at IS NULL ORDER BY 1")[0][0]
+    contact = q(
+        duck,
+        "SELECT contact_id FROM crm.contacts WHERE tenant_id = 1 AND email IS NOT NULL "
+        "AND phone IS NOT NULL AND opted_out_at IS NULL ORDER BY 1",
+    )[0][0]
     req = add(duck, "objection", f"contact:{contact}")
     p = process(duck, req.request_id)
     assert p.status == "done" and p.receipt["purposes"] == ["crm-contacts"]
@@ -288,8 +331,14 @@ def test_requests_are_checked_against_the_policies():
     # the shipped policies give mobile subscribers a kind of their own; a policy set in which
     # two purposes share a kind over differently named id columns is refused
     assert rq.shared_kind_problem(POLICIES, "subscriber", ["newsletter", "telecom-traffic"]) is None
-    telecom = (ROOT / "policies/telecom-traffic.yaml").read_text().replace("kind: mobile_subscriber", "kind: subscriber")
-    shared = PolicySet((POLICIES.by_purpose("newsletter"), load_text(telecom, "policies/telecom-traffic.yaml")))
+    telecom = (
+        (ROOT / "policies/telecom-traffic.yaml")
+        .read_text()
+        .replace("kind: mobile_subscriber", "kind: subscriber")
+    )
+    shared = PolicySet(
+        (POLICIES.by_purpose("newsletter"), load_text(telecom, "policies/telecom-traffic.yaml"))
+    )
     assert rq.shared_kind_problem(shared, "subscriber", ["newsletter", "telecom-traffic"])
     assert rq.shared_kind_problem(shared, "subscriber", ["newsletter"]) is None
     assert rq.due_date(date(2027, 1, 31)) == date(2027, 2, 28)
@@ -337,27 +386,40 @@ def oracle(store: Store, table: str, column: str, value: int) -> dict[str, dict]
         if not values:
             continue
         with store.connect(read_only=True) as s:
-            res = s.fetchall(sa.text(f"SELECT * FROM {t} WHERE {col} IN ({', '.join(map(str, values))})"))
-            names = [c[0] for c in s.fetchall(sa.text(
-                f"SELECT column_name FROM information_schema.columns WHERE table_schema = '{t.split('.')[0]}' "
-                f"AND table_name = '{t.split('.')[1]}' ORDER BY ordinal_position"))]
+            res = s.fetchall(
+                sa.text(f"SELECT * FROM {t} WHERE {col} IN ({', '.join(map(str, values))})")
+            )
+            names = [
+                c[0]
+                for c in s.fetchall(
+                    sa.text(
+                        f"SELECT column_name FROM information_schema.columns WHERE table_schema = '{t.split('.')[0]}' "
+                        f"AND table_name = '{t.split('.')[1]}' ORDER BY ordinal_position"
+                    )
+                )
+            ]
         rows = found.setdefault(t, {})
         new = [dict(zip(names, r, strict=True)) for r in res if r[0] not in rows]
         rows.update({r[names[0]]: r for r in new})
         for child, ccol, parent, pcol in foreign_keys():
             if parent == t and new:
-                frontier.append((child, ccol, sorted({r[pcol] for r in new if r[pcol] is not None})))
+                frontier.append(
+                    (child, ccol, sorted({r[pcol] for r in new if r[pcol] is not None}))
+                )
     return {t: rows for t, rows in found.items() if rows}
 
 
 def test_access_export_holds_every_row_of_the_subject_and_nothing_else(store, tmp_path):
-    cid = q(store, """
+    cid = q(
+        store,
+        """
         SELECT c.customer_id FROM billing.customers c
         WHERE EXISTS (SELECT 1 FROM billing.invoices i JOIN billing.subscriptions s USING (subscription_id)
                       WHERE s.customer_id = c.customer_id)
           AND EXISTS (SELECT 1 FROM billing.invoices i WHERE i.customer_id = c.customer_id AND i.subscription_id IS NULL)
           AND EXISTS (SELECT 1 FROM billing.credit_checks k WHERE k.customer_id = c.customer_id)
-        ORDER BY 1""")[0][0]
+        ORDER BY 1""",
+    )[0][0]
     expect = oracle(store, "billing.customers", "customer_id", cid)
     assert set(expect) == set(BILLING)
     req = add(store, "access", f"customer:{cid}")
@@ -382,7 +444,8 @@ def test_access_export_holds_every_row_of_the_subject_and_nothing_else(store, tm
         assert all(r["customer_id"] == cid for r in data), f"{table}: a row of another subject"
         key = next(iter(next(iter(rows.values()))))  # the first column: the primary key
         assert {r[key]: {k: v for k, v in r.items() if k != "_rules"} for r in data} == {
-            k: {c: _norm(v) for c, v in r.items()} for k, r in rows.items()}
+            k: {c: _norm(v) for c, v in r.items()} for k, r in rows.items()
+        }
         assert all(r["_rules"] for r in data), f"{table}: a row without the rules that keep it"
         csv_rows = list(csv.DictReader(io.StringIO(z.read(f"tables/{table}.csv").decode())))
         assert len(csv_rows) == len(rows)
@@ -390,7 +453,11 @@ def test_access_export_holds_every_row_of_the_subject_and_nothing_else(store, tm
         info = doc["rules"][rule_id.split(" ")[0]]
         assert info["legal_basis"] and info["retention"] and info["purpose"]
     for inv in got["billing.invoices"]["data"]:
-        expected_rule = "bookkeeping/retain-invoices-se" if inv["country"] == "SE" else "bookkeeping/retain-invoices-no-dk"
+        expected_rule = (
+            "bookkeeping/retain-invoices-se"
+            if inv["country"] == "SE"
+            else "bookkeeping/retain-invoices-no-dk"
+        )
         assert expected_rule in inv["_rules"]
     assert p.status == "done" and request(store, req.request_id).subject_id is None
 
@@ -401,8 +468,15 @@ def test_access_export_holds_every_row_of_the_subject_and_nothing_else(store, tm
 def cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
     env["RETENTION_PSEUDONYM_KEY"] = KEY_TEXT
-    return subprocess.run([sys.executable, "-m", "retention_jobs.cli", *args], cwd=cwd, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_no_identifier_in_receipts_ledger_suppression_or_cli_output(template, tmp_path):
@@ -414,15 +488,27 @@ def test_no_identifier_in_receipts_ledger_suppression_or_cli_output(template, tm
     # a customer the nightly policies leave alone today (bought within three years), so the
     # request, not the policies, is what erases and anonymises
     cid = pick_bookkeeping_customer(store, "AND c.last_purchase_at >= DATE '2024-01-01'")
-    (customer,) = q(store, f"SELECT full_name, email, phone, street_address, national_id FROM billing.customers "
-                           f"WHERE customer_id = {cid}")
-    invoice_values = q(store, f"SELECT customer_name, billing_address FROM billing.invoices WHERE customer_id = {cid}")
-    sid, sub_email, sub_name = q(store, """
+    (customer,) = q(
+        store,
+        f"SELECT full_name, email, phone, street_address, national_id FROM billing.customers "
+        f"WHERE customer_id = {cid}",
+    )
+    invoice_values = q(
+        store,
+        f"SELECT customer_name, billing_address FROM billing.invoices WHERE customer_id = {cid}",
+    )
+    sid, sub_email, sub_name = q(
+        store,
+        """
         SELECT s.subscriber_id, s.email, s.full_name FROM marketing.newsletter_subscribers s
         WHERE s.full_name IS NOT NULL AND EXISTS (SELECT 1 FROM marketing.list_subscriptions l
-              WHERE l.subscriber_id = s.subscriber_id AND l.status = 'subscribed') ORDER BY 1""")[0]
-    other_id, *other = q(store, f"SELECT customer_id, full_name, email, phone FROM billing.customers "
-                                f"WHERE customer_id <> {cid} ORDER BY customer_id LIMIT 1")[0]
+              WHERE l.subscriber_id = s.subscriber_id AND l.status = 'subscribed') ORDER BY 1""",
+    )[0]
+    other_id, *other = q(
+        store,
+        f"SELECT customer_id, full_name, email, phone FROM billing.customers "
+        f"WHERE customer_id <> {cid} ORDER BY customer_id LIMIT 1",
+    )[0]
     values = {*customer, *(v for r in invoice_values for v in r), sub_email, sub_name} - {None}
     # an id must not be followed by a digit: customer:19 is not in customer:194
     ids = [re.compile(rf"customer:{cid}(?!\d)"), re.compile(rf"subscriber:{sid}(?!\d)")]
@@ -432,30 +518,77 @@ def test_no_identifier_in_receipts_ledger_suppression_or_cli_output(template, tm
     def run(*args: str, stdin: str | None = None, expect: int = 0) -> subprocess.CompletedProcess:
         proc = cli(*args, cwd=d, stdin=stdin)
         outputs.append(proc.stdout + proc.stderr)
-        assert proc.returncode == expect, f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == expect, (
+            f"{args}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
         return proc
 
     run("requests", "add", "--kind", "access", "--subject", f"customer:{cid}")
     run("requests", "add", "--kind", "erasure", "--email", "-", stdin=customer[1] + "\n")
-    run("requests", "add", "--kind", "consent_withdrawal", "--purpose", "newsletter", "--subject", f"subscriber:{sid}")
+    run(
+        "requests",
+        "add",
+        "--kind",
+        "consent_withdrawal",
+        "--purpose",
+        "newsletter",
+        "--subject",
+        f"subscriber:{sid}",
+    )
     run("requests", "add", "--kind", "erasure", "--subject", f"subscriber:{sid}")
     listed = json.loads(run("requests", "list", "--format", "json").stdout)
     access = next(r["request_id"] for r in listed if r["kind"] == "access")
-    run("requests", "process", access, "--out", str(tmp_path / "export.zip"), "--as-of", AS_OF.isoformat())
-    run("holds", "add", "--subject", f"customer:{other_id}", "--case", "REV-1", "--reason", "review test", "--review", "2026-11-01")
+    run(
+        "requests",
+        "process",
+        access,
+        "--out",
+        str(tmp_path / "export.zip"),
+        "--as-of",
+        AS_OF.isoformat(),
+    )
+    run(
+        "holds",
+        "add",
+        "--subject",
+        f"customer:{other_id}",
+        "--case",
+        "REV-1",
+        "--reason",
+        "review test",
+        "--review",
+        "2026-11-01",
+    )
     run("holds", "review", "--as-of", AS_OF.isoformat())
     # the nightly run processes what is due after the policies; its JSON report stays parseable
-    report = json.loads(run("run", "--as-of", AS_OF.isoformat(), "--format", "json",
-                            "--max-delete-fraction", "1").stdout)
+    report = json.loads(
+        run(
+            "run", "--as-of", AS_OF.isoformat(), "--format", "json", "--max-delete-fraction", "1"
+        ).stdout
+    )
     assert report["run_id"]
     listed = json.loads(run("requests", "list", "--format", "json").stdout)
     # the customer's erasure waits for the bookkeeping minimum; the subscriber's is complete
     assert sorted((r["kind"], r["status"]) for r in listed) == [
-        ("access", "done"), ("consent_withdrawal", "done"), ("erasure", "done"), ("erasure", "partially_done")]
-    erasure = next(r["request_id"] for r in listed if r["kind"] == "erasure" and r["status"] == "partially_done")
-    assert "retained by bookkeeping/retain-invoices-no-dk" in run("requests", "show", erasure).stdout
+        ("access", "done"),
+        ("consent_withdrawal", "done"),
+        ("erasure", "done"),
+        ("erasure", "partially_done"),
+    ]
+    erasure = next(
+        r["request_id"]
+        for r in listed
+        if r["kind"] == "erasure" and r["status"] == "partially_done"
+    )
+    assert (
+        "retained by bookkeeping/retain-invoices-no-dk" in run("requests", "show", erasure).stdout
+    )
     receipt = json.loads(run("requests", "show", erasure, "--receipt").stdout)
-    assert "subject_id" not in receipt and receipt["request_id"] == erasure and receipt["deferred_until"]
+    assert (
+        "subject_id" not in receipt
+        and receipt["request_id"] == erasure
+        and receipt["deferred_until"]
+    )
     run("requests", "list")
 
     with (d / "import.csv").open("w", newline="") as f:
@@ -468,14 +601,31 @@ def test_no_identifier_in_receipts_ledger_suppression_or_cli_output(template, tm
     assert "row 2: e-mail" in flagged and "row 3: telefon" in flagged and "row 1:" not in flagged
 
     with store.connect(read_only=True) as s:
-        names = [r[0] for r in s.fetchall(sa.text(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'retention_control'"))]
+        names = [
+            r[0]
+            for r in s.fetchall(
+                sa.text(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'retention_control'"
+                )
+            )
+        ]
         # the request row names its subject while open, and holds name people by design
-        dumps = {n: repr(s.fetchall(sa.text(f'SELECT * FROM retention_control."{n}"')))
-                 for n in names if n not in ("requests", "holds")}
-    assert {"suppression", "request_receipts", "request_outcomes", "request_exports", "audit"} <= set(dumps)
-    for n, text in [*(("retention_control." + n, t) for n, t in dumps.items()),
-                    *(("the CLI output", t) for t in outputs)]:
+        dumps = {
+            n: repr(s.fetchall(sa.text(f'SELECT * FROM retention_control."{n}"')))
+            for n in names
+            if n not in ("requests", "holds")
+        }
+    assert {
+        "suppression",
+        "request_receipts",
+        "request_outcomes",
+        "request_exports",
+        "audit",
+    } <= set(dumps)
+    for n, text in [
+        *(("retention_control." + n, t) for n, t in dumps.items()),
+        *(("the CLI output", t) for t in outputs),
+    ]:
         assert not any(v in text for v in values), f"a value of the subject is in {n}"
         assert not any(rx.search(text) for rx in ids), f"a subject id is in {n}"
 
@@ -496,13 +646,28 @@ def test_dagster_sensor_processes_due_requests_and_the_check_flags_late_ones(duc
 
     cid = pick_bookkeeping_customer(duck)
     with duck.connect() as s:
-        late = rq.add_request(s, kind="erasure", subject_kind="customer", subject_id=str(cid),
-                              received_on=date.today() - timedelta(days=45))
-    res = {"store": StoreResource(location=str(duck.path)), "pseudonym_key": PseudonymKeyResource(key=KEY_TEXT)}
-    defs = dg.Definitions(assets=[data_subject_requests], asset_checks=[request_deadline_check],
-                          sensors=[request_sensor], jobs=[request_deadline_job], resources=res)
+        late = rq.add_request(
+            s,
+            kind="erasure",
+            subject_kind="customer",
+            subject_id=str(cid),
+            received_on=date.today() - timedelta(days=45),
+        )
+    res = {
+        "store": StoreResource(location=str(duck.path)),
+        "pseudonym_key": PseudonymKeyResource(key=KEY_TEXT),
+    }
+    defs = dg.Definitions(
+        assets=[data_subject_requests],
+        asset_checks=[request_deadline_check],
+        sensors=[request_sensor],
+        jobs=[request_deadline_job],
+        resources=res,
+    )
     with dg.instance_for_test() as instance:
-        assert isinstance(request_sensor(dg.build_sensor_context(instance=instance, resources=res)), dg.RunRequest)
+        assert isinstance(
+            request_sensor(dg.build_sensor_context(instance=instance, resources=res)), dg.RunRequest
+        )
         checks = defs.resolve_job_def("request_deadlines").execute_in_process(instance=instance)
         (evaluation,) = checks.get_asset_check_evaluations()
         assert not evaluation.passed and evaluation.metadata["overdue_ids"].value == late.request_id

@@ -53,9 +53,12 @@ def warehouse(tmp_path_factory) -> Warehouse:
     con.execute("ATTACH ? AS w", [str(path)])
     con.execute("USE w")
     con.execute(SCHEMA)
-    fk = dict(con.execute(
-        "SELECT schema_name || '.' || table_name, constraint_name FROM duckdb_constraints() "
-        "WHERE database_name = 'w' AND constraint_type = 'FOREIGN KEY'").fetchall())
+    fk = dict(
+        con.execute(
+            "SELECT schema_name || '.' || table_name, constraint_name FROM duckdb_constraints() "
+            "WHERE database_name = 'w' AND constraint_type = 'FOREIGN KEY'"
+        ).fetchall()
+    )
     con.execute("USE memory")
     con.execute("DETACH w")
     con.close()
@@ -90,16 +93,33 @@ def doc(body: str = BODY, head: str = HEAD) -> str:
 
 def anonymise(columns: str, body: str = BODY) -> str:
     """`columns:` on line 12; its entries from line 13, column 7."""
-    return doc(body.replace("action: retain", "action: anonymise") + "columns:\n"
-               + textwrap.indent(textwrap.dedent(columns), "  "))
+    return doc(
+        body.replace("action: retain", "action: anonymise")
+        + "columns:\n"
+        + textwrap.indent(textwrap.dedent(columns), "  ")
+    )
 
 
-LEADS = BODY.replace("shop.customers", "shop.leads").replace("customer_id", "lead_id").replace("ended_at", "created_at")
-ORDERS = BODY.replace("shop.customers", "shop.orders").replace("customer_id", "order_id").replace("ended_at", "placed_at")
+LEADS = (
+    BODY.replace("shop.customers", "shop.leads")
+    .replace("customer_id", "lead_id")
+    .replace("ended_at", "created_at")
+)
+ORDERS = (
+    BODY.replace("shop.customers", "shop.orders")
+    .replace("customer_id", "order_id")
+    .replace("ended_at", "placed_at")
+)
 
 
-def check(tmp_path: Path, monkeypatch, wh: Warehouse, files: dict[str, str],
-          store_kind: str = "duckdb", adjust=None) -> list[BoundRule]:
+def check(
+    tmp_path: Path,
+    monkeypatch,
+    wh: Warehouse,
+    files: dict[str, str],
+    store_kind: str = "duckdb",
+    adjust=None,
+) -> list[BoundRule]:
     """Load and resolve the files against the warehouse; assert its bytes are unchanged."""
     monkeypatch.chdir(tmp_path)
     for name, text in files.items():
@@ -129,7 +149,9 @@ def problems_of(tmp_path, monkeypatch, wh, files, **kw) -> list[Problem]:
     return exc.value.problems
 
 
-def assert_problems(problems: list[Problem], expected: list[tuple[str, str, str]], file: str = FILE) -> None:
+def assert_problems(
+    problems: list[Problem], expected: list[tuple[str, str, str]], file: str = FILE
+) -> None:
     shown = "\n".join(str(p) for p in problems)
     assert len(problems) == len(expected), f"expected {len(expected)} problem(s), got:\n{shown}"
     remaining = list(problems)
@@ -142,151 +164,394 @@ def assert_problems(problems: list[Problem], expected: list[tuple[str, str, str]
 
 CASES = [
     # --- tables and columns --------------------------------------------------------------
-    pytest.param(doc(BODY.replace("shop.customers", "shop.customer")),
-                 [("7:5", "rules[0].table", "table 'shop.customer' is not in the store; did you mean 'shop.customers'?")],
-                 id="unknown-table"),
-    pytest.param(doc(BODY.replace("shop.customers", "billing.invoices")),
-                 [("7:5", "rules[0].table", "table 'billing.invoices' is not in the store; check schema.table")],
-                 id="unknown-table-no-suggestion"),
-    pytest.param(doc(BODY.replace("clock: ended_at", "clock: endedat")),
-                 [("9:5", "rules[0].clock", "column 'endedat' is not in shop.customers; did you mean 'ended_at'?")],
-                 id="unknown-clock-column"),
-    pytest.param(doc(BODY.replace("key: customer_id", "key: [customer_id, id]")),
-                 [("8:5", "rules[0].key", "column 'id' is not in shop.customers; columns: customer_id, email")],
-                 id="unknown-key-column"),
-    pytest.param(doc(BODY + "subject: {kind: customer, column: customerid}\n"),
-                 [("12:31", "rules[0].subject.column", "column 'customerid' is not in shop.customers; "
-                                                       "did you mean 'customer_id'?")],
-                 id="unknown-subject-column"),
-    pytest.param(doc(BODY + "where:\n  stauts: closed\n"),
-                 [("12:5", "rules[0].where", "column 'stauts' is not in shop.customers; did you mean 'status'?")],
-                 id="unknown-where-column"),
-    pytest.param(doc(BODY.replace("action: retain", "action: delete") + "suppress: [mail]\n"
-                     + "cascade:\n  - {table: shop.orders, on: customer_id, action: unlink}\n"),
-                 [("12:5", "rules[0].suppress", "column 'mail' is not in shop.customers; did you mean 'email'?")],
-                 id="unknown-suppress-column"),
+    pytest.param(
+        doc(BODY.replace("shop.customers", "shop.customer")),
+        [
+            (
+                "7:5",
+                "rules[0].table",
+                "table 'shop.customer' is not in the store; did you mean 'shop.customers'?",
+            )
+        ],
+        id="unknown-table",
+    ),
+    pytest.param(
+        doc(BODY.replace("shop.customers", "billing.invoices")),
+        [
+            (
+                "7:5",
+                "rules[0].table",
+                "table 'billing.invoices' is not in the store; check schema.table",
+            )
+        ],
+        id="unknown-table-no-suggestion",
+    ),
+    pytest.param(
+        doc(BODY.replace("clock: ended_at", "clock: endedat")),
+        [
+            (
+                "9:5",
+                "rules[0].clock",
+                "column 'endedat' is not in shop.customers; did you mean 'ended_at'?",
+            )
+        ],
+        id="unknown-clock-column",
+    ),
+    pytest.param(
+        doc(BODY.replace("key: customer_id", "key: [customer_id, id]")),
+        [
+            (
+                "8:5",
+                "rules[0].key",
+                "column 'id' is not in shop.customers; columns: customer_id, email",
+            )
+        ],
+        id="unknown-key-column",
+    ),
+    pytest.param(
+        doc(BODY + "subject: {kind: customer, column: customerid}\n"),
+        [
+            (
+                "12:31",
+                "rules[0].subject.column",
+                "column 'customerid' is not in shop.customers; did you mean 'customer_id'?",
+            )
+        ],
+        id="unknown-subject-column",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  stauts: closed\n"),
+        [
+            (
+                "12:5",
+                "rules[0].where",
+                "column 'stauts' is not in shop.customers; did you mean 'status'?",
+            )
+        ],
+        id="unknown-where-column",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("action: retain", "action: delete")
+            + "suppress: [mail]\n"
+            + "cascade:\n  - {table: shop.orders, on: customer_id, action: unlink}\n"
+        ),
+        [
+            (
+                "12:5",
+                "rules[0].suppress",
+                "column 'mail' is not in shop.customers; did you mean 'email'?",
+            )
+        ],
+        id="unknown-suppress-column",
+    ),
     # --- clocks --------------------------------------------------------------------------
-    pytest.param(doc(BODY.replace("clock: ended_at", "clock: status")),
-                 [("9:5", "rules[0].clock", "clock column 'status' is VARCHAR, not a date or timestamp; "
-                                            "a clock must be a DATE, TIMESTAMP or TIMESTAMPTZ column")],
-                 id="clock-not-a-date"),
-    pytest.param(doc(BODY.replace("clock: ended_at", "clock: {table: shop.orders, on: customer_id, column: placed}")),
-                 [("9:50", "rules[0].clock.column", "column 'placed' is not in shop.orders; did you mean 'placed_at'?")],
-                 id="related-clock-unknown-column"),
-    pytest.param(doc(BODY.replace("clock: ended_at", "clock: {table: shop.orders, on: customer_id, column: note}")),
-                 [("9:5", "rules[0].clock", "clock column 'note' is VARCHAR, not a date or timestamp")],
-                 id="related-clock-not-a-date"),
-    pytest.param(doc(BODY.replace("clock: ended_at", "clock: {table: shop.order, on: customer_id, column: placed_at}")),
-                 [("9:13", "rules[0].clock.table", "table 'shop.order' is not in the store; did you mean 'shop.orders'?")],
-                 id="related-clock-unknown-table"),
+    pytest.param(
+        doc(BODY.replace("clock: ended_at", "clock: status")),
+        [
+            (
+                "9:5",
+                "rules[0].clock",
+                "clock column 'status' is VARCHAR, not a date or timestamp; "
+                "a clock must be a DATE, TIMESTAMP or TIMESTAMPTZ column",
+            )
+        ],
+        id="clock-not-a-date",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace(
+                "clock: ended_at", "clock: {table: shop.orders, on: customer_id, column: placed}"
+            )
+        ),
+        [
+            (
+                "9:50",
+                "rules[0].clock.column",
+                "column 'placed' is not in shop.orders; did you mean 'placed_at'?",
+            )
+        ],
+        id="related-clock-unknown-column",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace(
+                "clock: ended_at", "clock: {table: shop.orders, on: customer_id, column: note}"
+            )
+        ),
+        [("9:5", "rules[0].clock", "clock column 'note' is VARCHAR, not a date or timestamp")],
+        id="related-clock-not-a-date",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace(
+                "clock: ended_at", "clock: {table: shop.order, on: customer_id, column: placed_at}"
+            )
+        ),
+        [
+            (
+                "9:13",
+                "rules[0].clock.table",
+                "table 'shop.order' is not in the store; did you mean 'shop.orders'?",
+            )
+        ],
+        id="related-clock-unknown-table",
+    ),
     # --- where ---------------------------------------------------------------------------
-    pytest.param(doc(BODY + "where:\n  score: {gt: high}\n"),
-                 [("12:5", "rules[0].where", "score: value str does not fit the column's type INTEGER; "
-                                             "quote strings, leave numbers bare")],
-                 id="where-string-for-integer"),
-    pytest.param(doc(BODY + "where:\n  status: [ended, 3]\n"),
-                 [("12:5", "rules[0].where", "status: value int does not fit the column's type VARCHAR")],
-                 id="where-integer-for-string"),
-    pytest.param(doc(BODY + "where:\n  born: {lt: 1990}\n"),
-                 [("12:5", "rules[0].where", "born: value int does not fit the column's type DATE")],
-                 id="where-integer-for-date"),
+    pytest.param(
+        doc(BODY + "where:\n  score: {gt: high}\n"),
+        [
+            (
+                "12:5",
+                "rules[0].where",
+                "score: value str does not fit the column's type INTEGER; "
+                "quote strings, leave numbers bare",
+            )
+        ],
+        id="where-string-for-integer",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  status: [ended, 3]\n"),
+        [("12:5", "rules[0].where", "status: value int does not fit the column's type VARCHAR")],
+        id="where-integer-for-string",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  born: {lt: 1990}\n"),
+        [("12:5", "rules[0].where", "born: value int does not fit the column's type DATE")],
+        id="where-integer-for-date",
+    ),
     # --- related filters -----------------------------------------------------------------
-    pytest.param(doc(BODY + "related:\n  - table: shop.payments\n    on: customer_id\n    none: {status: open}\n"),
-                 [("13:9", "rules[0].related[0].table", "table 'shop.payments' is not in the store")],
-                 id="related-filter-table-missing"),
-    pytest.param(doc(BODY + "related:\n  - table: shop.order_lines\n    on: customer_id\n    none: {sku: X}\n"),
-                 [("14:9", "rules[0].related[0].on", "column 'customer_id' is not in shop.order_lines")],
-                 id="related-filter-on-missing"),
-    pytest.param(doc(BODY + "related:\n  - table: shop.orders\n    on: customer_id\n    all: {placed_at: {lt: 2020}}\n"),
-                 [("15:9", "rules[0].related[0].all", "placed_at: value int does not fit the column's type DATE")],
-                 id="related-filter-value-type"),
+    pytest.param(
+        doc(
+            BODY
+            + "related:\n  - table: shop.payments\n    on: customer_id\n    none: {status: open}\n"
+        ),
+        [("13:9", "rules[0].related[0].table", "table 'shop.payments' is not in the store")],
+        id="related-filter-table-missing",
+    ),
+    pytest.param(
+        doc(
+            BODY
+            + "related:\n  - table: shop.order_lines\n    on: customer_id\n    none: {sku: X}\n"
+        ),
+        [("14:9", "rules[0].related[0].on", "column 'customer_id' is not in shop.order_lines")],
+        id="related-filter-on-missing",
+    ),
+    pytest.param(
+        doc(
+            BODY
+            + "related:\n  - table: shop.orders\n    on: customer_id\n    all: {placed_at: {lt: 2020}}\n"
+        ),
+        [
+            (
+                "15:9",
+                "rules[0].related[0].all",
+                "placed_at: value int does not fit the column's type DATE",
+            )
+        ],
+        id="related-filter-value-type",
+    ),
     # --- strategies ----------------------------------------------------------------------
-    pytest.param(anonymise("full_name: redact\nstatus: redact\n"),
-                 [("14:7", "rules[0].columns.status", "redact writes NULL, but status is NOT NULL; use hash, fake")],
-                 id="redact-not-null"),
-    pytest.param(anonymise("score: hash\n"),
-                 [("13:7", "rules[0].columns.score", "hash writes text, but score is INTEGER")],
-                 id="hash-integer"),
-    pytest.param(anonymise("born: {fake: date}\n"),
-                 [("13:7", "rules[0].columns.born", "fake date writes text, but born is DATE")],
-                 id="fake-into-date"),
-    pytest.param(anonymise("email: {mask: {keep_last: 4}}\n", LEADS),
-                 [("13:7", "rules[0].columns.email", "masked values of the unique column email would collide; "
-                                                     "use hash or fake")],
-                 id="mask-unique"),
-    pytest.param(anonymise("email: {constant: gone@example.com}\n", LEADS),
-                 [("13:7", "rules[0].columns.email", "a constant cannot go into the unique column email")],
-                 id="constant-unique"),
-    pytest.param(anonymise("full_name: {generalise: year}\n"),
-                 [("13:7", "rules[0].columns.full_name", "generalise to year needs a date or timestamp, "
-                                                         "but full_name is VARCHAR")],
-                 id="generalise-year-on-string"),
-    pytest.param(anonymise("born: {generalise: {band: 10}}\n"),
-                 [("13:7", "rules[0].columns.born", "generalise band needs a number, but born is DATE")],
-                 id="band-on-date"),
-    pytest.param(anonymise("full_name: {fake: nmae}\n"),
-                 [("13:7", "rules[0].columns.full_name", "Faker has no provider 'nmae'")],
-                 id="fake-unknown-provider"),
-    pytest.param(anonymise("full_name: {fake: {provider: name, locale: xx_XX}}\n"),
-                 [("13:7", "rules[0].columns.full_name", "Faker has no locale 'xx_XX'")],
-                 id="fake-unknown-locale"),
-    pytest.param(doc(BODY.replace("action: retain", "action: anonymise") + "columns: {full_name: {fake: name}}\n",
-                     HEAD.replace("rules:", "locale: zz_ZZ\nrules:")),
-                 [("13:15", "rules[0].columns.full_name", "Faker has no locale 'zz_ZZ'")],
-                 id="fake-unknown-policy-locale"),
-    pytest.param(anonymise("score: {constant: none}\n"),
-                 [("13:7", "rules[0].columns.score", "constant str does not fit score (INTEGER)")],
-                 id="constant-wrong-type"),
-    pytest.param(anonymise("status: {constant: null}\n"),
-                 [("13:7", "rules[0].columns.status", "constant null into the NOT NULL column status")],
-                 id="constant-null-not-null"),
-    pytest.param(anonymise("nickname: redact\n"),
-                 [("13:7", "rules[0].columns.nickname", "column 'nickname' is not in shop.customers")],
-                 id="anonymise-unknown-column"),
-    pytest.param(anonymise("email: hash\n"),
-                 [("13:7", "rules[0].columns.email", "DuckDB cannot update the indexed column shop.customers.email "
-                                                     "while other tables reference its rows by foreign key")],
-                 id="duckdb-unique-column-of-referenced-table"),
+    pytest.param(
+        anonymise("full_name: redact\nstatus: redact\n"),
+        [
+            (
+                "14:7",
+                "rules[0].columns.status",
+                "redact writes NULL, but status is NOT NULL; use hash, fake",
+            )
+        ],
+        id="redact-not-null",
+    ),
+    pytest.param(
+        anonymise("score: hash\n"),
+        [("13:7", "rules[0].columns.score", "hash writes text, but score is INTEGER")],
+        id="hash-integer",
+    ),
+    pytest.param(
+        anonymise("born: {fake: date}\n"),
+        [("13:7", "rules[0].columns.born", "fake date writes text, but born is DATE")],
+        id="fake-into-date",
+    ),
+    pytest.param(
+        anonymise("email: {mask: {keep_last: 4}}\n", LEADS),
+        [
+            (
+                "13:7",
+                "rules[0].columns.email",
+                "masked values of the unique column email would collide; use hash or fake",
+            )
+        ],
+        id="mask-unique",
+    ),
+    pytest.param(
+        anonymise("email: {constant: gone@example.com}\n", LEADS),
+        [("13:7", "rules[0].columns.email", "a constant cannot go into the unique column email")],
+        id="constant-unique",
+    ),
+    pytest.param(
+        anonymise("full_name: {generalise: year}\n"),
+        [
+            (
+                "13:7",
+                "rules[0].columns.full_name",
+                "generalise to year needs a date or timestamp, but full_name is VARCHAR",
+            )
+        ],
+        id="generalise-year-on-string",
+    ),
+    pytest.param(
+        anonymise("born: {generalise: {band: 10}}\n"),
+        [("13:7", "rules[0].columns.born", "generalise band needs a number, but born is DATE")],
+        id="band-on-date",
+    ),
+    pytest.param(
+        anonymise("full_name: {fake: nmae}\n"),
+        [("13:7", "rules[0].columns.full_name", "Faker has no provider 'nmae'")],
+        id="fake-unknown-provider",
+    ),
+    pytest.param(
+        anonymise("full_name: {fake: {provider: name, locale: xx_XX}}\n"),
+        [("13:7", "rules[0].columns.full_name", "Faker has no locale 'xx_XX'")],
+        id="fake-unknown-locale",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("action: retain", "action: anonymise")
+            + "columns: {full_name: {fake: name}}\n",
+            HEAD.replace("rules:", "locale: zz_ZZ\nrules:"),
+        ),
+        [("13:15", "rules[0].columns.full_name", "Faker has no locale 'zz_ZZ'")],
+        id="fake-unknown-policy-locale",
+    ),
+    pytest.param(
+        anonymise("score: {constant: none}\n"),
+        [("13:7", "rules[0].columns.score", "constant str does not fit score (INTEGER)")],
+        id="constant-wrong-type",
+    ),
+    pytest.param(
+        anonymise("status: {constant: null}\n"),
+        [("13:7", "rules[0].columns.status", "constant null into the NOT NULL column status")],
+        id="constant-null-not-null",
+    ),
+    pytest.param(
+        anonymise("nickname: redact\n"),
+        [("13:7", "rules[0].columns.nickname", "column 'nickname' is not in shop.customers")],
+        id="anonymise-unknown-column",
+    ),
+    pytest.param(
+        anonymise("email: hash\n"),
+        [
+            (
+                "13:7",
+                "rules[0].columns.email",
+                "DuckDB cannot update the indexed column shop.customers.email "
+                "while other tables reference its rows by foreign key",
+            )
+        ],
+        id="duckdb-unique-column-of-referenced-table",
+    ),
     # --- deletes and cascades ------------------------------------------------------------
-    pytest.param(doc(BODY.replace("action: retain", "action: delete")),
-                 [("6:5", "rules[0].cascade", "deleting from shop.customers would violate foreign key "
-                                              "'{fk_orders}' of shop.orders(customer_id); add a cascade: "
-                                              "{{table: shop.orders, on: customer_id, action: delete | unlink}}")],
-                 id="delete-referenced-without-cascade"),
-    pytest.param(doc(BODY.replace("action: retain", "action: delete")
-                     + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: delete\n"),
-                 [("13:9", "rules[0].cascade[0].cascade", "deleting from shop.orders would violate foreign key "
-                                                          "'{fk_order_lines}' of shop.order_lines(order_id)")],
-                 id="cascade-delete-without-grandchild"),
-    pytest.param(doc(ORDERS.replace("action: retain", "action: delete")
-                     + "cascade:\n  - table: shop.order_lines\n    on: order_id\n    action: unlink\n"),
-                 [("15:9", "rules[0].cascade[0].action", "unlink sets shop.order_lines.order_id to NULL, but the "
-                                                         "column is NOT NULL; use action delete")],
-                 id="unlink-not-null-fk"),
-    pytest.param(doc(BODY.replace("action: retain", "action: delete")
-                     + "cascade:\n  - {table: shop.order, on: customer_id, action: delete}\n"),
-                 [("12:5", "rules[0].cascade", "would violate foreign key"),
-                  ("13:10", "rules[0].cascade[0].table", "table 'shop.order' is not in the store; "
-                                                         "did you mean 'shop.orders'?")],
-                 id="cascade-unknown-table"),
-    pytest.param(doc(BODY.replace("action: retain", "action: delete")
-                     + "cascade:\n  - {table: shop.orders, on: cust_id, action: unlink}\n"),
-                 [("12:5", "rules[0].cascade", "would violate foreign key"),
-                  ("13:30", "rules[0].cascade[0].on", "column 'cust_id' is not in shop.orders; "
-                                                      "did you mean 'customer_id'?")],
-                 id="cascade-unknown-on-column"),
-    pytest.param(doc(BODY.replace("key: customer_id", "key: [customer_id, email]")
-                     .replace("action: retain", "action: delete")
-                     + "cascade:\n  - {table: shop.orders, on: customer_id, action: unlink}\n"),
-                 [("13:9", "rules[0].cascade[0].references", "the parent's key has several columns; "
-                                                            "name the one `on` refers to"),
-                  ("12:5", "rules[0].cascade", "would violate foreign key")],
-                 id="cascade-composite-parent-key"),
-    pytest.param(doc(BODY.replace("action: retain", "action: anonymise") + "columns: {full_name: redact}\n"
-                     + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: anonymise\n"
-                     + "    columns: {note: redact}\n"),
-                 [("17:19", "rules[0].cascade[0].columns.note", "redact writes NULL, but note is NOT NULL")],
-                 id="cascade-anonymise-strategy"),
+    pytest.param(
+        doc(BODY.replace("action: retain", "action: delete")),
+        [
+            (
+                "6:5",
+                "rules[0].cascade",
+                "deleting from shop.customers would violate foreign key "
+                "'{fk_orders}' of shop.orders(customer_id); add a cascade: "
+                "{{table: shop.orders, on: customer_id, action: delete | unlink}}",
+            )
+        ],
+        id="delete-referenced-without-cascade",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("action: retain", "action: delete")
+            + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: delete\n"
+        ),
+        [
+            (
+                "13:9",
+                "rules[0].cascade[0].cascade",
+                "deleting from shop.orders would violate foreign key "
+                "'{fk_order_lines}' of shop.order_lines(order_id)",
+            )
+        ],
+        id="cascade-delete-without-grandchild",
+    ),
+    pytest.param(
+        doc(
+            ORDERS.replace("action: retain", "action: delete")
+            + "cascade:\n  - table: shop.order_lines\n    on: order_id\n    action: unlink\n"
+        ),
+        [
+            (
+                "15:9",
+                "rules[0].cascade[0].action",
+                "unlink sets shop.order_lines.order_id to NULL, but the "
+                "column is NOT NULL; use action delete",
+            )
+        ],
+        id="unlink-not-null-fk",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("action: retain", "action: delete")
+            + "cascade:\n  - {table: shop.order, on: customer_id, action: delete}\n"
+        ),
+        [
+            ("12:5", "rules[0].cascade", "would violate foreign key"),
+            (
+                "13:10",
+                "rules[0].cascade[0].table",
+                "table 'shop.order' is not in the store; did you mean 'shop.orders'?",
+            ),
+        ],
+        id="cascade-unknown-table",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("action: retain", "action: delete")
+            + "cascade:\n  - {table: shop.orders, on: cust_id, action: unlink}\n"
+        ),
+        [
+            ("12:5", "rules[0].cascade", "would violate foreign key"),
+            (
+                "13:30",
+                "rules[0].cascade[0].on",
+                "column 'cust_id' is not in shop.orders; did you mean 'customer_id'?",
+            ),
+        ],
+        id="cascade-unknown-on-column",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("key: customer_id", "key: [customer_id, email]").replace(
+                "action: retain", "action: delete"
+            )
+            + "cascade:\n  - {table: shop.orders, on: customer_id, action: unlink}\n"
+        ),
+        [
+            (
+                "13:9",
+                "rules[0].cascade[0].references",
+                "the parent's key has several columns; name the one `on` refers to",
+            ),
+            ("12:5", "rules[0].cascade", "would violate foreign key"),
+        ],
+        id="cascade-composite-parent-key",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("action: retain", "action: anonymise")
+            + "columns: {full_name: redact}\n"
+            + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: anonymise\n"
+            + "    columns: {note: redact}\n"
+        ),
+        [("17:19", "rules[0].cascade[0].columns.note", "redact writes NULL, but note is NOT NULL")],
+        id="cascade-anonymise-strategy",
+    ),
 ]
 
 
@@ -305,7 +570,9 @@ def test_fk_names_are_the_ones_duckdb_reports(warehouse):
 
 
 def test_no_far_fetched_table_suggestion(tmp_path, monkeypatch, warehouse):
-    text = doc(BODY + "related:\n  - table: shop.payments\n    on: customer_id\n    none: {status: open}\n")
+    text = doc(
+        BODY + "related:\n  - table: shop.payments\n    on: customer_id\n    none: {status: open}\n"
+    )
     (problem,) = problems_of(tmp_path, monkeypatch, warehouse, {"shop.yaml": text})
     assert "did you mean" not in problem.hint, problem
 
@@ -319,17 +586,38 @@ def test_hash_into_short_varchar(tmp_path, monkeypatch, warehouse):
     def with_length(catalog):
         t = catalog.tables["shop.customers"]
         cols = {**t.columns, "phone": dataclasses.replace(t.columns["phone"], max_length=8)}
-        return dataclasses.replace(catalog, tables={**catalog.tables,
-                                                    t.name: dataclasses.replace(t, columns=cols)})
+        return dataclasses.replace(
+            catalog, tables={**catalog.tables, t.name: dataclasses.replace(t, columns=cols)}
+        )
 
-    problems = problems_of(tmp_path, monkeypatch, warehouse, {"shop.yaml": text}, store_kind="postgresql",
-                           adjust=with_length)
-    assert_problems(problems, [("13:7", "rules[0].columns.phone",
-                                "hash needs at least 16 characters, but phone holds 8; use mask or redact")])
+    problems = problems_of(
+        tmp_path,
+        monkeypatch,
+        warehouse,
+        {"shop.yaml": text},
+        store_kind="postgresql",
+        adjust=with_length,
+    )
+    assert_problems(
+        problems,
+        [
+            (
+                "13:7",
+                "rules[0].columns.phone",
+                "hash needs at least 16 characters, but phone holds 8; use mask or redact",
+            )
+        ],
+    )
 
 
 def test_unique_column_of_referenced_table_is_fine_outside_duckdb(tmp_path, monkeypatch, warehouse):
-    bound = check(tmp_path, monkeypatch, warehouse, {"shop.yaml": anonymise("email: hash\n")}, store_kind="postgresql")
+    bound = check(
+        tmp_path,
+        monkeypatch,
+        warehouse,
+        {"shop.yaml": anonymise("email: hash\n")},
+        store_kind="postgresql",
+    )
     assert [b.id for b in bound] == ["shop/r"]
 
 
@@ -337,21 +625,35 @@ def test_unique_column_of_referenced_table_is_fine_outside_duckdb(tmp_path, monk
 
 
 def test_every_resolver_problem_of_a_file_at_once(tmp_path, monkeypatch, warehouse):
-    text = doc(BODY.replace("clock: ended_at", "clock: status").replace("action: retain", "action: anonymise")
-               + "where:\n  score: {gt: high}\ncolumns:\n  email: {mask: {keep_last: 2}}\n  born: hash\n")
+    text = doc(
+        BODY.replace("clock: ended_at", "clock: status").replace(
+            "action: retain", "action: anonymise"
+        )
+        + "where:\n  score: {gt: high}\ncolumns:\n  email: {mask: {keep_last: 2}}\n  born: hash\n"
+    )
     text += "  - name: leads\n" + textwrap.indent(LEADS.replace("shop.leads", "shop.lead"), "    ")
     problems = problems_of(tmp_path, monkeypatch, warehouse, {"shop.yaml": text})
     assert [f"{p.line}:{p.col} {p.field}" for p in problems] == [
-        "9:5 rules[0].clock", "12:5 rules[0].where", "15:7 rules[0].columns.email",
-        "16:7 rules[0].columns.born", "18:5 rules[1].table",
+        "9:5 rules[0].clock",
+        "12:5 rules[0].where",
+        "15:7 rules[0].columns.email",
+        "16:7 rules[0].columns.born",
+        "18:5 rules[1].table",
     ]
 
 
 def test_resolver_problems_across_files(tmp_path, monkeypatch, warehouse):
-    problems = problems_of(tmp_path, monkeypatch, warehouse, {
-        "leads.yaml": doc(LEADS.replace("created_at", "created"), HEAD.replace("shop", "leads", 1)),
-        "shop.yaml": doc(BODY.replace("action: retain", "action: delete")),
-    })
+    problems = problems_of(
+        tmp_path,
+        monkeypatch,
+        warehouse,
+        {
+            "leads.yaml": doc(
+                LEADS.replace("created_at", "created"), HEAD.replace("shop", "leads", 1)
+            ),
+            "shop.yaml": doc(BODY.replace("action: retain", "action: delete")),
+        },
+    )
     assert [str(p)[: str(p).index(": ", str(p).index(": ") + 1)] for p in problems] == [
         "policies/leads.yaml:9:5: rules[0].clock",
         "policies/shop.yaml:6:5: rules[0].cascade",
@@ -414,32 +716,43 @@ def test_a_complete_policy_resolves(tmp_path, monkeypatch, warehouse):
         """)
     bound = check(tmp_path, monkeypatch, warehouse, {"shop.yaml": text})
     assert [(b.id, b.clock_type) for b in bound] == [
-        ("shop/ended-customers", "timestamp"), ("shop/old-orders", "date"),
-        ("shop/last-order", "date"), ("shop/leads", "date"),
+        ("shop/ended-customers", "timestamp"),
+        ("shop/old-orders", "date"),
+        ("shop/last-order", "date"),
+        ("shop/leads", "date"),
     ]
     first = bound[0]
     # grandchildren before children: the order in which deletes keep every foreign key intact
     assert [link.table.name for link in first.links()] == ["shop.order_lines", "shop.orders"]
     assert [(link.on, link.references, link.key) for link in first.links()] == [
-        ("order_id", "order_id", ("line_id",)), ("customer_id", "customer_id", ("order_id",)),
+        ("order_id", "order_id", ("line_id",)),
+        ("customer_id", "customer_id", ("order_id",)),
     ]
 
 
 def test_delete_covered_by_redacting_the_foreign_key(tmp_path, monkeypatch, warehouse):
-    text = doc(BODY.replace("action: retain", "action: delete")
-               + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: anonymise\n"
-               + "    columns: {customer_id: redact}\n")
+    text = doc(
+        BODY.replace("action: retain", "action: delete")
+        + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: anonymise\n"
+        + "    columns: {customer_id: redact}\n"
+    )
     (b,) = check(tmp_path, monkeypatch, warehouse, {"shop.yaml": text})
     assert b.cascades[0].spec.action == "anonymise"
 
 
 def test_load_and_resolve_leave_the_store_untouched(tmp_path, monkeypatch, warehouse):
     before = sha256(warehouse.path)
-    problems_of(tmp_path, monkeypatch, warehouse, {"shop.yaml": doc(BODY.replace("action: retain", "action: delete"))})
+    problems_of(
+        tmp_path,
+        monkeypatch,
+        warehouse,
+        {"shop.yaml": doc(BODY.replace("action: retain", "action: delete"))},
+    )
     with DuckDBStore(warehouse.path).connect(read_only=True) as session:
-        assert session.fetchall(sa.select(sa.func.count()).select_from(sa.table("customers", schema="shop"))) == [(1,)]
+        assert session.fetchall(
+            sa.select(sa.func.count()).select_from(sa.table("customers", schema="shop"))
+        ) == [(1,)]
     assert sha256(warehouse.path) == before
-
 
 
 # --- docs/policies.md stays true -----------------------------------------------------------
@@ -467,19 +780,45 @@ def docs_store(tmp_path_factory) -> Warehouse:
 
 
 def test_the_documented_example_resolves(tmp_path, monkeypatch, docs_store):
-    bound = check(tmp_path, monkeypatch, docs_store, {"customers.yaml": docs_block("yaml", "purpose: customers")})
-    assert [b.id for b in bound] == ["customers/invoices-bookkeeping", "customers/ended-customers",
-                                     "customers/dormant-customers", "customers/old-tickets"]
+    bound = check(
+        tmp_path,
+        monkeypatch,
+        docs_store,
+        {"customers.yaml": docs_block("yaml", "purpose: customers")},
+    )
+    assert [b.id for b in bound] == [
+        "customers/invoices-bookkeeping",
+        "customers/ended-customers",
+        "customers/dormant-customers",
+        "customers/old-tickets",
+    ]
 
 
 def test_the_documented_error_messages_are_the_real_ones(tmp_path, monkeypatch, docs_store):
     example = docs_block("yaml", "purpose: customers")
-    shown = [line for line in DOCS.read_text(encoding="utf-8").splitlines()
-             if line.startswith("policies/customers.yaml:")]
-    load_errors = problems_of(tmp_path, monkeypatch, docs_store, {"customers.yaml": example
-                              .replace("keep_for: P3M", "keep_for: P3 months")
-                              .replace("      country: [NO, SE]", "      country: [NO, SE]\n      status: closed")})
-    resolve_errors = problems_of(tmp_path, monkeypatch, docs_store, {"customers.yaml": example
-                                 .replace("clock: invoice_date  ", "clock: invoice_dat   ")
-                                 .replace("phone: {mask", "phone_no: {mask")})
+    shown = [
+        line
+        for line in DOCS.read_text(encoding="utf-8").splitlines()
+        if line.startswith("policies/customers.yaml:")
+    ]
+    load_errors = problems_of(
+        tmp_path,
+        monkeypatch,
+        docs_store,
+        {
+            "customers.yaml": example.replace("keep_for: P3M", "keep_for: P3 months").replace(
+                "      country: [NO, SE]", "      country: [NO, SE]\n      status: closed"
+            )
+        },
+    )
+    resolve_errors = problems_of(
+        tmp_path,
+        monkeypatch,
+        docs_store,
+        {
+            "customers.yaml": example.replace(
+                "clock: invoice_date  ", "clock: invoice_dat   "
+            ).replace("phone: {mask", "phone_no: {mask")
+        },
+    )
     assert shown == [str(p) for p in load_errors + resolve_errors]

@@ -78,12 +78,33 @@ def test_catalog_reflects_types_keys_and_foreign_keys(store):
     assert set(cat.tables) == {"cat.parent", "cat.child", "cat.pair"}  # no view, no control schema
     parent = cat.tables["cat.parent"]
     assert {c.name: c.type for c in parent.columns.values()} == {
-        "id": "integer", "code": "string", "name": "string", "amount": "decimal", "score": "float",
-        "ok": "boolean", "born": "date", "seen": "timestamp", "seen_tz": "timestamptz", "blob": "binary",
-        "n": "integer", "small": "integer",
+        "id": "integer",
+        "code": "string",
+        "name": "string",
+        "amount": "decimal",
+        "score": "float",
+        "ok": "boolean",
+        "born": "date",
+        "seen": "timestamp",
+        "seen_tz": "timestamptz",
+        "blob": "binary",
+        "n": "integer",
+        "small": "integer",
     }
-    assert list(parent.columns) == ["id", "code", "name", "amount", "score", "ok", "born", "seen",
-                                    "seen_tz", "blob", "n", "small"]
+    assert list(parent.columns) == [
+        "id",
+        "code",
+        "name",
+        "amount",
+        "score",
+        "ok",
+        "born",
+        "seen",
+        "seen_tz",
+        "blob",
+        "n",
+        "small",
+    ]
     assert parent.primary_key == ("id",)
     assert {c.name for c in parent.columns.values() if c.unique} == {"id", "code"}
     assert {c.name for c in parent.columns.values() if not c.nullable} == {"id", "name"}
@@ -92,7 +113,12 @@ def test_catalog_reflects_types_keys_and_foreign_keys(store):
     assert pair.primary_key == ("a", "b")
     assert not any(c.unique for c in pair.columns.values())  # composite keys make no column unique
     (fk,) = cat.tables["cat.child"].foreign_keys
-    assert (fk.table, fk.columns, fk.ref_table, fk.ref_columns) == ("cat.child", ("parent_id",), "cat.parent", ("id",))
+    assert (fk.table, fk.columns, fk.ref_table, fk.ref_columns) == (
+        "cat.child",
+        ("parent_id",),
+        "cat.parent",
+        ("id",),
+    )
     assert fk.name  # PostgreSQL keeps the declared name, DuckDB names it itself
     if store.kind == "postgresql":
         assert fk.name == "child_parent_fk"
@@ -108,8 +134,10 @@ def test_postgresql_catalog_cross_schema_unique_index_and_other_types(pg_url):
         s.execute("CREATE TABLE public.pub (id INTEGER PRIMARY KEY, email TEXT, j JSONB, u UUID)")
         s.execute("CREATE UNIQUE INDEX pub_email ON public.pub (email)")
         s.execute("CREATE SCHEMA other")
-        s.execute("CREATE TABLE other.link (x INTEGER CONSTRAINT link_pub REFERENCES public.pub (id), "
-                  "code CHAR(3))")
+        s.execute(
+            "CREATE TABLE other.link (x INTEGER CONSTRAINT link_pub REFERENCES public.pub (id), "
+            "code CHAR(3))"
+        )
         s.execute("CREATE MATERIALIZED VIEW other.mv AS SELECT * FROM public.pub")
         cat = store.catalog(s)
     assert set(cat.tables) == {"public.pub", "other.link"}
@@ -125,27 +153,54 @@ def test_postgresql_catalog_cross_schema_unique_index_and_other_types(pg_url):
 
 
 def sample() -> pa.Table:
-    return pa.table({
-        "id": pa.array([1, 2, 3, 4], pa.int64()),
-        "text": pa.array(["plain", "", None, 'quote " comma , newline \n and æøå'], pa.string()),
-        "score": pa.array([1.5, -0.25, None, 1e300], pa.float64()),
-        "ok": pa.array([True, False, None, True]),
-        "day": pa.array([date(2020, 1, 1), None, date(1999, 12, 31), date(2030, 6, 15)], pa.date32()),
-        "at": pa.array([datetime(2020, 1, 1, 12, 30, 15, 123456), None, datetime(2000, 2, 29), datetime(1970, 1, 1)],
-                       pa.timestamp("us")),
-        "at_tz": pa.array([datetime(2020, 1, 1, 12, tzinfo=UTC), None,
-                           datetime(2021, 6, 1, 8, tzinfo=timezone(timedelta(hours=2))), None],
-                          pa.timestamp("us", tz="UTC")),
-        "amount": pa.array([Decimal("12.34"), None, Decimal("-0.01"), Decimal("99999999.99")], pa.decimal128(10, 2)),
-        "blob": pa.array([b"\x00\x01\xff", b"", None, b"abc"], pa.binary()),
-    })
+    return pa.table(
+        {
+            "id": pa.array([1, 2, 3, 4], pa.int64()),
+            "text": pa.array(
+                ["plain", "", None, 'quote " comma , newline \n and æøå'], pa.string()
+            ),
+            "score": pa.array([1.5, -0.25, None, 1e300], pa.float64()),
+            "ok": pa.array([True, False, None, True]),
+            "day": pa.array(
+                [date(2020, 1, 1), None, date(1999, 12, 31), date(2030, 6, 15)], pa.date32()
+            ),
+            "at": pa.array(
+                [
+                    datetime(2020, 1, 1, 12, 30, 15, 123456),
+                    None,
+                    datetime(2000, 2, 29),
+                    datetime(1970, 1, 1),
+                ],
+                pa.timestamp("us"),
+            ),
+            "at_tz": pa.array(
+                [
+                    datetime(2020, 1, 1, 12, tzinfo=UTC),
+                    None,
+                    datetime(2021, 6, 1, 8, tzinfo=timezone(timedelta(hours=2))),
+                    None,
+                ],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "amount": pa.array(
+                [Decimal("12.34"), None, Decimal("-0.01"), Decimal("99999999.99")],
+                pa.decimal128(10, 2),
+            ),
+            "blob": pa.array([b"\x00\x01\xff", b"", None, b"abc"], pa.binary()),
+        }
+    )
 
 
 def comparable(table: pa.Table) -> list[dict]:
     """Rows as Python values; instants compared in UTC (stores differ in the zone they report)."""
     out = []
     for row in table.to_pylist():
-        out.append({k: (v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo else v) for k, v in row.items()})
+        out.append(
+            {
+                k: (v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo else v)
+                for k, v in row.items()
+            }
+        )
     return out
 
 
@@ -188,33 +243,64 @@ def test_stage_is_temporary_and_per_session(store):
 def test_stage_query_round_trip(store):
     with store.connect() as s:
         s.execute("CREATE SCHEMA s")
-        s.execute("CREATE TABLE s.people (id BIGINT PRIMARY KEY, name VARCHAR, born DATE, seen TIMESTAMP)")
-        load(s, "s.people", pa.table({
-            "id": pa.array(range(1, 101), pa.int64()),
-            "name": [f"p{i}" for i in range(1, 101)],
-            "born": pa.array([date(1950, 1, 1) + timedelta(days=365 * i) for i in range(100)], pa.date32()),
-            "seen": pa.array([datetime(2020, 1, 1) + timedelta(hours=i) for i in range(100)], pa.timestamp("us")),
-        }))
-        t = sa.table("people", sa.column("id", sa.BigInteger()), sa.column("name", sa.String()),
-                     sa.column("born", sa.Date()), sa.column("seen", sa.DateTime()), schema="s")
-        q = (sa.select(t.c.id, t.c.name, (t.c.id % 7).label("m"),
-                       sa.func.row_number().over(order_by=t.c.id).label("rj_n"))
-             .where(t.c.born < sa.literal(date(2000, 1, 1), sa.Date()),
-                    t.c.seen >= sa.literal(datetime(2020, 1, 1, 10), sa.DateTime()),
-                    t.c.name.in_([f"p{i}" for i in range(1, 60)]),
-                    t.c.name.is_distinct_from("p20")))
+        s.execute(
+            "CREATE TABLE s.people (id BIGINT PRIMARY KEY, name VARCHAR, born DATE, seen TIMESTAMP)"
+        )
+        load(
+            s,
+            "s.people",
+            pa.table(
+                {
+                    "id": pa.array(range(1, 101), pa.int64()),
+                    "name": [f"p{i}" for i in range(1, 101)],
+                    "born": pa.array(
+                        [date(1950, 1, 1) + timedelta(days=365 * i) for i in range(100)],
+                        pa.date32(),
+                    ),
+                    "seen": pa.array(
+                        [datetime(2020, 1, 1) + timedelta(hours=i) for i in range(100)],
+                        pa.timestamp("us"),
+                    ),
+                }
+            ),
+        )
+        t = sa.table(
+            "people",
+            sa.column("id", sa.BigInteger()),
+            sa.column("name", sa.String()),
+            sa.column("born", sa.Date()),
+            sa.column("seen", sa.DateTime()),
+            schema="s",
+        )
+        q = sa.select(
+            t.c.id,
+            t.c.name,
+            (t.c.id % 7).label("m"),
+            sa.func.row_number().over(order_by=t.c.id).label("rj_n"),
+        ).where(
+            t.c.born < sa.literal(date(2000, 1, 1), sa.Date()),
+            t.c.seen >= sa.literal(datetime(2020, 1, 1, 10), sa.DateTime()),
+            t.c.name.in_([f"p{i}" for i in range(1, 60)]),
+            t.c.name.is_distinct_from("p20"),
+        )
         staged = s.stage_query("rj_keys", q)
         assert list(staged.c.keys()) == ["id", "name", "m", "rj_n"]
         got = s.fetchall(sa.select(staged.c.id, staged.c.m, staged.c.rj_n).order_by(staged.c.id))
-        expect_ids = [i for i in range(1, 60) if date(1950, 1, 1) + timedelta(days=365 * (i - 1)) < date(2000, 1, 1)
-                      and i - 1 >= 10 and i != 20]
+        expect_ids = [
+            i
+            for i in range(1, 60)
+            if date(1950, 1, 1) + timedelta(days=365 * (i - 1)) < date(2000, 1, 1)
+            and i - 1 >= 10
+            and i != 20
+        ]
         assert [r[0] for r in got] == expect_ids
         assert [r[1] for r in got] == [i % 7 for i in expect_ids]
         assert [r[2] for r in got] == list(range(1, len(expect_ids) + 1))
         # replace; then join the staged keys back to the table, as the applier does
         staged = s.stage_query("rj_keys", sa.select(t.c.id).where(t.c.id <= 3))
-        assert s.fetchall(sa.select(t.c.name).where(t.c.id.in_(sa.select(staged.c.id))).order_by(t.c.name)) == [
-            ("p1",), ("p2",), ("p3",)]
+        assert s.fetchall(
+            sa.select(t.c.name).where(t.c.id.in_(sa.select(staged.c.id))).order_by(t.c.name)
+        ) == [("p1",), ("p2",), ("p3",)]
         s.drop_stage("rj_keys")
 
 
@@ -226,12 +312,17 @@ def test_transactions_roll_back_on_error_and_commit_otherwise(store):
     with store.connect() as s:
         # DDL outside a transaction is committed at once (visible from another session)
         s.execute("CREATE SCHEMA IF NOT EXISTS s")
-        s.execute("CREATE TABLE IF NOT EXISTS s.t (id BIGINT PRIMARY KEY, v VARCHAR CHECK (v NOT LIKE '%forbidden%'))")
+        s.execute(
+            "CREATE TABLE IF NOT EXISTS s.t (id BIGINT PRIMARY KEY, v VARCHAR CHECK (v NOT LIKE '%forbidden%'))"
+        )
         s.execute(sa.insert(t).values(id=1, v="kept"))  # outside a transaction: committed
         with pytest.raises(RuntimeError), s.transaction():
             s.execute(sa.insert(t).values(id=2, v="gone"))
             raise RuntimeError("boom")
-        with pytest.raises(sa.exc.IntegrityError if store.kind == "postgresql" else Exception), s.transaction():
+        with (
+            pytest.raises(sa.exc.IntegrityError if store.kind == "postgresql" else Exception),
+            s.transaction(),
+        ):
             s.execute(sa.insert(t).values(id=3, v="gone"))
             s.execute(sa.insert(t).values(id=1, v="duplicate key"))
         # the session is usable after both failures, and a failed statement outside a
@@ -276,14 +367,30 @@ def test_read_only_session_refuses_writes(store):
 
 def test_execute_returns_row_counts_and_arrow_reads_in_chunks(store):
     n = 25_000  # more than one chunk of the PostgreSQL server-side cursor
-    t = sa.table("big", sa.column("id", sa.BigInteger()), sa.column("v", sa.String()),
-                 sa.column("d", sa.Date()), schema="s")
+    t = sa.table(
+        "big",
+        sa.column("id", sa.BigInteger()),
+        sa.column("v", sa.String()),
+        sa.column("d", sa.Date()),
+        schema="s",
+    )
     with store.connect() as s:
         s.execute("CREATE SCHEMA s")
         s.execute("CREATE TABLE s.big (id BIGINT PRIMARY KEY, v VARCHAR, d DATE)")
-        assert load(s, "s.big", pa.table({"id": pa.array(range(n), pa.int64()),
-                                          "v": [None if i % 10 == 0 else f"v{i}" for i in range(n)],
-                                          "d": pa.array([None] * n, pa.date32())})) == n
+        assert (
+            load(
+                s,
+                "s.big",
+                pa.table(
+                    {
+                        "id": pa.array(range(n), pa.int64()),
+                        "v": [None if i % 10 == 0 else f"v{i}" for i in range(n)],
+                        "d": pa.array([None] * n, pa.date32()),
+                    }
+                ),
+            )
+            == n
+        )
         with s.transaction():
             assert s.execute(sa.delete(t).where(t.c.id >= n - 100)) == 100
             assert s.execute(sa.update(t).where(t.c.id < 10).values(v="x")) == 10
@@ -356,25 +463,44 @@ def smoke_policies(tmp_path):
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "shop.yaml").write_text(textwrap.dedent(SHOP))
     (tmp_path / "policies" / "bookkeeping.yaml").write_text(textwrap.dedent(BOOKKEEPING))
-    return load_policies([str(tmp_path / "policies" / "shop.yaml"), str(tmp_path / "policies" / "bookkeeping.yaml")])
+    return load_policies(
+        [str(tmp_path / "policies" / "shop.yaml"), str(tmp_path / "policies" / "bookkeeping.yaml")]
+    )
 
 
 def plan_counts(report) -> dict:
-    return {r.plan.rule_id: (r.plan.expired, r.plan.held, r.plan.retained, r.plan.superseded, r.plan.already_done,
-                             r.plan.to_act, tuple((c.table, c.action, c.rows) for c in r.plan.cascades))
-            for r in report.rules}
+    return {
+        r.plan.rule_id: (
+            r.plan.expired,
+            r.plan.held,
+            r.plan.retained,
+            r.plan.superseded,
+            r.plan.already_done,
+            r.plan.to_act,
+            tuple((c.table, c.action, c.rows) for c in r.plan.cascades),
+        )
+        for r in report.rules
+    }
 
 
 def end_state(store: Store) -> dict:
     with store.connect(read_only=True) as s:
         return {
-            "customers": s.fetchall(sa.text(
-                "SELECT id, email, name, phone, born, ended_at, last_seen FROM s.customers ORDER BY id")),
-            "orders": s.fetchall(sa.text("SELECT order_id, customer_id, placed_at FROM s.orders ORDER BY order_id")),
+            "customers": s.fetchall(
+                sa.text(
+                    "SELECT id, email, name, phone, born, ended_at, last_seen FROM s.customers ORDER BY id"
+                )
+            ),
+            "orders": s.fetchall(
+                sa.text("SELECT order_id, customer_id, placed_at FROM s.orders ORDER BY order_id")
+            ),
             # the purge step differs by design (DuckDB compacts the file, PostgreSQL vacuums)
-            "audit": s.fetchall(sa.text(
-                "SELECT purpose, rule, table_name, action, batch, expired, held, retained, deleted, anonymised "
-                "FROM retention_control.audit WHERE action NOT LIKE 'purge-%' ORDER BY seq")),
+            "audit": s.fetchall(
+                sa.text(
+                    "SELECT purpose, rule, table_name, action, batch, expired, held, retained, deleted, anonymised "
+                    "FROM retention_control.audit WHERE action NOT LIKE 'purge-%' ORDER BY seq"
+                )
+            ),
             "markers": markers(s),
         }
 
@@ -393,21 +519,37 @@ def run_smoke(store: Store, policies) -> dict:
     with store.connect() as s:
         build_smoke(s)
         control.ensure_control_schema(store, s)
-        control.add_hold(s, scope="subject", subject="customer:3", case_ref="LIT-1", reason="litigation",
-                         placed_by="test")
+        control.add_hold(
+            s,
+            scope="subject",
+            subject="customer:3",
+            case_ref="LIT-1",
+            reason="litigation",
+            placed_by="test",
+        )
     timings["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     dry = run_policies(store, policies, AS_OF, KEY, RunOptions(dry_run=True))
     timings["dry_run"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    first = run_policies(store, policies, AS_OF, KEY, RunOptions(max_delete_fraction=None, batch_size=100))
+    first = run_policies(
+        store, policies, AS_OF, KEY, RunOptions(max_delete_fraction=None, batch_size=100)
+    )
     timings["run"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     second = run_policies(store, policies, AS_OF, KEY, RunOptions(max_delete_fraction=None))
     timings["second_run"] = time.perf_counter() - t0
-    checks = run_checks(store, policies, AS_OF, KEY, run_id=first.run_id, held_before=first.held_fingerprints)
-    return {"dry": dry, "first": first, "second": second, "checks": checks, "state": end_state(store),
-            "timings": timings}
+    checks = run_checks(
+        store, policies, AS_OF, KEY, run_id=first.run_id, held_before=first.held_fingerprints
+    )
+    return {
+        "dry": dry,
+        "first": first,
+        "second": second,
+        "checks": checks,
+        "state": end_state(store),
+        "timings": timings,
+    }
 
 
 def test_smoke_scenario(store, smoke_policies):
@@ -424,13 +566,24 @@ def test_smoke_scenario(store, smoke_policies):
     # the second run changes nothing
     assert not second.changed
     assert {r.plan.rule_id: (r.plan.to_act, r.plan.already_done) for r in second.rules} == {
-        "shop/ended": (0, 0), "shop/inactive": (0, 630), "bookkeeping/orders-5y": (0, 0)}
+        "shop/ended": (0, 0),
+        "shop/inactive": (0, 630),
+        "bookkeeping/orders-5y": (0, 0),
+    }
     failed = {c.name: c.summary for c in out["checks"] if not c.passed}
     assert set(failed) <= {"erasure_verified"}, failed  # see test_purge_vacuum_full_...
     state = out["state"]
     assert len(state["customers"]) == 631 and len(state["orders"]) == 1893
     by_id = {r[0]: r for r in state["customers"]}
-    assert by_id[3] == (3, "u3@x.no", "Name 3", "123453", date(1980, 1, 4), date(2015, 1, 4), datetime(2019, 1, 4))
+    assert by_id[3] == (
+        3,
+        "u3@x.no",
+        "Name 3",
+        "123453",
+        date(1980, 1, 4),
+        date(2015, 1, 4),
+        datetime(2019, 1, 4),
+    )
     assert by_id[1][1] == "43b7396ca9d1e0d4b3c433cece926956" and by_id[1][3] == "****51"
     assert by_id[1][4] == date(1980, 1, 1)
     assert 6 not in by_id  # ended in 2015: deleted
@@ -444,12 +597,18 @@ def test_smoke_scenario_same_end_state_on_both_stores(tmp_path, pg_url, smoke_po
     pg = run_smoke(SqlStore(pg_url), smoke_policies)
     for k in ("dry", "first", "second"):
         assert plan_counts(duck[k]) == plan_counts(pg[k])
-        assert [(r.deleted, r.anonymised, r.batches, r.cascades) for r in duck[k].rules] == \
-               [(r.deleted, r.anonymised, r.batches, r.cascades) for r in pg[k].rules]
+        assert [(r.deleted, r.anonymised, r.batches, r.cascades) for r in duck[k].rules] == [
+            (r.deleted, r.anonymised, r.batches, r.cascades) for r in pg[k].rules
+        ]
     assert duck["first"].held_fingerprints == pg["first"].held_fingerprints  # Arrow reads agree too
     assert duck["state"] == pg["state"]  # same rows, same hashes, same fakes, same ledger
-    print("\ntimings (s):", {k: {n: round(v, 3) for n, v in x["timings"].items()} for k, x in
-                             (("duckdb", duck), ("postgresql", pg))})
+    print(
+        "\ntimings (s):",
+        {
+            k: {n: round(v, 3) for n, v in x["timings"].items()}
+            for k, x in (("duckdb", duck), ("postgresql", pg))
+        },
+    )
 
 
 # --- PostgreSQL only: URLs, passwords, vacuum ------------------------------------------------
@@ -495,12 +654,16 @@ def test_session_settings_and_vacuum(pg_url):
     with store.connect() as s:
         s.execute("CREATE SCHEMA s")
         s.execute("CREATE TABLE s.t (id BIGINT PRIMARY KEY, payload TEXT)")
-        s.execute("INSERT INTO s.t SELECT i, repeat('x', 200) FROM generate_series(1, 5000) AS g(i)")
+        s.execute(
+            "INSERT INTO s.t SELECT i, repeat('x', 200) FROM generate_series(1, 5000) AS g(i)"
+        )
         s.execute(sa.delete(t).where(t.c.id > 100))
         store.vacuum(s, ["s.t"], full=False)
         before = s.scalar(sa.text("SELECT pg_relation_filenode('s.t')"))
         store.vacuum(s, ["s.t"], full=True)
-        assert s.scalar(sa.text("SELECT pg_relation_filenode('s.t')")) != before  # rewritten into a new file
+        assert (
+            s.scalar(sa.text("SELECT pg_relation_filenode('s.t')")) != before
+        )  # rewritten into a new file
         assert s.scalar(sa.select(sa.func.count()).select_from(t)) == 100
         s.begin()
         with pytest.raises(RuntimeError):
@@ -522,8 +685,10 @@ def test_purge_vacuum_full_removes_deleted_values_from_the_table_files(pg_url):
     with store.connect() as s:
         s.execute("CREATE SCHEMA s")
         s.execute("CREATE TABLE s.people (id BIGINT PRIMARY KEY, email TEXT UNIQUE, note TEXT)")
-        s.execute("INSERT INTO s.people SELECT i, 'secret-mail-' || i || '@x.no', repeat('n', 300) "
-                  "FROM generate_series(1, 2000) AS g(i)")
+        s.execute(
+            "INSERT INTO s.people SELECT i, 'secret-mail-' || i || '@x.no', repeat('n', 300) "
+            "FROM generate_series(1, 2000) AS g(i)"
+        )
         s.execute("UPDATE s.people SET email = 'anon-' || id WHERE id <= 1000")
         s.execute("DELETE FROM s.people WHERE id > 1500")
 
@@ -561,8 +726,11 @@ def test_a_role_without_ownership_or_file_access_is_told_so(pg_url):
         s.execute(f"GRANT USAGE ON SCHEMA s TO {role}")
         s.execute(f"GRANT SELECT, DELETE ON s.t TO {role}")
     try:
-        plain = SqlStore(sa.engine.make_url(pg_url).set(username=role, password=None)
-                         .render_as_string(hide_password=False))
+        plain = SqlStore(
+            sa.engine.make_url(pg_url)
+            .set(username=role, password=None)
+            .render_as_string(hide_password=False)
+        )
         result = plain.purge(["s.t"], full=True)
         assert result["tables"] == 0 and result["skipped_not_owner"] == ["s.t"]
         with plain.connect(read_only=True) as s, pytest.raises(ConfigError):
@@ -579,18 +747,26 @@ def test_arrow_types_from_postgresql_columns(pg_url):
     store = SqlStore(pg_url)
     with store.connect() as s:
         s.execute("CREATE SCHEMA s")
-        s.execute("CREATE TABLE s.t (i4 INTEGER, i2 SMALLINT, r REAL, n NUMERIC, n2 NUMERIC(8, 3), c CHAR(6), "
-                  "u UUID, j JSONB, iv INTERVAL, b BYTEA, tz TIMESTAMPTZ, empty DATE)")
-        s.execute("INSERT INTO s.t VALUES (1, 2, 1.5, 12345678901234567890.5, 1.25, 'ab', "
-                  "'00000000-0000-0000-0000-000000000001', '{\"b\": 1, \"a\": [1, 2]}', '1 day 2 hours', "
-                  "'\\x00ff', '2020-01-01 12:00+02', NULL), (NULL, NULL, NULL, 0.001, NULL, NULL, NULL, NULL, "
-                  "NULL, NULL, NULL, NULL)")
+        s.execute(
+            "CREATE TABLE s.t (i4 INTEGER, i2 SMALLINT, r REAL, n NUMERIC, n2 NUMERIC(8, 3), c CHAR(6), "
+            "u UUID, j JSONB, iv INTERVAL, b BYTEA, tz TIMESTAMPTZ, empty DATE)"
+        )
+        s.execute(
+            "INSERT INTO s.t VALUES (1, 2, 1.5, 12345678901234567890.5, 1.25, 'ab', "
+            "'00000000-0000-0000-0000-000000000001', '{\"b\": 1, \"a\": [1, 2]}', '1 day 2 hours', "
+            "'\\x00ff', '2020-01-01 12:00+02', NULL), (NULL, NULL, NULL, 0.001, NULL, NULL, NULL, NULL, "
+            "NULL, NULL, NULL, NULL)"
+        )
         data = s.arrow(sa.text("SELECT * FROM s.t ORDER BY i4 NULLS LAST").columns())
     types = dict(zip(data.column_names, data.schema.types, strict=True))
     assert types["i4"] == pa.int32() and types["i2"] == pa.int16() and types["r"] == pa.float32()
     assert pa.types.is_decimal(types["n"]) and types["n2"] == pa.decimal128(8, 3)
     assert types["c"] == pa.string() and types["u"] == pa.string() and types["j"] == pa.string()
-    assert types["iv"] == pa.duration("us") and types["b"] == pa.binary() and types["empty"] == pa.date32()
+    assert (
+        types["iv"] == pa.duration("us")
+        and types["b"] == pa.binary()
+        and types["empty"] == pa.date32()
+    )
     assert types["tz"] == pa.timestamp("us", tz="UTC")
     first = data.to_pylist()[0]
     assert first["c"] == "ab"  # CHAR(n) padding is not part of the value
@@ -624,12 +800,22 @@ def test_anonymise_columns_of_other_types_and_char(store, tmp_path):
     (tmp_path / "x.yaml").write_text(textwrap.dedent(OTHER_TYPES))
     with store.connect() as s:
         s.execute("CREATE SCHEMA s")
-        s.execute("CREATE TABLE s.people (id BIGINT PRIMARY KEY, token UUID, note VARCHAR, nick CHAR(8), seen DATE)")
+        s.execute(
+            "CREATE TABLE s.people (id BIGINT PRIMARY KEY, token UUID, note VARCHAR, nick CHAR(8), seen DATE)"
+        )
         # literals: both stores read a quoted UUID into the column's type
-        s.execute("INSERT INTO s.people VALUES (1, '00000000-0000-0000-0000-00000000000a', 'a note', 'n1', "
-                  "DATE '2020-01-01'), (2, NULL, 'another', 'n2', DATE '2020-01-01')")
+        s.execute(
+            "INSERT INTO s.people VALUES (1, '00000000-0000-0000-0000-00000000000a', 'a note', 'n1', "
+            "DATE '2020-01-01'), (2, NULL, 'another', 'n2', DATE '2020-01-01')"
+        )
         control.ensure_control_schema(store, s)
-    run_policies(store, load_policies([str(tmp_path / "x.yaml")]), AS_OF, KEY, RunOptions(max_delete_fraction=None))
+    run_policies(
+        store,
+        load_policies([str(tmp_path / "x.yaml")]),
+        AS_OF,
+        KEY,
+        RunOptions(max_delete_fraction=None),
+    )
     with store.connect(read_only=True) as s:
         got = s.fetchall(sa.text("SELECT id, token, note, rtrim(nick) FROM s.people ORDER BY id"))
     assert [r[1] for r in got] == [None, None]
@@ -645,14 +831,15 @@ def test_duckdb_memory_limit_and_threads_come_from_the_environment(tmp_path, mon
     monkeypatch.setenv("RETENTION_DUCKDB_MEMORY_LIMIT", "300MB")
     monkeypatch.setenv("RETENTION_DUCKDB_THREADS", "1")
     with DuckDBStore(path).connect() as s:
-        limit, threads = s.fetchall(sa.text("SELECT current_setting('memory_limit'), current_setting('threads')"))[0]
+        limit, threads = s.fetchall(
+            sa.text("SELECT current_setting('memory_limit'), current_setting('threads')")
+        )[0]
     # DuckDB reports the limit in MiB: 300 MB = 286.1 MiB
     assert limit == "286.1 MiB"
     assert int(threads) == 1
     # explicit settings win over the environment
     with DuckDBStore(path, settings={"memory_limit": "200MB"}).connect() as s:
         assert s.scalar(sa.text("SELECT current_setting('memory_limit')")) == "190.7 MiB"
-
 
 
 def test_duckdb_checkpoints_every_256mb_of_wal_unless_told_otherwise(tmp_path, monkeypatch):
@@ -672,7 +859,9 @@ def test_duckdb_bad_setting_from_the_environment_is_a_config_error(tmp_path, mon
         s.execute("CREATE TABLE t (x INTEGER)")
     before = path.read_bytes()
     monkeypatch.setenv("RETENTION_DUCKDB_MEMORY_LIMIT", "lots")
-    with pytest.raises(ConfigError, match="memory_limit = 'lots'.*RETENTION_DUCKDB_MEMORY_LIMIT.*such as 2GB"):
+    with pytest.raises(
+        ConfigError, match="memory_limit = 'lots'.*RETENTION_DUCKDB_MEMORY_LIMIT.*such as 2GB"
+    ):
         DuckDBStore(path).session()
     assert path.read_bytes() == before
     # the failed session released its lock: a good setting opens the file again
@@ -699,20 +888,31 @@ def test_an_erased_value_ledger_with_text_hashes_is_converted_to_the_integer_for
     text = store.ddl_types()["text"]
     with store.connect() as s:
         s.execute(f"CREATE SCHEMA {control.C}")
-        s.execute(f"CREATE TABLE {control.C}.erased_values (run_id {text}, table_name {text}, column_name "
-                  f"{text}, anchor_hash {text}, value_hash {text}, value_length BIGINT, erased_at TIMESTAMP)")
+        s.execute(
+            f"CREATE TABLE {control.C}.erased_values (run_id {text}, table_name {text}, column_name "
+            f"{text}, anchor_hash {text}, value_hash {text}, value_length BIGINT, erased_at TIMESTAMP)"
+        )
         for i, h in enumerate(hexes):
-            s.execute(sa.text(f"INSERT INTO {control.C}.erased_values VALUES ('old-run', 't.c', 'c', :a, :v, :n, "
-                              "TIMESTAMP '2026-01-01 00:00:00')").bindparams(a=h[::-1], v=h, n=i))
+            s.execute(
+                sa.text(
+                    f"INSERT INTO {control.C}.erased_values VALUES ('old-run', 't.c', 'c', :a, :v, :n, "
+                    "TIMESTAMP '2026-01-01 00:00:00')"
+                ).bindparams(a=h[::-1], v=h, n=i)
+            )
         control.ensure_control_schema(store, s)
         control.ensure_control_schema(store, s)  # a second upgrade changes nothing
-        got = dict(s.fetchall(sa.text(f"SELECT value_length, value_hash FROM {control.C}.erased_values")))
-        anchors = dict(s.fetchall(sa.text(f"SELECT value_length, anchor_hash FROM {control.C}.erased_values")))
+        got = dict(
+            s.fetchall(sa.text(f"SELECT value_length, value_hash FROM {control.C}.erased_values"))
+        )
+        anchors = dict(
+            s.fetchall(sa.text(f"SELECT value_length, anchor_hash FROM {control.C}.erased_values"))
+        )
     # an independent reference: Python's own two's complement of the first 8 bytes
     expected = [int.from_bytes(bytes.fromhex(h[:16]), "big", signed=True) for h in hexes]
     assert [got[i] for i in range(len(hexes))] == expected
-    assert [anchors[i] for i in range(len(hexes))] == [int.from_bytes(bytes.fromhex(h[::-1][:16]), "big", signed=True)
-                                                      for h in hexes]
+    assert [anchors[i] for i in range(len(hexes))] == [
+        int.from_bytes(bytes.fromhex(h[::-1][:16]), "big", signed=True) for h in hexes
+    ]
     assert expected[4] == -1
     assert expected[5] == 2**63 - 1
     # the bytes-side hash of the verifier and the column-side form of the runs agree with it

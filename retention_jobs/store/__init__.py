@@ -29,10 +29,14 @@ def open_store(value: str | None = None) -> Store:
         try:
             from retention_jobs.store.sql_store import SqlStore
         except ImportError:
-            raise ConfigError(f"SQL stores are not available in this build: {mask_url(location)}") from None
+            raise ConfigError(
+                f"SQL stores are not available in this build: {mask_url(location)}"
+            ) from None
         return SqlStore(location)
     if location.endswith((".yaml", ".yml")):
-        raise ConfigError(f"--store {location!r} looks like a policy file; pass a DuckDB path or a database URL")
+        raise ConfigError(
+            f"--store {location!r} looks like a policy file; pass a DuckDB path or a database URL"
+        )
     from retention_jobs.store.duckdb_store import DuckDBStore
 
     return DuckDBStore(Path(location))

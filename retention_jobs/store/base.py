@@ -66,8 +66,14 @@ class Catalog:
 
 
 _SA_TYPES = {
-    "integer": sa.BigInteger, "float": sa.Float, "decimal": sa.Numeric, "string": sa.String,
-    "date": sa.Date, "timestamp": sa.DateTime, "boolean": sa.Boolean, "binary": sa.LargeBinary,
+    "integer": sa.BigInteger,
+    "float": sa.Float,
+    "decimal": sa.Numeric,
+    "string": sa.String,
+    "date": sa.Date,
+    "timestamp": sa.DateTime,
+    "boolean": sa.Boolean,
+    "binary": sa.LargeBinary,
 }
 
 
@@ -79,8 +85,11 @@ def sa_type(info: ColumnInfo) -> sa.types.TypeEngine:
 
 def sa_table(info: TableInfo, alias: str | None = None) -> sa.TableClause:
     """A typed lightweight table for building statements (types make bound values cast right)."""
-    t = sa.table(info.short, *(sa.column(c.name, sa_type(c)) for c in info.columns.values()),
-                 schema=info.schema)
+    t = sa.table(
+        info.short,
+        *(sa.column(c.name, sa_type(c)) for c in info.columns.values()),
+        schema=info.schema,
+    )
     return t.alias(alias) if alias else t
 
 
@@ -99,8 +108,7 @@ class Session(ABC):
         """Run a statement; return the affected row count where the store knows it."""
 
     @abstractmethod
-    def fetchall(self, stmt: sa.Executable) -> list[tuple]:
-        ...
+    def fetchall(self, stmt: sa.Executable) -> list[tuple]: ...
 
     def scalar(self, stmt: sa.Executable) -> Any:
         rows = self.fetchall(stmt)
@@ -119,8 +127,7 @@ class Session(ABC):
         """Create (or replace) a temporary table from a query that runs inside the store."""
 
     @abstractmethod
-    def drop_stage(self, name: str) -> None:
-        ...
+    def drop_stage(self, name: str) -> None: ...
 
     @abstractmethod
     def append(self, target: sa.TableClause, data: pa.Table) -> int:
@@ -165,8 +172,7 @@ class Store(ABC):
         """Where the store is, with any password masked: safe to print."""
 
     @abstractmethod
-    def session(self, read_only: bool = False) -> Session:
-        ...
+    def session(self, read_only: bool = False) -> Session: ...
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[Session]:
@@ -184,7 +190,9 @@ class Store(ABC):
         """The stored bytes behind `tables` (files, pages), for erasure verification."""
         from retention_jobs.errors import ConfigError
 
-        raise ConfigError(f"{self.kind} stores cannot show their raw bytes: erasure cannot be verified there")
+        raise ConfigError(
+            f"{self.kind} stores cannot show their raw bytes: erasure cannot be verified there"
+        )
 
     def purge(self, tables: list[str], full: bool = False) -> dict[str, Any]:
         """Make deleted bytes unrecoverable where the store can; returns what it cost."""

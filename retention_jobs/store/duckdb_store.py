@@ -41,8 +41,20 @@ def compile_for_duckdb(stmt: sa.Executable) -> tuple[str, list[Any]]:
 
 def normalise_type(raw: str) -> str:
     t = raw.upper()
-    if t.startswith(("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-                     "UINTEGER", "UBIGINT", "INT")):
+    if t.startswith(
+        (
+            "TINYINT",
+            "SMALLINT",
+            "INTEGER",
+            "BIGINT",
+            "HUGEINT",
+            "UTINYINT",
+            "USMALLINT",
+            "UINTEGER",
+            "UBIGINT",
+            "INT",
+        )
+    ):
         return "integer"
     if t.startswith(("DOUBLE", "FLOAT", "REAL")):
         return "float"
@@ -102,7 +114,9 @@ class DuckDBSession(Session):
     def stage(self, name: str, data: pa.Table) -> sa.TableClause:
         self.con.register("_staging_input", data)
         try:
-            self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{safe_ident(name)}" AS SELECT * FROM _staging_input')
+            self.con.execute(
+                f'CREATE OR REPLACE TEMP TABLE "{safe_ident(name)}" AS SELECT * FROM _staging_input'
+            )
         finally:
             self.con.unregister("_staging_input")
         return sa.table(name, *(sa.column(c) for c in data.column_names))
@@ -118,7 +132,11 @@ class DuckDBSession(Session):
     def append(self, target: sa.TableClause, data: pa.Table) -> int:
         """Insert straight from the Arrow table (a replacement scan): no temporary copy."""
         cols = ", ".join(_quote(c) for c in data.column_names)
-        name = f"{_quote(target.schema)}.{_quote(target.name)}" if target.schema else _quote(target.name)
+        name = (
+            f"{_quote(target.schema)}.{_quote(target.name)}"
+            if target.schema
+            else _quote(target.name)
+        )
         self.con.register("_append_input", data)
         try:
             self.con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _append_input")
@@ -142,13 +160,14 @@ class DuckDBSession(Session):
             self._lock.close()  # releases the shared lock
 
 
-
-
 # DuckDB settings an operator sets from the environment (docs/operations.md, docs/scaling.md).
 # DuckDB keeps the blocks it read up to `memory_limit` (80 % of RAM by default), so without
 # one a run's RSS follows the table's size, not the batch size.
-SETTING_ENV = {"memory_limit": "RETENTION_DUCKDB_MEMORY_LIMIT", "threads": "RETENTION_DUCKDB_THREADS",
-               "checkpoint_threshold": "RETENTION_DUCKDB_CHECKPOINT_THRESHOLD"}
+SETTING_ENV = {
+    "memory_limit": "RETENTION_DUCKDB_MEMORY_LIMIT",
+    "threads": "RETENTION_DUCKDB_THREADS",
+    "checkpoint_threshold": "RETENTION_DUCKDB_CHECKPOINT_THRESHOLD",
+}
 
 # DuckDB checkpoints when its WAL passes 16 MB; a run commits every batch (its rows, markers
 # and erased-value fingerprints), so at the default each batch of a large anonymisation ended
@@ -164,7 +183,13 @@ class DuckDBStore(Store):
     def __init__(self, path: str | Path, settings: dict[str, str] | None = None):
         self.path = Path(path)
         self.settings = dict(DEFAULT_SETTINGS)
-        self.settings.update({name: os.environ[env] for name, env in SETTING_ENV.items() if os.environ.get(env, "").strip()})
+        self.settings.update(
+            {
+                name: os.environ[env]
+                for name, env in SETTING_ENV.items()
+                if os.environ.get(env, "").strip()
+            }
+        )
         self.settings.update(settings or {})
         """DuckDB settings for every session: the defaults above, then `memory_limit`, `threads`
         and `checkpoint_threshold` from the environment, then the caller's, e.g.
@@ -187,7 +212,9 @@ class DuckDBStore(Store):
         # (billing.duckdb holding schema billing) would make `billing.customers` ambiguous.
         con = duckdb.connect(":memory:")
         try:
-            con.execute(f"ATTACH ? AS {CATALOG} {'(READ_ONLY)' if read_only else ''}", [str(self.path)])
+            con.execute(
+                f"ATTACH ? AS {CATALOG} {'(READ_ONLY)' if read_only else ''}", [str(self.path)]
+            )
             con.execute(f"USE {CATALOG}")
             self._apply_settings(con)
         except duckdb.IOException as e:
@@ -200,20 +227,36 @@ class DuckDBStore(Store):
             raise
         return DuckDBSession(con, lock)
 
-    def _apply_settings(self, con: duckdb.DuckDBPyConnection, only: tuple[str, ...] | None = None) -> None:
+    def _apply_settings(
+        self, con: duckdb.DuckDBPyConnection, only: tuple[str, ...] | None = None
+    ) -> None:
         for name, value in self.settings.items():
             if only is not None and name not in only:
                 continue
             try:
                 con.execute(f"SET {safe_ident(name)} = ?", [value])
-            except (duckdb.InvalidInputException, duckdb.ParserException, duckdb.CatalogException,
-                    duckdb.ConversionException, duckdb.OutOfRangeException) as e:
+            except (
+                duckdb.InvalidInputException,
+                duckdb.ParserException,
+                duckdb.CatalogException,
+                duckdb.ConversionException,
+                duckdb.OutOfRangeException,
+            ) as e:
                 source = SETTING_ENV.get(name)
-                where = f"environment variable {source}" if source and os.environ.get(source) == value else "store settings"
+                where = (
+                    f"environment variable {source}"
+                    if source and os.environ.get(source) == value
+                    else "store settings"
+                )
                 raise ConfigError(
                     f"DuckDB refused the setting {name} = {value!r} (from the {where}): {str(e).splitlines()[0]}; "
-                    + ("use a size such as 2GB or 512MB" if name in ("memory_limit", "checkpoint_threshold") else
-                       "use a whole number of threads" if name == "threads" else "fix or remove the setting")
+                    + (
+                        "use a size such as 2GB or 512MB"
+                        if name in ("memory_limit", "checkpoint_threshold")
+                        else "use a whole number of threads"
+                        if name == "threads"
+                        else "fix or remove the setting"
+                    )
                 ) from e
 
     def _lock(self, mode: int):
@@ -246,10 +289,14 @@ class DuckDBStore(Store):
             con.close()
             wal = Path(str(self.path) + ".wal")
             if wal.exists() and wal.stat().st_size:
-                raise StoreUnavailable(f"{self.path}.wal is not empty after a checkpoint; another writer?")
+                raise StoreUnavailable(
+                    f"{self.path}.wal is not empty after a checkpoint; another writer?"
+                )
             con = duckdb.connect(":memory:")
             try:
-                self._apply_settings(con, only=tuple(SETTING_ENV))  # the copy stays within the same memory
+                self._apply_settings(
+                    con, only=tuple(SETTING_ENV)
+                )  # the copy stays within the same memory
                 con.execute("ATTACH ? AS rj_src (READ_ONLY)", [str(self.path)])
                 con.execute("ATTACH ? AS rj_dst", [str(tmp)])
                 con.execute("COPY FROM DATABASE rj_src TO rj_dst")
@@ -272,11 +319,22 @@ class DuckDBStore(Store):
                 os.close(dfd)
         finally:
             lock.close()
-        return {"method": "compact", "bytes_before": before, "bytes_after": self.path.stat().st_size,
-                "seconds": round(time.perf_counter() - t0, 3)}
+        return {
+            "method": "compact",
+            "bytes_before": before,
+            "bytes_after": self.path.stat().st_size,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
 
     def ddl_types(self) -> dict[str, str]:
-        return {"text": "VARCHAR", "int": "BIGINT", "ts": "TIMESTAMP", "bool": "BOOLEAN", "date": "DATE", "float": "DOUBLE"}
+        return {
+            "text": "VARCHAR",
+            "int": "BIGINT",
+            "ts": "TIMESTAMP",
+            "bool": "BOOLEAN",
+            "date": "DATE",
+            "float": "DOUBLE",
+        }
 
     def catalog(self, session: Session) -> Catalog:
         con = session.con  # type: ignore[attr-defined]
@@ -290,9 +348,12 @@ class DuckDBStore(Store):
             "constraint_text, referenced_table, referenced_column_names FROM duckdb_constraints() "
             "WHERE database_name = current_database()"
         ).fetchall()
-        views = {(s, t) for s, t in con.execute(
-            "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = current_database()"
-        ).fetchall()}
+        views = {
+            (s, t)
+            for s, t in con.execute(
+                "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = current_database()"
+            ).fetchall()
+        }
         unique: set[tuple[str, str, str]] = set()
         pks: dict[str, tuple[str, ...]] = {}
         fks: dict[str, list[ForeignKey]] = {}
@@ -314,8 +375,12 @@ class DuckDBStore(Store):
             if schema in SYSTEM_SCHEMAS or (schema, table) in views:
                 continue
             by_table.setdefault(f"{schema}.{table}", {})[column] = ColumnInfo(
-                name=column, type=normalise_type(dtype), raw_type=dtype, nullable=bool(nullable),
-                max_length=maxlen, unique=(schema, table, column) in unique,
+                name=column,
+                type=normalise_type(dtype),
+                raw_type=dtype,
+                nullable=bool(nullable),
+                max_length=maxlen,
+                unique=(schema, table, column) in unique,
             )
         for name, columns in by_table.items():
             tables[name] = TableInfo(name, columns, pks.get(name, ()), tuple(fks.get(name, [])))

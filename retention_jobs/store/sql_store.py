@@ -68,8 +68,9 @@ def masked(url: str) -> str:
         return re.sub(r"://[^/]*@", "://***@", text)
     pw = parsed.password
     if pw and (str(pw) in text.split("://", 1)[-1].split("/", 1)[0]):
-        return parsed.set(query={k: ("***" if k.lower() == "password" else v)
-                                 for k, v in parsed.query.items()}).render_as_string(hide_password=True)
+        return parsed.set(
+            query={k: ("***" if k.lower() == "password" else v) for k, v in parsed.query.items()}
+        ).render_as_string(hide_password=True)
     return text
 
 
@@ -133,10 +134,19 @@ def pg_type_for_arrow(t: pa.DataType) -> str:
         return "DOUBLE PRECISION"
     if pa.types.is_decimal(t):
         return f"NUMERIC({t.precision}, {t.scale})"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_null(t):
+    if (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_null(t)
+    ):
         return "TEXT"
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t) \
-            or pa.types.is_fixed_size_binary(t):
+    if (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_binary_view(t)
+        or pa.types.is_fixed_size_binary(t)
+    ):
         return "BYTEA"
     if pa.types.is_date(t):
         return "DATE"
@@ -152,9 +162,15 @@ def sa_type_for_arrow(t: pa.DataType) -> sa.types.TypeEngine:
     if pg in ("SMALLINT", "INTEGER", "BIGINT"):
         return sa.BigInteger()
     return {
-        "BOOLEAN": sa.Boolean(), "REAL": sa.Float(), "DOUBLE PRECISION": sa.Float(), "TEXT": sa.String(),
-        "BYTEA": sa.LargeBinary(), "DATE": sa.Date(), "TIME": sa.Time(),
-        "TIMESTAMP WITH TIME ZONE": sa.DateTime(timezone=True), "TIMESTAMP WITHOUT TIME ZONE": sa.DateTime(),
+        "BOOLEAN": sa.Boolean(),
+        "REAL": sa.Float(),
+        "DOUBLE PRECISION": sa.Float(),
+        "TEXT": sa.String(),
+        "BYTEA": sa.LargeBinary(),
+        "DATE": sa.Date(),
+        "TIME": sa.Time(),
+        "TIMESTAMP WITH TIME ZONE": sa.DateTime(timezone=True),
+        "TIMESTAMP WITHOUT TIME ZONE": sa.DateTime(),
     }.get(pg, sa.Numeric())
 
 
@@ -167,9 +183,15 @@ def _csv_ready(table: pa.Table) -> pa.Table:
             col, t = col.cast(t.value_type), t.value_type
         if pa.types.is_string_view(t):
             col = col.cast(pa.large_string())
-        elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t) \
-                or pa.types.is_fixed_size_binary(t):
-            col = pa.array([None if v is None else "\\x" + v.hex() for v in col.to_pylist()], pa.large_string())
+        elif (
+            pa.types.is_binary(t)
+            or pa.types.is_large_binary(t)
+            or pa.types.is_binary_view(t)
+            or pa.types.is_fixed_size_binary(t)
+        ):
+            col = pa.array(
+                [None if v is None else "\\x" + v.hex() for v in col.to_pylist()], pa.large_string()
+            )
         elif pa.types.is_uint64(t):
             col = col.cast(pa.decimal128(20, 0))
         cols.append(col)
@@ -180,10 +202,24 @@ def _csv_ready(table: pa.Table) -> pa.Table:
 # Arrow types of the columns of a result, from the PostgreSQL type OIDs in the cursor
 # description (so an all-NULL column still gets its real type). Others are inferred per chunk.
 _ARROW_BY_OID: dict[int, pa.DataType] = {
-    16: pa.bool_(), 17: pa.binary(), 18: pa.string(), 19: pa.string(), 20: pa.int64(), 21: pa.int16(),
-    23: pa.int32(), 25: pa.string(), 26: pa.int64(), 700: pa.float32(), 701: pa.float64(),
-    1042: pa.string(), 1043: pa.string(), 1082: pa.date32(), 1083: pa.time64("us"),
-    1114: pa.timestamp("us"), 1184: pa.timestamp("us", tz="UTC"), 1186: pa.duration("us"),
+    16: pa.bool_(),
+    17: pa.binary(),
+    18: pa.string(),
+    19: pa.string(),
+    20: pa.int64(),
+    21: pa.int16(),
+    23: pa.int32(),
+    25: pa.string(),
+    26: pa.int64(),
+    700: pa.float32(),
+    701: pa.float64(),
+    1042: pa.string(),
+    1043: pa.string(),
+    1082: pa.date32(),
+    1083: pa.time64("us"),
+    1114: pa.timestamp("us"),
+    1184: pa.timestamp("us", tz="UTC"),
+    1186: pa.duration("us"),
 }
 _JSON_OIDS = {114, 3802}
 _UUID_OID = 2950
@@ -200,7 +236,11 @@ def _arrow_type(col: Any) -> pa.DataType | None:
     if oid == _NUMERIC_OID:
         precision, scale = getattr(col, "precision", None), getattr(col, "scale", None)
         if precision:
-            return pa.decimal128(precision, scale or 0) if precision <= 38 else pa.decimal256(precision, scale or 0)
+            return (
+                pa.decimal128(precision, scale or 0)
+                if precision <= 38
+                else pa.decimal256(precision, scale or 0)
+            )
     return None
 
 
@@ -231,10 +271,19 @@ def _unify(chunks: list[pa.Array]) -> pa.ChunkedArray:
     if all(pa.types.is_decimal(t) for t in types):
         scale = max(t.scale for t in types)
         digits = max(t.precision - t.scale for t in types)
-        wide = pa.decimal128(digits + scale, scale) if digits + scale <= 38 else pa.decimal256(min(76, digits + scale), scale)
+        wide = (
+            pa.decimal128(digits + scale, scale)
+            if digits + scale <= 38
+            else pa.decimal256(min(76, digits + scale), scale)
+        )
         return pa.chunked_array([c.cast(wide) for c in chunks], wide)
-    return pa.chunked_array([pa.array([None if v is None else str(v) for v in c.to_pylist()], pa.string())
-                             for c in chunks], pa.string())
+    return pa.chunked_array(
+        [
+            pa.array([None if v is None else str(v) for v in c.to_pylist()], pa.string())
+            for c in chunks
+        ],
+        pa.string(),
+    )
 
 
 # --- session ---------------------------------------------------------------------------------
@@ -271,7 +320,8 @@ class SqlSession(Session):
             self._after_error()
             if isinstance(e, sa.exc.OperationalError) or e.connection_invalidated:
                 raise StoreUnavailable(
-                    f"lost the connection to {self.store.describe()}: {self.store.scrub(_first_line(e))}") from None
+                    f"lost the connection to {self.store.describe()}: {self.store.scrub(_first_line(e))}"
+                ) from None
             raise
         except BaseException:
             self._after_error()
@@ -284,9 +334,13 @@ class SqlSession(Session):
             with contextlib.suppress(Exception):
                 self.conn.rollback()
 
-    def _exec(self, stmt: sa.Executable | str, params: Any = None, **options: Any) -> sa.CursorResult:
+    def _exec(
+        self, stmt: sa.Executable | str, params: Any = None, **options: Any
+    ) -> sa.CursorResult:
         if isinstance(stmt, str):
-            return self.conn.exec_driver_sql(stmt, params if params is not None else {}, options or None)
+            return self.conn.exec_driver_sql(
+                stmt, params if params is not None else {}, options or None
+            )
         return self.conn.execute(stmt, params, execution_options=options or None)
 
     # -- the interface -------------------------------------------------------------------
@@ -324,15 +378,25 @@ class SqlSession(Session):
                     chunks[i].append(_to_arrow(list(values), types[i], oids[i]))
             result.close()
         if not any(chunks):
-            return pa.table({n: pa.array([], t or pa.null()) for n, t in zip(names, types, strict=True)})
-        return pa.table([_unify(c) if c else pa.chunked_array([], types[i] or pa.null())
-                         for i, c in enumerate(chunks)], names=names)
+            return pa.table(
+                {n: pa.array([], t or pa.null()) for n, t in zip(names, types, strict=True)}
+            )
+        return pa.table(
+            [
+                _unify(c) if c else pa.chunked_array([], types[i] or pa.null())
+                for i, c in enumerate(chunks)
+            ],
+            names=names,
+        )
 
     def stage(self, name: str, data: pa.Table) -> sa.TableClause:
         """A temporary table holding `data`, filled with one `COPY ... FROM STDIN` (CSV)."""
         ident = safe_ident(name)
         quote = self.conn.dialect.identifier_preparer.quote
-        cols = ", ".join(f"{quote(c)} {pg_type_for_arrow(t)}" for c, t in zip(data.column_names, data.schema.types, strict=True))
+        cols = ", ".join(
+            f"{quote(c)} {pg_type_for_arrow(t)}"
+            for c, t in zip(data.column_names, data.schema.types, strict=True)
+        )
         col_list = ", ".join(quote(c) for c in data.column_names)
         ready = _csv_ready(data)
         options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
@@ -340,8 +404,13 @@ class SqlSession(Session):
             self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(ident)}")
             self._exec(f"CREATE TEMP TABLE {quote(ident)} ({cols}) ON COMMIT PRESERVE ROWS")
             self._copy(f"pg_temp.{quote(ident)} ({col_list})", ready, options)
-        return sa.table(name, *(sa.column(c, sa_type_for_arrow(t))
-                                 for c, t in zip(data.column_names, data.schema.types, strict=True)))
+        return sa.table(
+            name,
+            *(
+                sa.column(c, sa_type_for_arrow(t))
+                for c, t in zip(data.column_names, data.schema.types, strict=True)
+            ),
+        )
 
     def _copy(self, target: str, ready: pa.Table, options: pacsv.WriteOptions) -> None:
         if not ready.num_rows:
@@ -357,24 +426,33 @@ class SqlSession(Session):
         """Rows of `data` into `target` with one `COPY` straight into the table (no temporary
         copy): the values are parsed as the target's column types, in the open transaction."""
         quote = self.conn.dialect.identifier_preparer.quote
-        name = f"{quote(target.schema)}.{quote(target.name)}" if target.schema else quote(target.name)
+        name = (
+            f"{quote(target.schema)}.{quote(target.name)}" if target.schema else quote(target.name)
+        )
         col_list = ", ".join(quote(c) for c in data.column_names)
         with self._op():
             if not self.conn.in_transaction():
                 self.conn.begin()  # the COPY goes through the driver: let the session own its transaction
-            self._copy(f"{name} ({col_list})", _csv_ready(data),
-                       pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+            self._copy(
+                f"{name} ({col_list})",
+                _csv_ready(data),
+                pacsv.WriteOptions(include_header=False, quoting_style="all_valid"),
+            )
         return data.num_rows
 
     def stage_query(self, name: str, query: sa.Select) -> sa.TableClause:
         """A temporary table from a query that runs inside the database (values stay bound)."""
         ident = safe_ident(name)
         quote = self.conn.dialect.identifier_preparer.quote
-        compiled = query.compile(dialect=self.conn.dialect, compile_kwargs={"render_postcompile": True})
+        compiled = query.compile(
+            dialect=self.conn.dialect, compile_kwargs={"render_postcompile": True}
+        )
         with self._op(temp_tables=True):
             self._exec(f"DROP TABLE IF EXISTS pg_temp.{quote(ident)}")
-            self._exec(f"CREATE TEMP TABLE {quote(ident)} ON COMMIT PRESERVE ROWS AS {compiled}",
-                       dict(compiled.params))
+            self._exec(
+                f"CREATE TEMP TABLE {quote(ident)} ON COMMIT PRESERVE ROWS AS {compiled}",
+                dict(compiled.params),
+            )
         return sa.table(name, *(sa.column(c.name, c.type) for c in query.selected_columns))
 
     def drop_stage(self, name: str) -> None:
@@ -414,8 +492,6 @@ def _qualified(s: "SqlSession", table: str) -> str:
     return f"{quote(schema)}.{quote(short)}" if schema else quote(short)
 
 
-
-
 # --- store -----------------------------------------------------------------------------------
 
 
@@ -430,17 +506,23 @@ class SqlStore(Store):
             parsed = sa.engine.make_url(url)
         except Exception:
             raise ConfigError(f"not a database URL: {self._masked}") from None
-        self._secrets = tuple(s for s in (parsed.password and str(parsed.password),
-                                          parsed.query.get("password")) if isinstance(s, str) and s)
+        self._secrets = tuple(
+            s
+            for s in (parsed.password and str(parsed.password), parsed.query.get("password"))
+            if isinstance(s, str) and s
+        )
         if parsed.get_backend_name() != "postgresql":
             raise ConfigError(
                 f"SQL stores support PostgreSQL only so far (postgresql+psycopg://user@host/db), not "
-                f"{parsed.get_backend_name()}: {self._masked}")
+                f"{parsed.get_backend_name()}: {self._masked}"
+            )
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 is what we ship
         elif parsed.drivername != "postgresql+psycopg":
-            raise ConfigError(f"use the psycopg 3 driver (postgresql+psycopg://...), not {parsed.drivername}: "
-                              f"{self._masked}")
+            raise ConfigError(
+                f"use the psycopg 3 driver (postgresql+psycopg://...), not {parsed.drivername}: "
+                f"{self._masked}"
+            )
         connect_args: dict[str, Any] = {}
         if "connect_timeout" not in parsed.query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT
@@ -455,10 +537,13 @@ class SqlStore(Store):
         try:
             # NullPool: a session is a connection of its own, closed with it (temp tables and
             # session settings never leak into the next session)
-            self.engine = sa.create_engine(parsed, poolclass=NullPool, hide_parameters=True,
-                                           connect_args=connect_args)
+            self.engine = sa.create_engine(
+                parsed, poolclass=NullPool, hide_parameters=True, connect_args=connect_args
+            )
         except ImportError as e:
-            raise ConfigError(f"the database driver is not installed ({e.name}): {self._masked}") from None
+            raise ConfigError(
+                f"the database driver is not installed ({e.name}): {self._masked}"
+            ) from None
         except Exception as e:
             raise ConfigError(f"cannot use {self._masked}: {self.scrub(_first_line(e))}") from None
         self.kind = self.engine.dialect.name
@@ -474,18 +559,27 @@ class SqlStore(Store):
         try:
             conn = self.engine.connect()
         except sa.exc.DBAPIError as e:
-            raise StoreUnavailable(f"cannot connect to {self.describe()}: {self.scrub(_first_line(e))}") from None
+            raise StoreUnavailable(
+                f"cannot connect to {self.describe()}: {self.scrub(_first_line(e))}"
+            ) from None
         except Exception as e:
             raise StoreUnavailable(
-                f"cannot connect to {self.describe()}: {type(e).__name__}: {self.scrub(_first_line(e))}") from None
+                f"cannot connect to {self.describe()}: {type(e).__name__}: {self.scrub(_first_line(e))}"
+            ) from None
         session = SqlSession(self, conn, read_only)
         if read_only:
             session.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         return session
 
     def ddl_types(self) -> dict[str, str]:
-        return {"text": "TEXT", "int": "BIGINT", "ts": "TIMESTAMP", "bool": "BOOLEAN", "date": "DATE",
-                "float": "DOUBLE PRECISION"}
+        return {
+            "text": "TEXT",
+            "int": "BIGINT",
+            "ts": "TIMESTAMP",
+            "bool": "BOOLEAN",
+            "date": "DATE",
+            "float": "DOUBLE PRECISION",
+        }
 
     def vacuum(self, session: Session, tables: list[str], full: bool = False) -> None:
         """`VACUUM` each table, or `VACUUM FULL`, which rewrites it (and its indexes and TOAST)
@@ -500,7 +594,9 @@ class SqlStore(Store):
         try:
             for table in tables:
                 with s._op():
-                    s._exec(f"VACUUM {'(FULL, ANALYZE)' if full else '(ANALYZE)'} {_qualified(s, table)}")
+                    s._exec(
+                        f"VACUUM {'(FULL, ANALYZE)' if full else '(ANALYZE)'} {_qualified(s, table)}"
+                    )
         finally:
             s.conn.execution_options(isolation_level=previous)
 
@@ -510,27 +606,50 @@ class SqlStore(Store):
         runs). Returns the method, the tables' total size before and after, and the time."""
         t0 = time.perf_counter()
         with self.connect() as s:
-            present = [t for t in tables if s.scalar(sa.select(sa.func.to_regclass(_qualified(s, t))))]
+            present = [
+                t for t in tables if s.scalar(sa.select(sa.func.to_regclass(_qualified(s, t))))
+            ]
             # VACUUM skips, with only a warning, a table the role neither owns nor owns the
             # database of: say so instead of reporting a purge that did not happen
-            allowed = [t for t in present if s.scalar(sa.text(
-                "SELECT pg_has_role(current_user, c.relowner, 'USAGE') OR pg_has_role(current_user, d.datdba, 'USAGE') "
-                "FROM pg_class c, pg_database d WHERE c.oid = to_regclass(:t) AND d.datname = current_database()"
-            ).bindparams(t=_qualified(s, t)))]
+            allowed = [
+                t
+                for t in present
+                if s.scalar(
+                    sa.text(
+                        "SELECT pg_has_role(current_user, c.relowner, 'USAGE') OR pg_has_role(current_user, d.datdba, 'USAGE') "
+                        "FROM pg_class c, pg_database d WHERE c.oid = to_regclass(:t) AND d.datname = current_database()"
+                    ).bindparams(t=_qualified(s, t))
+                )
+            ]
             before = self._bytes(s, allowed)
             self.vacuum(s, allowed, full=full)
             after = self._bytes(s, allowed)
-        result: dict[str, Any] = {"method": "vacuum-full" if full else "vacuum", "tables": len(allowed),
-                                  "bytes_before": before, "bytes_after": after,
-                                  "seconds": round(time.perf_counter() - t0, 3)}
+        result: dict[str, Any] = {
+            "method": "vacuum-full" if full else "vacuum",
+            "tables": len(allowed),
+            "bytes_before": before,
+            "bytes_after": after,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         if len(allowed) < len(present):
             result["skipped_not_owner"] = sorted(set(present) - set(allowed))
         return result
 
     @staticmethod
     def _bytes(s: "SqlSession", tables: list[str]) -> int:
-        return sum(int(s.scalar(sa.select(sa.func.pg_total_relation_size(
-            sa.cast(_qualified(s, t), postgresql.REGCLASS)))) or 0) for t in tables)
+        return sum(
+            int(
+                s.scalar(
+                    sa.select(
+                        sa.func.pg_total_relation_size(
+                            sa.cast(_qualified(s, t), postgresql.REGCLASS)
+                        )
+                    )
+                )
+                or 0
+            )
+            for t in tables
+        )
 
     def raw_blobs(self, session: Session, tables: list[str]) -> Iterator[tuple[str, bytes]]:
         """The on-disk files of `tables`: heap, TOAST and every index, read page-aligned through
@@ -541,28 +660,43 @@ class SqlStore(Store):
         try:
             s.execute("CHECKPOINT")
         except sa.exc.DBAPIError:
-            raise ConfigError(f"{self.describe()}: reading table files needs CHECKPOINT "
-                              "(superuser or the pg_checkpoint role)") from None
-        oids = [s.scalar(sa.select(sa.cast(sa.func.to_regclass(_qualified(s, t)), sa.BigInteger))) for t in tables]
+            raise ConfigError(
+                f"{self.describe()}: reading table files needs CHECKPOINT "
+                "(superuser or the pg_checkpoint role)"
+            ) from None
+        oids = [
+            s.scalar(sa.select(sa.cast(sa.func.to_regclass(_qualified(s, t)), sa.BigInteger)))
+            for t in tables
+        ]
         oids = [int(o) for o in oids if o]
         if not oids:
             return
-        rels = s.fetchall(sa.text(
-            "WITH t AS (SELECT oid, reltoastrelid FROM pg_class WHERE oid = ANY(:oids)), "
-            "r AS (SELECT oid FROM t UNION SELECT reltoastrelid FROM t WHERE reltoastrelid <> 0), "
-            "x AS (SELECT oid FROM r UNION SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT oid FROM r)) "
-            "SELECT oid::regclass::text, pg_relation_filepath(oid), pg_relation_size(oid) FROM x "
-            "WHERE pg_relation_filepath(oid) IS NOT NULL ORDER BY 1").bindparams(oids=oids))
+        rels = s.fetchall(
+            sa.text(
+                "WITH t AS (SELECT oid, reltoastrelid FROM pg_class WHERE oid = ANY(:oids)), "
+                "r AS (SELECT oid FROM t UNION SELECT reltoastrelid FROM t WHERE reltoastrelid <> 0), "
+                "x AS (SELECT oid FROM r UNION SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT oid FROM r)) "
+                "SELECT oid::regclass::text, pg_relation_filepath(oid), pg_relation_size(oid) FROM x "
+                "WHERE pg_relation_filepath(oid) IS NOT NULL ORDER BY 1"
+            ).bindparams(oids=oids)
+        )
         for name, path, size in rels:
             for offset in range(0, int(size), RAW_CHUNK):
                 segment, within = divmod(offset, SEGMENT_BYTES)
                 file = path if segment == 0 else f"{path}.{segment}"
                 try:
-                    blob = s.scalar(sa.select(sa.func.pg_read_binary_file(
-                        file, within, min(RAW_CHUNK, int(size) - offset))))
+                    blob = s.scalar(
+                        sa.select(
+                            sa.func.pg_read_binary_file(
+                                file, within, min(RAW_CHUNK, int(size) - offset)
+                            )
+                        )
+                    )
                 except sa.exc.ProgrammingError:
-                    raise ConfigError(f"{self.describe()}: reading table files needs pg_read_binary_file "
-                                      "(superuser or the pg_read_server_files role)") from None
+                    raise ConfigError(
+                        f"{self.describe()}: reading table files needs pg_read_binary_file "
+                        "(superuser or the pg_read_server_files role)"
+                    ) from None
                 yield f"{name}@{offset}", bytes(blob or b"")
 
     def catalog(self, session: Session) -> Catalog:
@@ -587,10 +721,20 @@ class SqlStore(Store):
                     name = f"{schema}.{short}"
                     pk = tuple((pks.get(key) or {}).get("constrained_columns") or ())
                     single = {pk[0]} if len(pk) == 1 else set()
-                    single |= {u["column_names"][0] for u in uniques.get(key, []) if len(u["column_names"]) == 1}
-                    single |= {ix["column_names"][0] for ix in indexes.get(key, [])
-                               if ix.get("unique") and len(ix["column_names"]) == 1 and ix["column_names"][0]
-                               and not ix.get("expressions") and not ix.get("dialect_options", {}).get("postgresql_where")}
+                    single |= {
+                        u["column_names"][0]
+                        for u in uniques.get(key, [])
+                        if len(u["column_names"]) == 1
+                    }
+                    single |= {
+                        ix["column_names"][0]
+                        for ix in indexes.get(key, [])
+                        if ix.get("unique")
+                        and len(ix["column_names"]) == 1
+                        and ix["column_names"][0]
+                        and not ix.get("expressions")
+                        and not ix.get("dialect_options", {}).get("postgresql_where")
+                    }
                     infos = {}
                     for c in cols:
                         t = c["type"]
@@ -599,13 +743,24 @@ class SqlStore(Store):
                         except Exception:
                             raw = str(t)
                         infos[c["name"]] = ColumnInfo(
-                            name=c["name"], type=normalise_type(t), raw_type=raw, nullable=bool(c["nullable"]),
-                            max_length=getattr(t, "length", None) if isinstance(t, sa.String) else None,
-                            unique=c["name"] in single)
+                            name=c["name"],
+                            type=normalise_type(t),
+                            raw_type=raw,
+                            nullable=bool(c["nullable"]),
+                            max_length=getattr(t, "length", None)
+                            if isinstance(t, sa.String)
+                            else None,
+                            unique=c["name"] in single,
+                        )
                     foreign = tuple(
-                        ForeignKey(fk["name"], name, tuple(fk["constrained_columns"]),
-                                   f"{fk['referred_schema'] or default_schema}.{fk['referred_table']}",
-                                   tuple(fk["referred_columns"]))
-                        for fk in fks.get(key, []))
+                        ForeignKey(
+                            fk["name"],
+                            name,
+                            tuple(fk["constrained_columns"]),
+                            f"{fk['referred_schema'] or default_schema}.{fk['referred_table']}",
+                            tuple(fk["referred_columns"]),
+                        )
+                        for fk in fks.get(key, [])
+                    )
                     tables[name] = TableInfo(name, infos, pk, foreign)
         return Catalog(dict(sorted(tables.items())))
