@@ -255,9 +255,12 @@ def report_metadata(f: PolicyFile, report: RunReport, store: str) -> dict[str, A
             {
                 f"purge_{k}": v
                 for k, v in report.purge.items()
-                if k in ("bytes_before", "bytes_after", "seconds")
+                if k in ("bytes_before", "bytes_after", "seconds", "waited_seconds")
             }
         )
+        md["purge_complete"] = bool(report.purge.get("complete", True))
+        if report.purge.get("held_back_by"):
+            md["purge_held_back_by"] = len(report.purge["held_back_by"])
     for rule, counts in rule_counts(report).items():
         md.update({f"{rule}/{k}": v for k, v in counts.items()})
     for r in report.rules:

@@ -35,6 +35,7 @@ from retention_jobs.errors import ApprovalRequired
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
 from retention_jobs.predicates import KeyRangePredicates, Predicates, alias
+from retention_jobs.purge import purge_tables
 from retention_jobs.resolve import BoundRule, Link
 from retention_jobs.store.base import (
     CONTROL_SCHEMA,
@@ -880,17 +881,10 @@ def run_policies(
     if report.dry_run:
         return report
     purge = None
-    if options.purge and report.changed:
-        full = any(f.policy.purge == "full" for f in policies.files)
-        purge = store.purge(report.tables_changed, full=full)
-        with store.connect() as session, session.transaction():
-            control.append_audit(
-                session,
-                run_id=report.run_id,
-                action=f"purge-{purge['method']}",
-                as_of=as_of,
-                policy_sha256=policies.digest,
-                seconds=purge.get("seconds"),
-            )
-            head = control.audit_head(session)
+    if options.purge:
+        changed = report.tables_changed if report.changed else []
+        purge = purge_tables(store, policies, report.run_id, changed, as_of)
+        if purge is not None:
+            with store.connect(read_only=True) as session:
+                head = control.audit_head(session)
     return report.model_copy(update={"audit_head": head, "purge": purge})

@@ -37,6 +37,18 @@ err = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_POLICIES = "policies"
 
+EXIT_PURGE_PENDING = 5
+"""Nothing failed, but something is not proved yet: a purge held back by an older
+transaction, or a check that could not verify. The next run retries."""
+
+
+def _holders(purge: dict) -> str:
+    """What held a purge back, by kind and process id: never a query text or a user name."""
+    held = purge.get("held_back_by") or []
+    return ", ".join(
+        f"{h['kind']} {h['id']} ({h['state'] or h['detail']}, {h['age_seconds']} s)" for h in held
+    )
+
 
 def _fail(exc: BaseException) -> None:
     if isinstance(exc, PolicyError):
@@ -221,7 +233,7 @@ def plan(store, policy_dir, purposes, fmt, as_of) -> None:
 )
 def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction, workers) -> None:
     """Apply the policies: delete and anonymise expired rows, record the audit trail."""
-    _execute(
+    report = _execute(
         store,
         policy_dir,
         as_of,
@@ -236,6 +248,14 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
     )
     if not purposes:  # then the data-subject requests that are due
         _process_requests_after_run(store, policy_dir, as_of, fmt)
+    if report.purge and not report.purge.get("complete", True):
+        err.print(
+            "purge incomplete: older transactions still see the deleted rows "
+            f"({_holders(report.purge)}); the erased values stay in the table files until the "
+            "next run or `retention-jobs purge` finishes it",
+            markup=False,
+        )
+        sys.exit(EXIT_PURGE_PENDING)
 
 
 @main.command()
@@ -267,9 +287,12 @@ def check(store, policy_dir, purposes, as_of, run_ids, demo_key) -> None:
         purposes=list(purposes) or None,
     )
     for r in results:
-        out.print(f"{'PASS' if r.passed else 'FAIL'} {r.name}: {r.summary}", markup=False)
-    if not all(r.passed for r in results):
+        label = "PASS" if r.passed else "NOT VERIFIED" if not r.verified else "FAIL"
+        out.print(f"{label} {r.name}: {r.summary}", markup=False)
+    if any(r.verified and not r.passed for r in results):
         sys.exit(1)
+    if not all(r.passed for r in results):
+        sys.exit(EXIT_PURGE_PENDING)
 
 
 @main.command()
@@ -326,21 +349,22 @@ def verify_erasure(store, run_id, demo_key, fmt) -> None:
 @policies_option
 def purge(store, policy_dir) -> None:
     """Make deleted bytes unrecoverable now (runs also do this after changing rows)."""
+    from retention_jobs.purge import purge_tables
+
     policies = load_policies([policy_dir])
     s = open_store(store)
-    full = any(f.policy.purge == "full" for f in policies.files)
     with s.connect(read_only=True) as session:
         tables = list(s.catalog(session).tables)
-    result = s.purge(tables, full=full)
-    with s.connect() as session, session.transaction():
-        control.append_audit(
-            session,
-            run_id="manual-purge",
-            action=f"purge-{result['method']}",
-            policy_sha256=policies.digest,
-            seconds=result.get("seconds"),
-        )
+    result = purge_tables(s, policies, "manual-purge", tables) or {"method": "none", "tables": 0}
     out.print(json.dumps(result), markup=False)
+    if not result.get("complete", True):
+        err.print(
+            "purge incomplete: older transactions still see the deleted rows "
+            f"({_holders(result)}); the tables stay pending and are purged again by the next "
+            "run or `retention-jobs purge`",
+            markup=False,
+        )
+        sys.exit(EXIT_PURGE_PENDING)
 
 
 @main.group()

@@ -142,7 +142,24 @@ _DDL = {
     "status {text} NOT NULL, body {text} NOT NULL, PRIMARY KEY (request_id, receipt_no)",
     "request_exports": "request_id {text} NOT NULL, produced_at {ts} NOT NULL, table_count {int}, row_count {int}, "
     "byte_count {int}, sha256 {text} NOT NULL",
+    # tables whose purge did not complete (purge.py): purged again by every run until one does
+    "purge_pending": "table_name {text} PRIMARY KEY, run_id {text} NOT NULL, method {text}, since {ts} NOT NULL",
 }
+
+
+purge_pending = sa.table(
+    "purge_pending",
+    *(
+        sa.column(n, t)
+        for n, t in [
+            ("table_name", sa.String()),
+            ("run_id", sa.String()),
+            ("method", sa.String()),
+            ("since", sa.DateTime()),
+        ]
+    ),
+    schema=C,
+)
 
 
 def now() -> datetime:
@@ -538,3 +555,36 @@ request_exports = sa.table(
     ),
     schema=C,
 )
+
+
+# --- purges that did not complete ----------------------------------------------------------
+
+
+def pending_purges(session: Session) -> list[str]:
+    """Tables whose last purge did not complete (empty when the control schema is older or
+    absent: nothing can be pending there)."""
+    present = session.scalar(
+        sa.text(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = :s "
+            "AND table_name = 'purge_pending'"
+        ).bindparams(s=C)
+    )
+    if not present:
+        return []
+    return sorted(r[0] for r in session.fetchall(sa.select(purge_pending.c.table_name)))
+
+
+def add_pending_purges(session: Session, tables: list[str], run_id: str, method: str) -> None:
+    have = set(pending_purges(session))
+    rows = [
+        {"table_name": t, "run_id": run_id, "method": method, "since": now()}
+        for t in tables
+        if t not in have
+    ]
+    if rows:
+        session.execute(sa.insert(purge_pending), rows)
+
+
+def clear_pending_purges(session: Session, tables: list[str]) -> None:
+    if tables:
+        session.execute(sa.delete(purge_pending).where(purge_pending.c.table_name.in_(tables)))

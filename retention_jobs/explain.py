@@ -145,5 +145,12 @@ def render(report: RunReport, console: Console) -> None:
                 )
             else:
                 console.print(f"purge: {p}", markup=False)
+            if not p.get("complete", True):
+                held = ", ".join(f"{h['kind']} {h['id']}" for h in p.get("held_back_by") or [])
+                console.print(
+                    f"purge pending: {held} still see the deleted rows, so their bytes stay in "
+                    f"{len(p.get('pending_tables') or [])} tables; the next run purges them again",
+                    markup=False,
+                )
         if report.audit_head:
             console.print(f"audit ledger head: {report.audit_head} (keep a copy outside the store)")

@@ -42,6 +42,7 @@ from retention_jobs.errors import ConfigError
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import link_paths
 from retention_jobs.predicates import alias
+from retention_jobs.purge import purge_tables
 from retention_jobs.store import mask_url, open_store
 
 MAX_WORKERS = 64
@@ -193,19 +194,9 @@ def run_parallel(
     )
     purge = None
     head = None
-    if options.purge and report.changed:
-        purge = store.purge(
-            report.tables_changed, full=any(f.policy.purge == "full" for f in policies.files)
-        )
-        with store.connect() as session, session.transaction():
-            control.append_audit(
-                session,
-                run_id=report.run_id,
-                action=f"purge-{purge['method']}",
-                as_of=as_of,
-                policy_sha256=policies.digest,
-                seconds=purge.get("seconds"),
-            )
+    if options.purge:
+        changed = report.tables_changed if report.changed else []
+        purge = purge_tables(store, policies, report.run_id, changed, as_of)
     with store.connect(read_only=True) as session:
         head = control.audit_head(session)
     return report.model_copy(update={"audit_head": head, "purge": purge})

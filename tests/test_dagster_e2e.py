@@ -57,6 +57,31 @@ query { partitionBackfillsOrError { ... on PartitionBackfills { results { id } }
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
+def init_instance(home: Path) -> None:
+    """Create the instance's storage (runs, event log index, schedules) once, before the
+    webserver and the daemon start: both create missing tables at start-up, and two processes
+    doing it at the same moment on a fresh DAGSTER_HOME race ("table jobs already exists").
+    Production does the same with `dagster instance migrate` (docs/operations.md)."""
+    import dagster as dg
+
+    saved = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)  # dagster.yaml places the storage under it
+    try:
+        instance = dg.DagsterInstance.from_config(str(home))
+        try:
+            instance.get_runs(limit=1)
+            instance.all_instigator_state()
+        finally:
+            instance.dispose()
+    finally:
+        if saved is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = saved
+    created = {p.relative_to(home).as_posix() for p in home.rglob("*.db")}
+    assert {"history/runs.db", "schedules/schedules.db"} <= created, created
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -196,6 +221,7 @@ def test_a_backfill_through_graphql_applies_three_days(tmp_path):
     }
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    init_instance(home)
     procs = Processes(logs, env)
     try:
         procs.start(

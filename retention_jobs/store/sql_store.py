@@ -14,6 +14,7 @@ are hidden from SQLAlchemy's error texts.
 
 import contextlib
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -603,7 +604,15 @@ class SqlStore(Store):
     def purge(self, tables: list[str], full: bool = False) -> dict[str, Any]:
         """After deletions: VACUUM the changed tables (`full`: VACUUM FULL, which rewrites them
         into fresh files, so deleted rows leave the table's files; it locks each table while it
-        runs). Returns the method, the tables' total size before and after, and the time."""
+        runs). Returns the method, the tables' total size before and after, and the time.
+
+        VACUUM keeps every row version that a transaction still open in this database could see:
+        a report, an idle-in-transaction session, a prepared transaction or a replication slot
+        older than the run's changes holds the erased values in the table files. The purge
+        first waits (up to `RETENTION_PURGE_WAIT_SECONDS`, default 120) for such holders to
+        finish, vacuums, and then looks again: any holder still there is reported under
+        `held_back_by` (process ids and kinds, never a query text) and the purge is not
+        complete; the next run purges these tables again."""
         t0 = time.perf_counter()
         with self.connect() as s:
             present = [
@@ -621,16 +630,26 @@ class SqlStore(Store):
                     ).bindparams(t=_qualified(s, t))
                 )
             ]
+            # every change made before the purge started has an xid below this one
+            horizon = str(s.scalar(sa.text("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")))
+            waited = _wait_for_horizon(s, horizon, purge_wait_seconds()) if allowed else 0.0
             before = self._bytes(s, allowed)
             self.vacuum(s, allowed, full=full)
             after = self._bytes(s, allowed)
+            # a holder still older than the horizon now was there while VACUUM ran
+            holders = horizon_holders(s, horizon) if allowed else []
         result: dict[str, Any] = {
             "method": "vacuum-full" if full else "vacuum",
             "tables": len(allowed),
             "bytes_before": before,
             "bytes_after": after,
             "seconds": round(time.perf_counter() - t0, 3),
+            "waited_seconds": round(waited, 3),
+            "complete": not holders,
         }
+        if holders:
+            result["held_back_by"] = holders
+            result["pending_tables"] = sorted(allowed)
         if len(allowed) < len(present):
             result["skipped_not_owner"] = sorted(set(present) - set(allowed))
         return result
@@ -764,3 +783,72 @@ class SqlStore(Store):
                     )
                     tables[name] = TableInfo(name, infos, pk, foreign)
         return Catalog(dict(sorted(tables.items())))
+
+
+# --- what holds erased row versions back from VACUUM ----------------------------------------
+
+PURGE_WAIT_ENV = "RETENTION_PURGE_WAIT_SECONDS"
+PURGE_WAIT_DEFAULT = 120.0
+
+
+def purge_wait_seconds() -> float:
+    """How long a purge waits for older transactions to end (`RETENTION_PURGE_WAIT_SECONDS`)."""
+    text = os.environ.get(PURGE_WAIT_ENV, "").strip()
+    if not text:
+        return PURGE_WAIT_DEFAULT
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(
+            f"{PURGE_WAIT_ENV}={text!r} is not a number of seconds; set it to e.g. 120, or unset it"
+        ) from None
+    if not 0 <= value <= 86_400:
+        raise ConfigError(f"{PURGE_WAIT_ENV}={text!r}: give between 0 and 86400 seconds")
+    return value
+
+
+# A session's snapshot (backend_xmin) or own transaction id (backend_xid) older than the
+# horizon keeps row versions deleted before it; so do prepared transactions and replication
+# slots. age() compares 32-bit xids across wraparound. Only kinds and ages are read: the query
+# text and the user name of another session may hold personal data.
+_HOLDERS = """
+SELECT 'session' AS kind, pid::text AS id, coalesce(backend_type, '') AS detail,
+       coalesce(state, '') AS state,
+       coalesce(extract(epoch FROM now() - xact_start), 0)::bigint AS age_seconds
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND ((backend_xmin IS NOT NULL AND age(backend_xmin) > age(xid(CAST(:h AS xid8))))
+    OR (backend_xid IS NOT NULL AND age(backend_xid) > age(xid(CAST(:h AS xid8)))))
+UNION ALL
+SELECT 'prepared transaction', gid, '', 'prepared',
+       extract(epoch FROM now() - prepared)::bigint
+FROM pg_prepared_xacts
+WHERE database = current_database() AND age(transaction) > age(xid(CAST(:h AS xid8)))
+UNION ALL
+SELECT 'replication slot', slot_name::text, coalesce(slot_type, ''), CASE WHEN active THEN 'active' ELSE 'inactive' END, 0
+FROM pg_replication_slots
+WHERE xmin IS NOT NULL AND (database IS NULL OR database = current_database())
+  AND age(xmin) > age(xid(CAST(:h AS xid8)))
+ORDER BY 1, 2
+"""
+
+
+def horizon_holders(session: "SqlSession", horizon: str) -> list[dict[str, Any]]:
+    """Everything in this database that can still see row versions older than `horizon` (an
+    xid8 as text): such versions survive VACUUM."""
+    rows = session.fetchall(sa.text(_HOLDERS).bindparams(h=horizon))
+    return [
+        {"kind": k, "id": i, "detail": d, "state": st, "age_seconds": int(a or 0)}
+        for k, i, d, st, a in rows
+    ]
+
+
+def _wait_for_horizon(session: "SqlSession", horizon: str, limit: float) -> float:
+    """Wait until nothing older than `horizon` is open, at most `limit` seconds; returns the
+    time waited."""
+    t0 = time.monotonic()
+    delay = 0.05
+    while horizon_holders(session, horizon) and time.monotonic() - t0 < limit:
+        time.sleep(min(delay, max(0.0, limit - (time.monotonic() - t0))))
+        delay = min(delay * 2, 1.0)
+    return time.monotonic() - t0
