@@ -130,7 +130,7 @@ class RunOptions:
 
 
 def _in_stage(
-    t: sa.TableClause, keys: list[str], stage: sa.TableClause, span: tuple[Any, Any] | None = None
+    t: sa.FromClause, keys: list[str], stage: sa.FromClause, span: tuple[Any, Any] | None = None
 ) -> sa.ColumnElement:
     """`t`'s rows whose keys are in `stage`. `span`: the least and greatest first key of the
     stage; a redundant range test that lets the store skip what cannot match (DuckDB's zone
@@ -141,9 +141,7 @@ def _in_stage(
     return sa.and_(*prune, sa.exists().where(*(stage.c[k] == t.c[k] for k in keys)))
 
 
-def _span(
-    session: Session, stage: sa.TableClause | sa.Subquery, key: str
-) -> tuple[Any, Any] | None:
+def _span(session: Session, stage: sa.FromClause, key: str) -> tuple[Any, Any] | None:
     lo, hi = session.fetchall(sa.select(sa.func.min(stage.c[key]), sa.func.max(stage.c[key])))[0]
     return None if lo is None else (lo, hi)
 

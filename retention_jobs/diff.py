@@ -418,7 +418,7 @@ def _coalesced(parts: list[sa.ColumnElement]) -> sa.ColumnElement:
     return sa.func.coalesce(sa.or_(*parts), sa.false())
 
 
-def _acting_on(p: Planner, table: str, action: str, t: sa.TableClause) -> sa.ColumnElement:
+def _acting_on(p: Planner, table: str, action: str, t: sa.FromClause) -> sa.ColumnElement:
     """Rows of `table` that plan `p` deletes (or anonymises): by a rule on the table, or by a
     cascade from another rule's rows."""
     parts: list[sa.ColumnElement] = []
@@ -434,7 +434,7 @@ def _acting_on(p: Planner, table: str, action: str, t: sa.TableClause) -> sa.Col
     return _coalesced(parts)
 
 
-def _flags(t: sa.TableClause, **predicates: sa.ColumnElement) -> sa.Subquery:
+def _flags(t: sa.FromClause, **predicates: sa.ColumnElement) -> sa.Subquery:
     """One boolean column per predicate, each evaluated once per row: counting over this
     subquery is much faster than repeating the predicates (with their correlated subqueries)
     inside several sums."""

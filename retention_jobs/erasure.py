@@ -154,8 +154,8 @@ def record_where(
     run_id: str,
     info: TableInfo,
     columns: list[str],
-    where: Callable[[sa.TableClause], sa.ColumnElement],
-    anonymised: Callable[[sa.TableClause, str], sa.ColumnElement] | None = None,
+    where: Callable[[sa.FromClause], sa.ColumnElement],
+    anonymised: Callable[[sa.FromClause, str], sa.ColumnElement] | None = None,
 ) -> int:
     """Fetch `columns` of the rows `where(table)` selects (about to be erased), and record them.
     `anonymised(table, column)` tells where a value is already an anonymised one (a hash or a

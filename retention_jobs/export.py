@@ -62,7 +62,7 @@ def retention_text(rule: Rule) -> str:
 @dataclass
 class _Table:
     info: TableInfo
-    t: sa.TableClause
+    t: sa.FromClause
     conds: list[sa.ColumnElement]
     flags: list[tuple[str, sa.ColumnElement]]
 

@@ -248,7 +248,7 @@ class Planner:
                 merged[(n.rule_id, n.table)] = n
         return tuple(merged.values())
 
-    def _note(self, r: BoundRule, t: sa.TableClause, where: sa.ColumnElement) -> RetainNote:
+    def _note(self, r: BoundRule, t: sa.FromClause, where: sa.ColumnElement) -> RetainNote:
         clock = self.pred.clock(r, t)
         n, latest, unset = self.session.fetchall(
             sa.select(sa.func.count(), sa.func.max(clock), _sum(clock.is_(None)))

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -83,7 +83,11 @@ def sa_type(info: ColumnInfo) -> sa.types.TypeEngine:
     return _SA_TYPES.get(info.type, sa.types.NullType)()
 
 
-def sa_table(info: TableInfo, alias: str | None = None) -> sa.TableClause:
+@overload
+def sa_table(info: TableInfo, alias: None = None) -> sa.TableClause: ...
+@overload
+def sa_table(info: TableInfo, alias: str) -> sa.FromClause: ...
+def sa_table(info: TableInfo, alias: str | None = None) -> sa.TableClause | sa.FromClause:
     """A typed lightweight table for building statements (types make bound values cast right)."""
     t = sa.table(
         info.short,
