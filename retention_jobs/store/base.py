@@ -33,7 +33,8 @@ class ColumnInfo:
 
 @dataclass(frozen=True)
 class ForeignKey:
-    name: str
+    name: str | None
+    """The constraint's name; None where the database keeps none (an unnamed constraint)."""
     table: str
     columns: tuple[str, ...]
     ref_table: str
