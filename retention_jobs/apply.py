@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import sqlalchemy as sa
@@ -154,7 +154,7 @@ def held_fingerprint(session: Session, planner: Planner, b: BoundRule) -> str:
         .where(planner.pred.expired(b, t), planner.pred.held(b, t))
         .order_by(*(t.c[k] for k in b.rule.keys))
     )
-    data = pl.from_arrow(session.arrow(q))
+    data = cast(pl.DataFrame, pl.from_arrow(session.arrow(q)))
     return hashlib.sha256(data.write_csv().encode()).hexdigest()
 
 
@@ -720,12 +720,15 @@ class Applier:
             sa.func.coalesce(marks.c.cols.like(f"%,{c},%"), sa.false()).label(f"_done__{c}")
             for c in columns
         ]
-        return pl.from_arrow(
-            self.session.arrow(
-                sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
-                .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
-                .where(_in_stage(t, keys, rows.subquery(), span))
-            )
+        return cast(
+            pl.DataFrame,
+            pl.from_arrow(
+                self.session.arrow(
+                    sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
+                    .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
+                    .where(_in_stage(t, keys, rows.subquery(), span))
+                )
+            ),
         )
 
     def _prepare_rows(

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import polars as pl
 import sqlalchemy as sa
@@ -167,7 +168,7 @@ def record_where(
         sa.case((anonymised(t, c), sa.null()), else_=t.c[c]).label(c) if anonymised else t.c[c]
         for c in columns
     ]
-    data = pl.from_arrow(session.arrow(sa.select(*exprs).where(where(t))))
+    data = cast(pl.DataFrame, pl.from_arrow(session.arrow(sa.select(*exprs).where(where(t)))))
     return record(session, key, run_id, info, columns, data)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import sqlalchemy as sa
@@ -129,7 +129,7 @@ def subject_rows(
             sa.or_(*e.conds)
         )
         key = e.info.primary_key or tuple(e.info.columns)
-        df = pl.from_arrow(session.arrow(q.order_by(*(e.t.c[k] for k in key))))
+        df = cast(pl.DataFrame, pl.from_arrow(session.arrow(q.order_by(*(e.t.c[k] for k in key)))))
         if df.is_empty():
             continue
         flag_cols = [f"_rj_flag{i}" for i in range(len(labels))]
