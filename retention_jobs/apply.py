@@ -871,7 +871,7 @@ def run_policies(
     """Plan and apply on one connection, then purge (after the connection closed: a DuckDB
     compaction needs the file to itself). A dry run only plans."""
     with store.connect(read_only=options.dry_run) as session:
-        ranged = (
+        ranged: dict[str, Any] = (
             {}
             if options.key_ranges is None
             else {"predicates": KeyRangePredicates, "ranges": options.key_ranges}

@@ -88,13 +88,14 @@ def subject_rows(
         purposes=None,
     )
     pred = planner.pred
+    assert isinstance(pred, SubjectPredicates)
     tables: dict[str, _Table] = {}
 
     def entry(info: TableInfo) -> _Table:
         if info.name not in tables:
             t = alias(info)
             # every rule on the table covers the rows its filters match
-            flags = [
+            flags: list[tuple[str, sa.ColumnElement]] = [
                 (b.id, sa.func.coalesce(pred.matches(b, t), sa.false()))
                 for b in planner.bound
                 if b.table.name == info.name

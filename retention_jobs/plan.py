@@ -4,6 +4,7 @@ holds counts and dates only; the keys to act on are staged inside the store when
 it, never carried here, never printed."""
 
 from datetime import date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -142,7 +143,7 @@ class Planner:
     def rule_plan(self, b: BoundRule) -> RulePlan:
         p = self.pred
         t = alias(b.table)
-        common = dict(
+        common: dict[str, Any] = dict(
             rule_id=b.id,
             purpose=b.policy.purpose,
             rule=b.rule.name,

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from retention_jobs import control
 from retention_jobs.periods import cutoff
-from retention_jobs.policy import Condition, RelatedClock
+from retention_jobs.policy import Condition, RelatedClock, Scalar
 from retention_jobs.resolve import BoundRule, Link
 from retention_jobs.store.base import Catalog, TableInfo, sa_table
 
@@ -48,12 +48,19 @@ def condition(col: sa.ColumnElement, c: Condition) -> sa.ColumnElement:
         case "ge":
             return col >= v
         case "in":
-            return col.in_(v)
+            return col.in_(_values(c))
         case "not_in":
-            return sa.not_(sa.func.coalesce(col.in_(v), sa.false()))
+            return sa.not_(sa.func.coalesce(col.in_(_values(c)), sa.false()))
         case "is_null":
             return col.is_(None) if v else col.is_not(None)
     raise ValueError(c.op)
+
+
+def _values(c: Condition) -> list[Scalar]:
+    """The list of an `in` / `not_in` condition (`parse_where` accepts no other value)."""
+    if not isinstance(c.value, list):
+        raise ValueError(f"{c.column}: {c.op} takes a list of values")
+    return c.value
 
 
 def all_of(t: sa.FromClause, conds: list[Condition]) -> sa.ColumnElement:
@@ -323,9 +330,10 @@ class SubjectPredicates(Predicates):
         )
 
     def belongs(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
-        if not self.covers(b):
+        subject = b.rule.subject
+        if subject is None or not self.covers(b):
             return sa.false()
-        column = b.rule.subject.column
+        column = subject.column
         return subject_equals(t.c[column], b.table.columns[column].type, self.subject_id)
 
     def expired(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
