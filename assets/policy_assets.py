@@ -354,6 +354,7 @@ def policy_asset(
         context.log.info(
             f"{purpose} as of {as_of}: {rows_changed(report)} rows changed (run {report.run_id})"
         )
+        assert key_ is not None  # read for every run but a dry run, which returned above
         with engine_errors():
             results = run_checks(
                 target,

@@ -71,7 +71,7 @@ def data_subject_requests(
     for p in results:
         state = "failed" if p.failed else "skipped" if p.skipped else p.status
         by_status.setdefault(state, []).append(p.request_id)
-    metadata: dict[str, object] = {
+    metadata: dict[str, str | int] = {
         "as_of": as_of.isoformat(),
         "processed": len(results),
         "policies_sha256": policies.digest,
@@ -140,7 +140,7 @@ def request_deadline_check(store: StoreResource) -> dg.AssetCheckResult:
         for r in unanswered
         if r not in overdue and r.due_on <= today + timedelta(days=DUE_SOON_DAYS)
     ]
-    metadata = {
+    metadata: dict[str, str | int] = {
         "open": len(open_),
         "pending": len(unanswered),
         "overdue": len(overdue),

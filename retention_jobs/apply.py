@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import sqlalchemy as sa
@@ -131,7 +131,7 @@ class RunOptions:
 
 
 def _in_stage(
-    t: sa.TableClause, keys: list[str], stage: sa.TableClause, span: tuple[Any, Any] | None = None
+    t: sa.FromClause, keys: list[str], stage: sa.FromClause, span: tuple[Any, Any] | None = None
 ) -> sa.ColumnElement:
     """`t`'s rows whose keys are in `stage`. `span`: the least and greatest first key of the
     stage; a redundant range test that lets the store skip what cannot match (DuckDB's zone
@@ -142,9 +142,7 @@ def _in_stage(
     return sa.and_(*prune, sa.exists().where(*(stage.c[k] == t.c[k] for k in keys)))
 
 
-def _span(
-    session: Session, stage: sa.TableClause | sa.Subquery, key: str
-) -> tuple[Any, Any] | None:
+def _span(session: Session, stage: sa.FromClause, key: str) -> tuple[Any, Any] | None:
     lo, hi = session.fetchall(sa.select(sa.func.min(stage.c[key]), sa.func.max(stage.c[key])))[0]
     return None if lo is None else (lo, hi)
 
@@ -157,7 +155,7 @@ def held_fingerprint(session: Session, planner: Planner, b: BoundRule) -> str:
         .where(planner.pred.expired(b, t), planner.pred.held(b, t))
         .order_by(*(t.c[k] for k in b.rule.keys))
     )
-    data = pl.from_arrow(session.arrow(q))
+    data = cast(pl.DataFrame, pl.from_arrow(session.arrow(q)))
     return hashlib.sha256(data.write_csv().encode()).hexdigest()
 
 
@@ -723,12 +721,15 @@ class Applier:
             sa.func.coalesce(marks.c.cols.like(f"%,{c},%"), sa.false()).label(f"_done__{c}")
             for c in columns
         ]
-        return pl.from_arrow(
-            self.session.arrow(
-                sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
-                .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
-                .where(_in_stage(t, keys, rows.subquery(), span))
-            )
+        return cast(
+            pl.DataFrame,
+            pl.from_arrow(
+                self.session.arrow(
+                    sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
+                    .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
+                    .where(_in_stage(t, keys, rows.subquery(), span))
+                )
+            ),
         )
 
     def _prepare_rows(
@@ -871,7 +872,7 @@ def run_policies(
     """Plan and apply on one connection, then purge (after the connection closed: a DuckDB
     compaction needs the file to itself). A dry run only plans."""
     with store.connect(read_only=options.dry_run) as session:
-        ranged = (
+        ranged: dict[str, Any] = (
             {}
             if options.key_ranges is None
             else {"predicates": KeyRangePredicates, "ranges": options.key_ranges}

@@ -4,6 +4,7 @@ in an anonymised column, and the audit ledger recorded the run. Counts only: nev
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import cast
 
 import polars as pl
 import sqlalchemy as sa
@@ -116,12 +117,15 @@ def no_original_values(
                 if isinstance(strategy, (Generalise, Constant)):
                     continue
                 t = alias(info)
-                rows = pl.from_arrow(
-                    session.arrow(
-                        sa.select(t.c[col].label("value"), m.c.columns, m.c.original_hashes)
-                        .select_from(t.join(m, sa.and_(*(m.c[k] == t.c[k] for k in keys))))
-                        .where(m.c.columns.like(f"%,{col},%"))
-                    )
+                rows = cast(
+                    pl.DataFrame,
+                    pl.from_arrow(
+                        session.arrow(
+                            sa.select(t.c[col].label("value"), m.c.columns, m.c.original_hashes)
+                            .select_from(t.join(m, sa.and_(*(m.c[k] == t.c[k] for k in keys))))
+                            .where(m.c.columns.like(f"%,{col},%"))
+                        )
+                    ),
                 )
                 if rows.is_empty():
                     continue

@@ -9,13 +9,14 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from retention_jobs import control
 from retention_jobs.anonymise import DEMO_KEY_TEXT, PseudonymKey, key_from_env
@@ -147,7 +148,7 @@ def schema() -> None:
     click.echo(json.dumps(Policy.model_json_schema(), indent=2))
 
 
-def _progress():
+def _progress() -> tuple[Progress | None, Callable[[str, int, int], None] | None]:
     if not err.is_terminal:
         return None, None
     bar = Progress(
@@ -158,7 +159,7 @@ def _progress():
         console=err,
         transient=True,
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(rule_id: str, done: int, total: int) -> None:
         if rule_id not in tasks:
@@ -1039,6 +1040,7 @@ def holds_review(store, policy_dir, as_of, counts) -> None:
     with s.connect(read_only=True) as session:
         due, undated = rq.holds_for_review(session, day)
         for h in due:
+            assert h.review_at is not None  # a due hold has a review date
             line = (
                 f"{h.hold_id}  {h.target}  case {h.case_ref}  ({h.reason})  review was due {h.review_at} "
                 f"({(day - h.review_at).days} days ago)"

@@ -16,106 +16,94 @@ from retention_jobs.store.base import CONTROL_SCHEMA, ColumnInfo, Session, Store
 
 C = CONTROL_SCHEMA
 
-holds = sa.table(
+
+def _control_table(
+    name: str, columns: list[tuple[str, sa.types.TypeEngine[Any]]]
+) -> sa.TableClause:
+    """A typed table of the control schema."""
+    return sa.table(name, *(sa.column(n, t) for n, t in columns), schema=C)
+
+
+holds = _control_table(
     "holds",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("hold_id", sa.String()),
-            ("scope", sa.String()),
-            ("subject_kind", sa.String()),
-            ("subject_id", sa.String()),
-            ("table_name", sa.String()),
-            ("purpose", sa.String()),
-            ("case_ref", sa.String()),
-            ("reason", sa.String()),
-            ("placed_by", sa.String()),
-            ("placed_at", sa.DateTime()),
-            ("review_at", sa.Date()),
-            ("released_at", sa.DateTime()),
-            ("released_by", sa.String()),
-        ]
-    ),
-    schema=C,
+    [
+        ("hold_id", sa.String()),
+        ("scope", sa.String()),
+        ("subject_kind", sa.String()),
+        ("subject_id", sa.String()),
+        ("table_name", sa.String()),
+        ("purpose", sa.String()),
+        ("case_ref", sa.String()),
+        ("reason", sa.String()),
+        ("placed_by", sa.String()),
+        ("placed_at", sa.DateTime()),
+        ("review_at", sa.Date()),
+        ("released_at", sa.DateTime()),
+        ("released_by", sa.String()),
+    ],
 )
 
-audit = sa.table(
+audit = _control_table(
     "audit",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("seq", sa.BigInteger()),
-            ("run_id", sa.String()),
-            ("recorded_at", sa.DateTime()),
-            ("purpose", sa.String()),
-            ("rule", sa.String()),
-            ("table_name", sa.String()),
-            ("action", sa.String()),
-            ("as_of", sa.Date()),
-            ("policy_sha256", sa.String()),
-            ("batch", sa.BigInteger()),
-            ("expired", sa.BigInteger()),
-            ("held", sa.BigInteger()),
-            ("retained", sa.BigInteger()),
-            ("deleted", sa.BigInteger()),
-            ("anonymised", sa.BigInteger()),
-            ("unlinked", sa.BigInteger()),
-            ("key_id", sa.String()),
-            ("seconds", sa.Float()),
-            ("prev_hash", sa.String()),
-            ("row_hash", sa.String()),
-        ]
-    ),
-    schema=C,
+    [
+        ("seq", sa.BigInteger()),
+        ("run_id", sa.String()),
+        ("recorded_at", sa.DateTime()),
+        ("purpose", sa.String()),
+        ("rule", sa.String()),
+        ("table_name", sa.String()),
+        ("action", sa.String()),
+        ("as_of", sa.Date()),
+        ("policy_sha256", sa.String()),
+        ("batch", sa.BigInteger()),
+        ("expired", sa.BigInteger()),
+        ("held", sa.BigInteger()),
+        ("retained", sa.BigInteger()),
+        ("deleted", sa.BigInteger()),
+        ("anonymised", sa.BigInteger()),
+        ("unlinked", sa.BigInteger()),
+        ("key_id", sa.String()),
+        ("seconds", sa.Float()),
+        ("prev_hash", sa.String()),
+        ("row_hash", sa.String()),
+    ],
 )
 
-erased_values = sa.table(
+erased_values = _control_table(
     "erased_values",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("run_id", sa.String()),
-            ("table_name", sa.String()),
-            ("column_name", sa.String()),
-            ("anchor_hash", sa.BigInteger()),
-            ("value_hash", sa.BigInteger()),
-            ("value_length", sa.BigInteger()),
-            ("erased_at", sa.DateTime()),
-        ]
-    ),
-    schema=C,
+    [
+        ("run_id", sa.String()),
+        ("table_name", sa.String()),
+        ("column_name", sa.String()),
+        ("anchor_hash", sa.BigInteger()),
+        ("value_hash", sa.BigInteger()),
+        ("value_length", sa.BigInteger()),
+        ("erased_at", sa.DateTime()),
+    ],
 )
 
-runs = sa.table(
+runs = _control_table(
     "runs",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("run_id", sa.String()),
-            ("started_at", sa.DateTime()),
-            ("finished_at", sa.DateTime()),
-            ("as_of", sa.Date()),
-            ("mode", sa.String()),
-            ("status", sa.String()),
-            ("policies_sha256", sa.String()),
-            ("summary", sa.String()),
-        ]
-    ),
-    schema=C,
+    [
+        ("run_id", sa.String()),
+        ("started_at", sa.DateTime()),
+        ("finished_at", sa.DateTime()),
+        ("as_of", sa.Date()),
+        ("mode", sa.String()),
+        ("status", sa.String()),
+        ("policies_sha256", sa.String()),
+        ("summary", sa.String()),
+    ],
 )
 
-suppression = sa.table(
+suppression = _control_table(
     "suppression",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("identifier_hash", sa.String()),
-            ("key_id", sa.String()),
-            ("purpose", sa.String()),
-            ("added_at", sa.DateTime()),
-        ]
-    ),
-    schema=C,
+    [
+        ("identifier_hash", sa.String()),
+        ("key_id", sa.String()),
+        ("purpose", sa.String()),
+        ("added_at", sa.DateTime()),
+    ],
 )
 
 _DDL = {
@@ -427,7 +415,7 @@ def append_audit(session: Session, **row: Any) -> str:
         sa.select(audit.c.seq, audit.c.row_hash).order_by(audit.c.seq.desc()).limit(1)
     )
     seq, prev = (last[0][0] + 1, last[0][1] or GENESIS) if last else (1, GENESIS)
-    full = {c.name: None for c in audit.c if c.name != "row_hash"}
+    full: dict[str, Any] = {c.name: None for c in audit.c if c.name != "row_hash"}
     full.update(row, seq=seq, recorded_at=now(), prev_hash=prev)
     full["row_hash"] = audit_row_hash(full)
     session.execute(sa.insert(audit).values(**full))
@@ -481,79 +469,63 @@ def audit_rows(session: Session, run_id: str | None = None) -> list[dict[str, An
 # forgets it when the request is closed. Outcomes, receipts and exports hold counts, dates,
 # rule ids and hashes only.
 
-subject_requests = sa.table(
+subject_requests = _control_table(
     "requests",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("request_id", sa.String()),
-            ("kind", sa.String()),
-            ("purpose", sa.String()),
-            ("subject_kind", sa.String()),
-            ("subject_id", sa.String()),
-            ("received_on", sa.Date()),
-            ("due_on", sa.Date()),
-            ("status", sa.String()),
-            ("status_note", sa.String()),
-            ("recheck_on", sa.Date()),
-            ("created_at", sa.DateTime()),
-            ("updated_at", sa.DateTime()),
-            ("completed_at", sa.DateTime()),
-        ]
-    ),
-    schema=C,
+    [
+        ("request_id", sa.String()),
+        ("kind", sa.String()),
+        ("purpose", sa.String()),
+        ("subject_kind", sa.String()),
+        ("subject_id", sa.String()),
+        ("received_on", sa.Date()),
+        ("due_on", sa.Date()),
+        ("status", sa.String()),
+        ("status_note", sa.String()),
+        ("recheck_on", sa.Date()),
+        ("created_at", sa.DateTime()),
+        ("updated_at", sa.DateTime()),
+        ("completed_at", sa.DateTime()),
+    ],
 )
 
-request_outcomes = sa.table(
+request_outcomes = _control_table(
     "request_outcomes",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("request_id", sa.String()),
-            ("table_name", sa.String()),
-            ("deleted", sa.BigInteger()),
-            ("anonymised", sa.BigInteger()),
-            ("unlinked", sa.BigInteger()),
-            ("held", sa.BigInteger()),
-            ("retained", sa.BigInteger()),
-            ("hold_cases", sa.String()),
-            ("retained_by", sa.String()),
-            ("free_from", sa.Date()),
-            ("updated_at", sa.DateTime()),
-        ]
-    ),
-    schema=C,
+    [
+        ("request_id", sa.String()),
+        ("table_name", sa.String()),
+        ("deleted", sa.BigInteger()),
+        ("anonymised", sa.BigInteger()),
+        ("unlinked", sa.BigInteger()),
+        ("held", sa.BigInteger()),
+        ("retained", sa.BigInteger()),
+        ("hold_cases", sa.String()),
+        ("retained_by", sa.String()),
+        ("free_from", sa.Date()),
+        ("updated_at", sa.DateTime()),
+    ],
 )
 
-request_receipts = sa.table(
+request_receipts = _control_table(
     "request_receipts",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("request_id", sa.String()),
-            ("receipt_no", sa.BigInteger()),
-            ("issued_at", sa.DateTime()),
-            ("status", sa.String()),
-            ("body", sa.String()),
-        ]
-    ),
-    schema=C,
+    [
+        ("request_id", sa.String()),
+        ("receipt_no", sa.BigInteger()),
+        ("issued_at", sa.DateTime()),
+        ("status", sa.String()),
+        ("body", sa.String()),
+    ],
 )
 
-request_exports = sa.table(
+request_exports = _control_table(
     "request_exports",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("request_id", sa.String()),
-            ("produced_at", sa.DateTime()),
-            ("table_count", sa.BigInteger()),
-            ("row_count", sa.BigInteger()),
-            ("byte_count", sa.BigInteger()),
-            ("sha256", sa.String()),
-        ]
-    ),
-    schema=C,
+    [
+        ("request_id", sa.String()),
+        ("produced_at", sa.DateTime()),
+        ("table_count", sa.BigInteger()),
+        ("row_count", sa.BigInteger()),
+        ("byte_count", sa.BigInteger()),
+        ("sha256", sa.String()),
+    ],
 )
 
 

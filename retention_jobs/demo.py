@@ -12,7 +12,7 @@ import re
 from datetime import date, datetime, time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import polars as pl
@@ -251,7 +251,7 @@ class _Random:
 
     def _u64(self, n: int) -> pl.Series:
         buf = pa.py_buffer(self._r.randbytes(8 * n))
-        return pl.from_arrow(pa.Array.from_buffers(pa.uint64(), n, [None, buf]))
+        return cast(pl.Series, pl.from_arrow(pa.Array.from_buffers(pa.uint64(), n, [None, buf])))
 
     def ints(self, n: int) -> pl.Series:
         """Non-negative Int64."""
@@ -1288,7 +1288,7 @@ def demo_holds_for(store: Store, session: Session) -> list[dict[str, Any]]:
         sa.column("relationship_ended_at"),
         schema="billing",
     )
-    df = pl.from_arrow(session.arrow(sa.select(*t.c)))
+    df = cast(pl.DataFrame, pl.from_arrow(session.arrow(sa.select(*t.c))))
     return demo_holds({"billing.customers": df})
 
 

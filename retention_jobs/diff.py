@@ -21,7 +21,7 @@ revision deletes anyway are not the change's doing.
 import json
 import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
@@ -418,7 +418,7 @@ def _coalesced(parts: list[sa.ColumnElement]) -> sa.ColumnElement:
     return sa.func.coalesce(sa.or_(*parts), sa.false())
 
 
-def _acting_on(p: Planner, table: str, action: str, t: sa.TableClause) -> sa.ColumnElement:
+def _acting_on(p: Planner, table: str, action: str, t: sa.FromClause) -> sa.ColumnElement:
     """Rows of `table` that plan `p` deletes (or anonymises): by a rule on the table, or by a
     cascade from another rule's rows."""
     parts: list[sa.ColumnElement] = []
@@ -434,7 +434,7 @@ def _acting_on(p: Planner, table: str, action: str, t: sa.TableClause) -> sa.Col
     return _coalesced(parts)
 
 
-def _flags(t: sa.TableClause, **predicates: sa.ColumnElement) -> sa.Subquery:
+def _flags(t: sa.FromClause, **predicates: sa.ColumnElement) -> sa.Subquery:
     """One boolean column per predicate, each evaluated once per row: counting over this
     subquery is much faster than repeating the predicates (with their correlated subqueries)
     inside several sums."""
@@ -513,7 +513,7 @@ def compute_diff(
     base_label: str,
     head_label: str = WORKING_TREE,
     max_delete_fraction: float | None = 0.25,
-    approvals: list[ApprovalFile] = (),
+    approvals: Sequence[ApprovalFile] = (),
 ) -> PlanDiff:
     """Plan both revisions on one read-only connection, in one transaction, and compare."""
     with store.connect(read_only=True) as session:
@@ -571,6 +571,8 @@ def _compare(
     unchanged = 0
     for rid in sorted(set(bound_b) | set(bound_h)):
         bb, bh = bound_b.get(rid), bound_h.get(rid)
+        either = bh or bb
+        assert either is not None  # the id of a rule of at least one revision
         rb, rh = rp_b.get(rid), rp_h.get(rid)
         changes, new_cols, changed_cols = rule_changes(
             bb.rule if bb else None, bh.rule if bh else None
@@ -613,7 +615,7 @@ def _compare(
         rules.append(
             RuleDiff(
                 rule_id=rid,
-                table=(bh or bb).table.name,
+                table=either.table.name,
                 status=status,
                 base_action=bb.rule.action if bb else None,
                 head_action=bh.rule.action if bh else None,
@@ -664,12 +666,29 @@ def _compare(
                 _sum(sa.and_(c.ab, ~c.ah)),
             ).select_from(f)
         )[0]
-        total, *counts = (int(v) for v in row)
+        (
+            total,
+            deleted_base,
+            deleted_head,
+            newly_deleted,
+            no_longer_deleted,
+            anonymised_base,
+            anonymised_head,
+            newly_anonymised,
+            no_longer_anonymised,
+        ) = (int(v) for v in row)
         n = guard.get(name, 0)
         td = TableDiff(
             name,
             total,
-            *counts,
+            deleted_base,
+            deleted_head,
+            newly_deleted,
+            no_longer_deleted,
+            anonymised_base,
+            anonymised_head,
+            newly_anonymised,
+            no_longer_anonymised,
             head_delete_rows=n,
             share=(n / total if total else 0.0),
             rules=sorted(_touching(pb, name) | _touching(ph, name)),
@@ -848,13 +867,14 @@ def to_json(d: PlanDiff) -> str:
 
 def render(d: PlanDiff, console) -> None:
     """For a terminal: the same content as the markdown, as rich tables."""
+    from rich.console import JustifyMethod
     from rich.markup import escape
     from rich.table import Table
 
     console.print(summary_line(d, markdown=False), markup=False, highlight=False)
     if d.rules:
         rt = Table(title="Rules", title_justify="left")
-        for name, justify in [
+        columns: list[tuple[str, JustifyMethod]] = [
             ("rule", "left"),
             ("table", "left"),
             ("action", "left"),
@@ -862,7 +882,8 @@ def render(d: PlanDiff, console) -> None:
             ("to act", "right"),
             ("newly", "right"),
             ("no longer", "right"),
-        ]:
+        ]
+        for name, justify in columns:
             rt.add_column(name, justify=justify)
         for r in d.rules:
             rt.add_row(

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import polars as pl
 import sqlalchemy as sa
@@ -154,8 +155,8 @@ def record_where(
     run_id: str,
     info: TableInfo,
     columns: list[str],
-    where: Callable[[sa.TableClause], sa.ColumnElement],
-    anonymised: Callable[[sa.TableClause, str], sa.ColumnElement] | None = None,
+    where: Callable[[sa.FromClause], sa.ColumnElement],
+    anonymised: Callable[[sa.FromClause, str], sa.ColumnElement] | None = None,
 ) -> int:
     """Fetch `columns` of the rows `where(table)` selects (about to be erased), and record them.
     `anonymised(table, column)` tells where a value is already an anonymised one (a hash or a
@@ -167,7 +168,7 @@ def record_where(
         sa.case((anonymised(t, c), sa.null()), else_=t.c[c]).label(c) if anonymised else t.c[c]
         for c in columns
     ]
-    data = pl.from_arrow(session.arrow(sa.select(*exprs).where(where(t))))
+    data = cast(pl.DataFrame, pl.from_arrow(session.arrow(sa.select(*exprs).where(where(t)))))
     return record(session, key, run_id, info, columns, data)
 
 

@@ -3,7 +3,7 @@
 import json
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from retention_jobs.apply import RunReport
@@ -77,7 +77,7 @@ def to_json(report: RunReport) -> str:
 def render(report: RunReport, console: Console) -> None:
     title = ("Plan" if report.dry_run else "Run") + f" as of {report.as_of} on {report.store}"
     table = Table(title=title, title_justify="left")
-    for name, justify in [
+    columns: list[tuple[str, JustifyMethod]] = [
         ("rule", "left"),
         ("table", "left"),
         ("action", "left"),
@@ -86,7 +86,8 @@ def render(report: RunReport, console: Console) -> None:
         ("retained", "right"),
         ("to act" if report.dry_run else "done", "right"),
         ("kept", "right"),
-    ]:
+    ]
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     notes: list[str] = []
     for r in report.rules:
@@ -121,10 +122,10 @@ def render(report: RunReport, console: Console) -> None:
                 else (got.deleted or got.anonymised or got.unlinked)
             )
             table.add_row("  ↳ cascade", c.table, c.action, "", "", "", str(n), "")
-        for n in rp.retained_by:
-            until = n.free_from.isoformat() if n.free_from else "a clock is set"
+        for kept in rp.retained_by:
+            until = kept.free_from.isoformat() if kept.free_from else "a clock is set"
             notes.append(
-                f"{rp.rule_id}: {n.rows} rows kept by {n.rule_id} ({n.table}) until {until}"
+                f"{rp.rule_id}: {kept.rows} rows kept by {kept.rule_id} ({kept.table}) until {until}"
             )
         if extra:
             notes.append(f"{rp.rule_id}: " + "; ".join(extra))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import sqlalchemy as sa
@@ -62,7 +62,7 @@ def retention_text(rule: Rule) -> str:
 @dataclass
 class _Table:
     info: TableInfo
-    t: sa.TableClause
+    t: sa.FromClause
     conds: list[sa.ColumnElement]
     flags: list[tuple[str, sa.ColumnElement]]
 
@@ -88,13 +88,14 @@ def subject_rows(
         purposes=None,
     )
     pred = planner.pred
+    assert isinstance(pred, SubjectPredicates)
     tables: dict[str, _Table] = {}
 
     def entry(info: TableInfo) -> _Table:
         if info.name not in tables:
             t = alias(info)
             # every rule on the table covers the rows its filters match
-            flags = [
+            flags: list[tuple[str, sa.ColumnElement]] = [
                 (b.id, sa.func.coalesce(pred.matches(b, t), sa.false()))
                 for b in planner.bound
                 if b.table.name == info.name
@@ -129,7 +130,7 @@ def subject_rows(
             sa.or_(*e.conds)
         )
         key = e.info.primary_key or tuple(e.info.columns)
-        df = pl.from_arrow(session.arrow(q.order_by(*(e.t.c[k] for k in key))))
+        df = cast(pl.DataFrame, pl.from_arrow(session.arrow(q.order_by(*(e.t.c[k] for k in key)))))
         if df.is_empty():
             continue
         flag_cols = [f"_rj_flag{i}" for i in range(len(labels))]

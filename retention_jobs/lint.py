@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from retention_jobs.errors import Problem
 from retention_jobs.load import PolicyFile, PolicySet
-from retention_jobs.periods import Period, expires_on
+from retention_jobs.periods import Period, Rounding, expires_on
 from retention_jobs.policy import Condition, RelatedClock, RelatedFilter, Rule
 from retention_jobs.store.base import Catalog, Session, Store, TableInfo, sa_table
 
@@ -86,7 +86,7 @@ def _expiries(r: Rule) -> tuple[date, ...]:
 
 
 @lru_cache(maxsize=256)
-def _expiry_table(keep_for: str, rounding: str | None) -> tuple[date, ...]:
+def _expiry_table(keep_for: str, rounding: Rounding | None) -> tuple[date, ...]:
     period = Period.parse(keep_for)
     return tuple(expires_on(d, period, rounding) for d in _REFERENCE_DAYS)
 

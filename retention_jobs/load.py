@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from retention_jobs import policy as P
 from retention_jobs.errors import PolicyError, Problem
@@ -144,7 +145,7 @@ _FIELD_NAMES = sorted(
 )
 
 
-def _hint(err: dict) -> str:
+def _hint(err: ErrorDetails) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(err["loc"][-1]), _FIELD_NAMES, n=1, cutoff=0.8)
@@ -188,7 +189,7 @@ def _drop_union_tags(loc: Loc) -> Loc:
     return tuple(p for p in loc if not (isinstance(p, str) and _BRANCH_TAG.match(p)))
 
 
-def _errors(e: ValidationError) -> list[tuple[Loc, dict]]:
+def _errors(e: ValidationError) -> list[tuple[Loc, ErrorDetails]]:
     """Pydantic's errors with union noise removed: when one branch of a union fits the input's
     shape, the other branches' 'input should be a valid string' errors only confuse."""
     raw = [

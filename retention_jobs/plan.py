@@ -4,6 +4,7 @@ holds counts and dates only; the keys to act on are staged inside the store when
 it, never carried here, never printed."""
 
 from datetime import date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -142,7 +143,7 @@ class Planner:
     def rule_plan(self, b: BoundRule) -> RulePlan:
         p = self.pred
         t = alias(b.table)
-        common = dict(
+        common: dict[str, Any] = dict(
             rule_id=b.id,
             purpose=b.policy.purpose,
             rule=b.rule.name,
@@ -248,7 +249,7 @@ class Planner:
                 merged[(n.rule_id, n.table)] = n
         return tuple(merged.values())
 
-    def _note(self, r: BoundRule, t: sa.TableClause, where: sa.ColumnElement) -> RetainNote:
+    def _note(self, r: BoundRule, t: sa.FromClause, where: sa.ColumnElement) -> RetainNote:
         clock = self.pred.clock(r, t)
         n, latest, unset = self.session.fetchall(
             sa.select(sa.func.count(), sa.func.max(clock), _sum(clock.is_(None)))

@@ -6,7 +6,7 @@ descriptions that editors show (`retention-jobs schema`).
 
 import re
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -144,7 +144,7 @@ def parse_strategy(raw: Any) -> Strategy:
         return Mask(**(_mapping(arg, "mask") if arg is not None else {}))
     if name == "generalise":
         return (
-            Generalise(to=arg)
+            Generalise.model_validate({"to": arg})
             if isinstance(arg, str)
             else Generalise(**_mapping(arg, "generalise"))
         )
@@ -202,9 +202,9 @@ def parse_where(raw: Any) -> Any:
             if not spec:
                 raise ValueError(f"{column}: an empty operator mapping")
             for op, value in spec.items():
-                if op not in Operator.__args__:
+                if op not in get_args(Operator):
                     raise ValueError(
-                        f"{column}: unknown operator {op!r}; use one of: {', '.join(Operator.__args__)}"
+                        f"{column}: unknown operator {op!r}; use one of: {', '.join(get_args(Operator))}"
                     )
                 if op in ("in", "not_in") and not isinstance(value, list):
                     raise ValueError(f"{column}: {op} takes a list of values")

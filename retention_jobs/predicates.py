@@ -21,14 +21,14 @@ import sqlalchemy as sa
 
 from retention_jobs import control
 from retention_jobs.periods import cutoff
-from retention_jobs.policy import Condition, RelatedClock
+from retention_jobs.policy import Condition, RelatedClock, Scalar
 from retention_jobs.resolve import BoundRule, Link
 from retention_jobs.store.base import Catalog, TableInfo, sa_table
 
 _alias_counter = itertools.count()
 
 
-def alias(info: TableInfo) -> sa.TableClause:
+def alias(info: TableInfo) -> sa.FromClause:
     return sa_table(info, f"t{next(_alias_counter)}")
 
 
@@ -48,15 +48,22 @@ def condition(col: sa.ColumnElement, c: Condition) -> sa.ColumnElement:
         case "ge":
             return col >= v
         case "in":
-            return col.in_(v)
+            return col.in_(_values(c))
         case "not_in":
-            return sa.not_(sa.func.coalesce(col.in_(v), sa.false()))
+            return sa.not_(sa.func.coalesce(col.in_(_values(c)), sa.false()))
         case "is_null":
             return col.is_(None) if v else col.is_not(None)
     raise ValueError(c.op)
 
 
-def all_of(t: sa.TableClause, conds: list[Condition]) -> sa.ColumnElement:
+def _values(c: Condition) -> list[Scalar]:
+    """The list of an `in` / `not_in` condition (`parse_where` accepts no other value)."""
+    if not isinstance(c.value, list):
+        raise ValueError(f"{c.column}: {c.op} takes a list of values")
+    return c.value
+
+
+def all_of(t: sa.FromClause, conds: list[Condition]) -> sa.ColumnElement:
     return sa.and_(sa.true(), *(condition(t.c[c.column], c) for c in conds))
 
 
@@ -87,7 +94,7 @@ class Predicates:
 
     # -- clocks ---------------------------------------------------------------------------
 
-    def clock(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def clock(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         clock = b.rule.clock
         if isinstance(clock, RelatedClock):
             r = alias(self.catalog.tables[clock.table])
@@ -102,7 +109,7 @@ class Predicates:
     def cutoff(self, b: BoundRule) -> date:
         return cutoff(self.as_of, b.rule.period, b.rule.round_clock_to)
 
-    def clock_past(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def clock_past(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         op, value = clock_bound(b.clock_type, self.cutoff(b), b.policy.timezone)
         clock = self.clock(b, t)
         bound = sa.literal(value, clock.type)
@@ -110,7 +117,7 @@ class Predicates:
 
     # -- filters --------------------------------------------------------------------------
 
-    def matches(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def matches(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         parts = [all_of(t, b.rule.where)]
         for rel in b.rule.related:
             r = alias(self.catalog.tables[rel.table])
@@ -124,7 +131,7 @@ class Predicates:
                 parts.append(~sa.exists().where(linked, sa.func.coalesce(conds, sa.false())))
         return sa.and_(*parts)
 
-    def expired(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def expired(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         return sa.func.coalesce(sa.and_(self.clock_past(b, t), self.matches(b, t)), sa.false())
 
     # -- holds ----------------------------------------------------------------------------
@@ -140,7 +147,7 @@ class Predicates:
         h = control.holds
         return self._active(h.c.scope == "table", h.c.table_name == table)
 
-    def held(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def held(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         h = control.holds
         parts = [
             self._active(h.c.scope == "purpose", h.c.purpose == b.policy.purpose),
@@ -161,7 +168,7 @@ class Predicates:
         # a NULL subject matches no subject hold: false, not unknown
         return sa.func.coalesce(sa.or_(*parts), sa.false())
 
-    def _link_exists(self, link: Link, parent: sa.TableClause, test) -> sa.ColumnElement:
+    def _link_exists(self, link: Link, parent: sa.FromClause, test) -> sa.ColumnElement:
         """True where a row of `link` (or below it) linked to `parent` passes `test`."""
         c = alias(link.table)
         inner = [test(link, c)]
@@ -173,17 +180,17 @@ class Predicates:
     def retain_rules(self, table: str) -> list[BoundRule]:
         return [r for r in self.bound if r.rule.action == "retain" and r.table.name == table]
 
-    def inside_retain(self, r: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def inside_retain(self, r: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         clock = self.clock(r, t)
         return sa.and_(self.matches(r, t), sa.or_(clock.is_(None), ~self.clock_past(r, t)))
 
-    def retained_here(self, table: str, t: sa.TableClause) -> sa.ColumnElement:
+    def retained_here(self, table: str, t: sa.FromClause) -> sa.ColumnElement:
         rules = self.retain_rules(table)
         if not rules:
             return sa.false()
         return sa.func.coalesce(sa.or_(*(self.inside_retain(r, t) for r in rules)), sa.false())
 
-    def retained(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def retained(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         parts = [self.retained_here(b.table.name, t)]
         for link in b.cascades:
             if self._has_retain(link):
@@ -200,7 +207,7 @@ class Predicates:
     # -- anonymisation markers ------------------------------------------------------------
 
     def marked(
-        self, info: TableInfo, key: list[str] | tuple[str, ...], t: sa.TableClause, column: str
+        self, info: TableInfo, key: list[str] | tuple[str, ...], t: sa.FromClause, column: str
     ) -> sa.ColumnElement:
         if control.marker_name(info.name) not in self.marker_tables:
             return sa.false()
@@ -210,7 +217,7 @@ class Predicates:
         )
 
     def done(
-        self, b: BoundRule, t: sa.TableClause, span: tuple[object, object] | None = None
+        self, b: BoundRule, t: sa.FromClause, span: tuple[object, object] | None = None
     ) -> sa.ColumnElement:
         """Every column the rule anonymises is already anonymised (one subquery for all
         columns: a row's markers, grouped, mention each column in at least one of them).
@@ -246,10 +253,10 @@ class Predicates:
 
     # -- what the rule acts on ------------------------------------------------------------
 
-    def free(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def free(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         return sa.and_(self.expired(b, t), ~self.held(b, t), ~self.retained(b, t))
 
-    def superseded(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def superseded(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         """Deletion wins: rows that a delete rule on the same table removes anyway."""
         deleters = [
             d
@@ -260,17 +267,17 @@ class Predicates:
             return sa.false()
         return sa.or_(*(self.deleter_frees(d, t) for d in deleters))
 
-    def deleter_frees(self, d: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def deleter_frees(self, d: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         """The delete rule `d` removes the row (for `superseded`)."""
         return self.free(d, t)
 
-    def in_share(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def in_share(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         """Rows of `b`'s keys (in `t`, a table with those key columns) that this run may act on:
         all of them, except in one worker of a parallel run (`KeyRangePredicates`)."""
         return sa.true()
 
     def actionable(
-        self, b: BoundRule, t: sa.TableClause, span: tuple[object, object] | None = None
+        self, b: BoundRule, t: sa.FromClause, span: tuple[object, object] | None = None
     ) -> sa.ColumnElement:
         parts = [self.free(b, t)]
         if b.rule.action == "anonymise":
@@ -322,13 +329,14 @@ class SubjectPredicates(Predicates):
             and (self.purposes is None or b.policy.purpose in self.purposes)
         )
 
-    def belongs(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
-        if not self.covers(b):
+    def belongs(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
+        subject = b.rule.subject
+        if subject is None or not self.covers(b):
             return sa.false()
-        column = b.rule.subject.column
+        column = subject.column
         return subject_equals(t.c[column], b.table.columns[column].type, self.subject_id)
 
-    def expired(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def expired(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         return self.belongs(b, t)
 
 
@@ -353,7 +361,7 @@ class KeyRangePredicates(Predicates):
         super().__init__(bound, as_of, catalog, marker_tables)
         self.ranges = dict(ranges)
 
-    def in_share(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def in_share(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         if b.id not in self.ranges:
             return sa.false()
         lo, hi = self.ranges[b.id]
@@ -364,10 +372,10 @@ class KeyRangePredicates(Predicates):
             *([col < hi] if hi is not None else []),
         )
 
-    def expired(self, b: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def expired(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         return sa.and_(super().expired(b, t), self.in_share(b, t))
 
-    def deleter_frees(self, d: BoundRule, t: sa.TableClause) -> sa.ColumnElement:
+    def deleter_frees(self, d: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         # whichever worker's range holds the row: deletion wins across ranges
         return sa.and_(super().expired(d, t), ~self.held(d, t), ~self.retained(d, t))
 

@@ -78,15 +78,20 @@ class Request:
     def overdue(self, today: date) -> bool:
         return self.is_open and today > self.due_on
 
-    def options(self, purposes: Iterable[str] | None) -> dict[str, Any]:
-        """Keyword options of `SubjectPredicates` for this request."""
+    def subject(self) -> tuple[str, str]:
+        """(kind, id) of the request's subject, while the request still names it."""
         if self.subject_id is None:
             raise ConfigError(
                 f"request {self.request_id} is closed and no longer names its subject"
             )
+        return self.subject_kind, self.subject_id
+
+    def options(self, purposes: Iterable[str] | None) -> dict[str, Any]:
+        """Keyword options of `SubjectPredicates` for this request."""
+        subject_kind, subject_id = self.subject()
         return {
-            "subject_kind": self.subject_kind,
-            "subject_id": self.subject_id,
+            "subject_kind": subject_kind,
+            "subject_id": subject_id,
             "purposes": None if purposes is None else list(purposes),
         }
 
@@ -529,6 +534,8 @@ def _count_left(
     outcomes: dict[str, TableOutcome],
 ) -> int:
     """Fill held/retained per table from a fresh plan; return the rows still to act on."""
+    pred = planner.pred
+    assert isinstance(pred, SubjectPredicates)  # the planner of a request
     for o in outcomes.values():
         o.held = o.retained = 0
         o.hold_cases, o.retained_by, o.free_from, o.free_unknown = set(), set(), None, False
@@ -536,7 +543,7 @@ def _count_left(
     to_act = 0
     for rp in plan.rules:
         b = bound[rp.rule_id]
-        if rp.action == "retain" or not planner.pred.covers(b):
+        if rp.action == "retain" or not pred.covers(b):
             continue
         to_act += rp.to_act
         if not (rp.held or rp.retained):
@@ -560,6 +567,7 @@ def suppress_subject(session: Session, planner: Planner, key: PseudonymKey) -> i
     """Keyed hashes of the subject's e-mail addresses and phone numbers (trimmed, lower-cased,
     as the engine's `suppress` does) into the suppression list; returns the entries added."""
     pred = planner.pred
+    assert isinstance(pred, SubjectPredicates)  # the planner of a request
     by_purpose: dict[str, list[pl.Series]] = {}
     seen: set[tuple[str, str]] = set()
     for b in planner.bound:
@@ -647,7 +655,7 @@ def process_request(
         run_id = report.run_id
         _count_changes(report, outcomes)
         check = Planner(store, session, policies, as_of, SubjectPredicates, **options)
-        holds = control.list_holds(session, subject=(req.subject_kind, req.subject_id))
+        holds = control.list_holds(session, subject=req.subject())
         to_act = _count_left(check.plan(purposes), check, holds, req, outcomes)
     held = sum(o.held for o in outcomes.values())
     retained = sum(o.retained for o in outcomes.values())
@@ -908,9 +916,9 @@ def holds_for_review(
 ) -> tuple[list[control.Hold], list[control.Hold]]:
     """Active holds whose review date is on or before the date, and active holds with none."""
     active = control.list_holds(session)
-    due = [h for h in active if h.review_at is not None and h.review_at <= as_of]
+    due = [(h.review_at, h) for h in active if h.review_at is not None and h.review_at <= as_of]
     undated = [h for h in active if h.review_at is None]
-    return sorted(due, key=lambda h: h.review_at), undated
+    return [h for _, h in sorted(due, key=lambda d: d[0])], undated
 
 
 # --- the suppression list ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -33,7 +33,8 @@ class ColumnInfo:
 
 @dataclass(frozen=True)
 class ForeignKey:
-    name: str
+    name: str | None
+    """The constraint's name; None where the database keeps none (an unnamed constraint)."""
     table: str
     columns: tuple[str, ...]
     ref_table: str
@@ -83,7 +84,11 @@ def sa_type(info: ColumnInfo) -> sa.types.TypeEngine:
     return _SA_TYPES.get(info.type, sa.types.NullType)()
 
 
-def sa_table(info: TableInfo, alias: str | None = None) -> sa.TableClause:
+@overload
+def sa_table(info: TableInfo, alias: None = None) -> sa.TableClause: ...
+@overload
+def sa_table(info: TableInfo, alias: str) -> sa.FromClause: ...
+def sa_table(info: TableInfo, alias: str | None = None) -> sa.TableClause | sa.FromClause:
     """A typed lightweight table for building statements (types make bound values cast right)."""
     t = sa.table(
         info.short,

@@ -16,6 +16,7 @@ import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from retention_jobs.errors import ConfigError, StoreUnavailable
 from retention_jobs.store.base import (
@@ -34,7 +35,11 @@ CATALOG = "rj_store"
 
 
 def compile_for_duckdb(stmt: sa.Executable) -> tuple[str, list[Any]]:
+    if not isinstance(stmt, sa.ClauseElement):  # every SQLAlchemy statement is one
+        raise TypeError(f"not a SQLAlchemy statement: {stmt!r}")
     compiled = stmt.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    if not isinstance(compiled, SQLCompiler):  # DDL constructs are not run through here
+        raise TypeError(f"not a DML or query statement: {stmt!r}")
     params = compiled.params
     return str(compiled), [params[name] for name in (compiled.positiontup or [])]
 

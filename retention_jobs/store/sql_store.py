@@ -18,7 +18,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -162,7 +162,7 @@ def sa_type_for_arrow(t: pa.DataType) -> sa.types.TypeEngine:
     pg = pg_type_for_arrow(t)
     if pg in ("SMALLINT", "INTEGER", "BIGINT"):
         return sa.BigInteger()
-    return {
+    types: dict[str, sa.types.TypeEngine] = {
         "BOOLEAN": sa.Boolean(),
         "REAL": sa.Float(),
         "DOUBLE PRECISION": sa.Float(),
@@ -172,7 +172,8 @@ def sa_type_for_arrow(t: pa.DataType) -> sa.types.TypeEngine:
         "TIME": sa.Time(),
         "TIMESTAMP WITH TIME ZONE": sa.DateTime(timezone=True),
         "TIMESTAMP WITHOUT TIME ZONE": sa.DateTime(),
-    }.get(pg, sa.Numeric())
+    }
+    return types.get(pg, sa.Numeric())
 
 
 def _csv_ready(table: pa.Table) -> pa.Table:
@@ -417,6 +418,8 @@ class SqlSession(Session):
         if not ready.num_rows:
             return
         raw = self.conn.connection.driver_connection
+        if raw is None:
+            raise StoreUnavailable(f"{self.store.describe()}: the connection is closed")
         with raw.cursor() as cur, cur.copy(f"COPY {target} FROM STDIN WITH (FORMAT csv)") as copy:
             for batch in ready.to_batches(max_chunksize=COPY_ROWS):
                 sink = pa.BufferOutputStream()
@@ -614,7 +617,8 @@ class SqlStore(Store):
         `held_back_by` (process ids and kinds, never a query text) and the purge is not
         complete; the next run purges these tables again."""
         t0 = time.perf_counter()
-        with self.connect() as s:
+        with self.connect() as session:
+            s = cast(SqlSession, session)  # self.session() makes SqlSessions
             present = [
                 t for t in tables if s.scalar(sa.select(sa.func.to_regclass(_qualified(s, t))))
             ]
@@ -738,7 +742,8 @@ class SqlStore(Store):
                 for key, cols in columns.items():
                     _, short = key
                     name = f"{schema}.{short}"
-                    pk = tuple((pks.get(key) or {}).get("constrained_columns") or ())
+                    pk_info = pks.get(key)
+                    pk = tuple((pk_info.get("constrained_columns") if pk_info else None) or ())
                     single = {pk[0]} if len(pk) == 1 else set()
                     single |= {
                         u["column_names"][0]
@@ -752,7 +757,7 @@ class SqlStore(Store):
                         and len(ix["column_names"]) == 1
                         and ix["column_names"][0]
                         and not ix.get("expressions")
-                        and not ix.get("dialect_options", {}).get("postgresql_where")
+                        and not (ix.get("dialect_options") or {}).get("postgresql_where")
                     }
                     infos = {}
                     for c in cols:
