@@ -135,18 +135,14 @@ _DDL = {
 }
 
 
-purge_pending = sa.table(
+purge_pending = _control_table(
     "purge_pending",
-    *(
-        sa.column(n, t)
-        for n, t in [
-            ("table_name", sa.String()),
-            ("run_id", sa.String()),
-            ("method", sa.String()),
-            ("since", sa.DateTime()),
-        ]
-    ),
-    schema=C,
+    [
+        ("table_name", sa.String()),
+        ("run_id", sa.String()),
+        ("method", sa.String()),
+        ("since", sa.DateTime()),
+    ],
 )
 
 
