@@ -550,7 +550,7 @@ def add_pending_purges(session: Session, tables: list[str], run_id: str, method:
         if t not in have
     ]
     if rows:
-        session.execute(sa.insert(purge_pending), rows)
+        session.execute(sa.insert(purge_pending).values(rows))
 
 
 def clear_pending_purges(session: Session, tables: list[str]) -> None:

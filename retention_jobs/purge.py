@@ -1,11 +1,13 @@
 """Purge: after rows were deleted or overwritten, make their old bytes unrecoverable, and
 remember what is still pending.
 
-The store does the work (`Store.purge`: a fresh DuckDB file, a PostgreSQL VACUUM). A purge
-that could not finish (on PostgreSQL: a transaction older than the run's changes kept the old
-row versions alive) leaves its tables in the control table `purge_pending`; every later run,
-and `retention-jobs purge`, purges them again until a purge completes. The erasure check
-reads the same table to say "not verified yet" instead of failing or passing wrongly.
+The store does the work (`Store.purge`: a fresh DuckDB file, a PostgreSQL VACUUM). The tables
+to purge are written to the control table `purge_pending` before it starts and taken out when
+it completes. A purge that was killed half-way, or could not finish (on PostgreSQL: a
+transaction older than the run's changes kept the old row versions alive), leaves them there,
+and every later run, and `retention-jobs purge`, purges them again until a purge completes.
+The erasure check reads the same table to say "not verified yet" instead of failing or
+passing wrongly.
 """
 
 from datetime import date
@@ -31,6 +33,13 @@ def purge_tables(
     if not tables:
         return None
     full = any(f.policy.purge == "full" for f in policies.files)
+    method = "full" if full else "default"
+    # written ahead: a purge killed half-way (a crash, a lost connection) leaves these rows,
+    # and the next run finds the work still to do
+    with store.connect() as session:
+        control.ensure_control_schema(store, session)
+        with session.transaction():
+            control.add_pending_purges(session, tables, run_id, method)
     result = store.purge(tables, full=full)
     if pending:
         result["retried_pending"] = len(pending)
@@ -46,8 +55,8 @@ def purge_tables(
         if result.get("complete", True):
             control.clear_pending_purges(session, tables)
         else:
-            left = result.get("pending_tables") or tables
-            control.add_pending_purges(session, left, run_id, result["method"])
+            left = set(result.get("pending_tables") or tables)
+            control.clear_pending_purges(session, [t for t in tables if t not in left])
             control.append_audit(
                 session,
                 run_id=run_id,

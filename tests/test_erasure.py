@@ -163,6 +163,59 @@ def test_kill_during_compaction_leaves_a_whole_database(tmp_path):
     assert snapshot(path) == expected
 
 
+KILLED_RUN = textwrap.dedent("""
+    import os, sys
+    from datetime import date
+    sys.path.insert(0, sys.argv[2])
+    import test_erasure as t
+    from retention_jobs.apply import RunOptions, run_policies
+    from retention_jobs.store.duckdb_store import DuckDBStore
+
+    store = DuckDBStore(sys.argv[1], settings=t.UNCOMPRESSED)
+    real = store.purge
+
+    def killed(tables, full=False):  # the process dies before or right after the compaction
+        if sys.argv[3] == "after":
+            real(tables, full)
+        os._exit(9)
+
+    store.purge = killed
+    run_policies(store, t.policies(), t.AS_OF, t.KEY, RunOptions(max_delete_fraction=None))
+""")
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_run_killed_during_its_purge_leaves_the_purge_pending_and_the_next_run_finishes_it(
+    tmp_path, when
+):
+    """Killed as the compaction starts, or after it swapped the file in but before the purge
+    was recorded: either way the pending row survives and the next run purges again. (A kill
+    in the middle of a compaction is test_kill_during_compaction_leaves_a_whole_database.)"""
+    path = tmp_path / "warehouse.duckdb"
+    store = build(path)
+    erased = [f"unique-mail-{i}@erase.example" for i in range(4, 2001, 4)]
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(path), os.path.dirname(__file__), when],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 9, proc.stderr
+    # the rows are gone; before the compaction, their bytes are not
+    assert snapshot(path)[0][0] == 1500
+    assert (raw_hits(path, erased) > 0) == (when == "before")
+    with store.connect(read_only=True) as s:
+        assert control.pending_purges(s) == ["p.people"]
+    # the next run has no row to change, and still finishes the purge
+    again = run_policies(store, policies(), AS_OF, KEY, RunOptions(max_delete_fraction=None))
+    assert not again.changed
+    assert again.purge is not None and again.purge["retried_pending"] == 1
+    assert raw_hits(path, erased) == 0
+    with store.connect(read_only=True) as s:
+        assert control.pending_purges(s) == []
+    assert run_policies(store, policies(), AS_OF, KEY, RunOptions()).purge is None
+
+
 def ledger_store(tmp_path):
     store = build(tmp_path / "warehouse.duckdb", rows=300)
     run_policies(store, policies(), AS_OF, KEY, RunOptions(max_delete_fraction=None, batch_size=20))
