@@ -160,9 +160,20 @@ class DuckDBSession(Session):
             self.con.execute("ROLLBACK")
 
     def close(self) -> None:
-        self.con.close()
+        # Drop the native connection, not only close it: a closed session object can outlive
+        # its `with` block in someone else's keeping (Dagster's records copy the locals of the
+        # frame that first builds one), and DuckDB objects alive at exit are reported as leaks.
+        con = self.__dict__.pop("con", None)
+        if con is not None:
+            con.close()
         if self._lock is not None:
             self._lock.close()  # releases the shared lock
+            self._lock = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "con":
+            raise RuntimeError("this DuckDB session is closed; open a new one with store.connect()")
+        raise AttributeError(name)
 
 
 # DuckDB settings an operator sets from the environment (docs/operations.md, docs/scaling.md).
