@@ -92,6 +92,8 @@ class RunReport(_Frozen):
     """What the purge step did and cost (method, bytes before/after, seconds)."""
     worker_runs: tuple[str, ...] = ()
     """A parallel run (`retention_jobs.parallel`): the run id of each worker, in range order."""
+    interrupted_runs: int = 0
+    """Runs left `running` by a killed run, marked `interrupted` when this run started."""
 
     @property
     def tables_changed(self) -> list[str]:
@@ -132,6 +134,9 @@ class RunOptions:
     key_ranges: dict[str, tuple[Any, Any]] | None = None
     """One worker of a parallel run (`retention_jobs.parallel`): rule id -> [lo, hi) of the
     rule's first key column; the worker acts on those ranges only."""
+    run_lock: bool = True
+    """Take the store's run lock (one run per store at a time, `Store.run_lock`). False only
+    for the workers of a parallel run, whose coordinator holds the lock for them."""
 
 
 def _in_stage(
@@ -190,6 +195,8 @@ class Applier:
         writes re-check the rule's predicate and the rows' versions (PostgreSQL's `xmin`)."""
         self._skipped = 0
         """Rows of the current rule skipped because they changed since they were read."""
+        self.interrupted_runs = 0
+        """Stale `running` runs marked `interrupted` before this run (see `run_policies`)."""
 
     @property
     def pred(self):
@@ -287,6 +294,7 @@ class Applier:
                     }
                     for r in report.rules
                 },
+                "interrupted_runs": self.interrupted_runs,
             },
         )
         return report
@@ -320,6 +328,7 @@ class Applier:
             seconds=round(time.perf_counter() - t0, 3),
             rules=tuple(results),
             held_fingerprints=fingerprints,
+            interrupted_runs=self.interrupted_runs,
         )
 
     def _audit(
@@ -1013,14 +1022,36 @@ def run_policies(
     progress: Progress | None = None,
 ) -> RunReport:
     """Plan and apply on one connection, then purge (after the connection closed: a DuckDB
-    compaction needs the file to itself). A dry run only plans."""
+    compaction needs the file to itself). A dry run only plans. A run holds the store's run
+    lock from its start to the end of its purge (`Store.run_lock`; a second run gets
+    `RunInProgress`); a parallel run's workers (`options.run_lock=False`) run under their
+    coordinator's."""
+    if options.dry_run or not options.run_lock:
+        return _run_policies(store, policies, as_of, key, options, progress, locked=False)
+    with store.run_lock():
+        return _run_policies(store, policies, as_of, key, options, progress, locked=True)
+
+
+def _run_policies(
+    store: Store,
+    policies: PolicySet,
+    as_of: date,
+    key: PseudonymKey | None,
+    options: RunOptions,
+    progress: Progress | None,
+    locked: bool,
+) -> RunReport:
     with store.connect(read_only=options.dry_run) as session:
         ranged: dict[str, Any] = (
             {}
             if options.key_ranges is None
             else {"predicates": KeyRangePredicates, "ranges": options.key_ranges}
         )
-        report = Applier(store, session, policies, as_of, key, options, progress, **ranged).run()
+        applier = Applier(store, session, policies, as_of, key, options, progress, **ranged)
+        if locked:
+            # holding the run lock, no other run is alive: one still `running` was killed
+            applier.interrupted_runs = control.interrupt_stale_runs(session)
+        report = applier.run()
         head = None if options.dry_run else control.audit_head(session)
     if report.dry_run:
         return report
