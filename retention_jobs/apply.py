@@ -68,6 +68,10 @@ class RuleResult(_Frozen):
     cascades: tuple[TableCounts, ...] = ()
     batches: int = 0
     seconds: float = 0.0
+    skipped_changed: int = 0
+    """Rows of the rule's own table that were chosen for a batch but not changed because they
+    changed (or stopped being actionable) between the batch's read and its write: an
+    application's update committed in between wins (SQL stores)."""
 
 
 class RunReport(_Frozen):
@@ -88,6 +92,8 @@ class RunReport(_Frozen):
     """What the purge step did and cost (method, bytes before/after, seconds)."""
     worker_runs: tuple[str, ...] = ()
     """A parallel run (`retention_jobs.parallel`): the run id of each worker, in range order."""
+    interrupted_runs: int = 0
+    """Runs left `running` by a killed run, marked `interrupted` when this run started."""
 
     @property
     def tables_changed(self) -> list[str]:
@@ -128,6 +134,9 @@ class RunOptions:
     key_ranges: dict[str, tuple[Any, Any]] | None = None
     """One worker of a parallel run (`retention_jobs.parallel`): rule id -> [lo, hi) of the
     rule's first key column; the worker acts on those ranges only."""
+    run_lock: bool = True
+    """Take the store's run lock (one run per store at a time, `Store.run_lock`). False only
+    for the workers of a parallel run, whose coordinator holds the lock for them."""
 
 
 def _in_stage(
@@ -181,6 +190,13 @@ class Applier:
         self.run_id = ("dry-run-" if options.dry_run else "") + control.new_run_id()
         self._span: tuple[Any, Any] | None = None
         """The current batch's least and greatest first key (see `_in_stage`)."""
+        self._concurrent = store.kind != "duckdb"
+        """Other writers (the application) may change rows between a batch's read and its write:
+        writes re-check the rule's predicate and the rows' versions (PostgreSQL's `xmin`)."""
+        self._skipped = 0
+        """Rows of the current rule skipped because they changed since they were read."""
+        self.interrupted_runs = 0
+        """Stale `running` runs marked `interrupted` before this run (see `run_policies`)."""
 
     @property
     def pred(self):
@@ -271,9 +287,14 @@ class Applier:
             {
                 "held_fingerprints": fingerprints,
                 "rules": {
-                    r.plan.rule_id: {"deleted": r.deleted, "anonymised": r.anonymised}
+                    r.plan.rule_id: {
+                        "deleted": r.deleted,
+                        "anonymised": r.anonymised,
+                        "skipped_changed": r.skipped_changed,
+                    }
                     for r in report.rules
                 },
+                "interrupted_runs": self.interrupted_runs,
             },
         )
         return report
@@ -307,6 +328,7 @@ class Applier:
             seconds=round(time.perf_counter() - t0, 3),
             rules=tuple(results),
             held_fingerprints=fingerprints,
+            interrupted_runs=self.interrupted_runs,
         )
 
     def _audit(
@@ -356,6 +378,7 @@ class Applier:
             return RuleResult(plan=rp, seconds=time.perf_counter() - t0)
         counts: dict[str, TableCounts] = {}
         done = batches = 0
+        self._skipped = 0
         journal = b.rule.action == "delete" and bool(b.cascades)
         if journal:
             pending = self._pending_table(b)
@@ -397,6 +420,7 @@ class Applier:
             cascades=tuple(counts.values()),
             batches=batches,
             seconds=round(time.perf_counter() - t0, 3),
+            skipped_changed=self._skipped,
         )
 
     def _confirm(
@@ -517,10 +541,26 @@ class Applier:
         t = alias(b.table)
         # holds always win, even over a journalled batch
         span = self._span
+        recheck = self._concurrent and not b.cascades
         victims = sa.select(*(t.c[k] for k in keys)).where(
-            _in_stage(t, keys, confirmed, span), ~self.pred.held(b, t)
+            _in_stage(t, keys, confirmed, span),
+            # another writer may have changed a row since the batch began: the whole predicate
+            # again (a journalled batch's children are gone, and with them maybe its clock)
+            self.pred.actionable(b, t, span) if recheck else ~self.pred.held(b, t),
         )
         with self.session.transaction():
+            if recheck:
+                # lock what is still actionable: the application's writes to these rows wait
+                # for this transaction; a row it changed first no longer matches and stays
+                lt = alias(b.table)
+                locked = sa.select(lt.c[keys[0]]).where(
+                    _in_stage(lt, keys, confirmed, span), self.pred.actionable(b, lt, span)
+                )
+                n_locked = self.session.scalar(
+                    sa.select(sa.func.count()).select_from(locked.with_for_update(of=lt).subquery())
+                )
+                n_confirmed = self.session.scalar(sa.select(sa.func.count()).select_from(confirmed))
+                self._skipped += max(0, int(n_confirmed or 0) - int(n_locked or 0))
             if b.rule.suppress:
                 self._suppress(b, victims)
             erasure.record_where(
@@ -685,12 +725,25 @@ class Applier:
         self, b: BoundRule, info: TableInfo, keys: list[str], columns: dict, rows: sa.Select
     ) -> int:
         """Anonymise `columns` of the rows whose keys `rows` selects; call inside a transaction."""
-        span = self._span if info.name == b.table.name and list(keys) == list(b.rule.keys) else None
-        data = self._read_rows(info, keys, columns, rows, span)
+        own = info.name == b.table.name and list(keys) == list(b.rule.keys)
+        span = self._span if own else None
+        # other writers: the rule's own rows are read with their row version and written only
+        # where it is unchanged and the rule's predicate still holds (an application's update
+        # committed in between wins, the row is counted as skipped); a cascade's rows follow
+        # their parent's decision, so they are locked as they are read instead
+        versioned = self._concurrent and own
+        data = self._read_rows(
+            info, keys, columns, rows, span, versioned=versioned, lock=self._concurrent and not own
+        )
         if data.is_empty():
             return 0
         return self._write_rows(
-            info, keys, columns, self._prepare_rows(b, info, keys, columns, data), span
+            info,
+            keys,
+            columns,
+            self._prepare_rows(b, info, keys, columns, data),
+            span,
+            check=b if versioned else None,
         )
 
     def _read_rows(
@@ -700,12 +753,17 @@ class Applier:
         columns: dict,
         rows: sa.Select,
         span: tuple[Any, Any] | None,
+        versioned: bool = False,
+        lock: bool = False,
     ) -> pl.DataFrame:
         """The keys and `columns` of the rows `rows` selects, with a `_done__<column>` flag per
-        column already anonymised by an earlier run (from the batch's own markers)."""
+        column already anonymised by an earlier run (from the batch's own markers).
+        `versioned`: with each row's version (`rj_xmin`, PostgreSQL's `xmin`) for
+        `_write_rows` to compare. `lock`: lock the rows read (`FOR UPDATE`) until the
+        transaction ends."""
         control.ensure_marker_table(self.store, self.session, info, keys)
         self.pred.marker_tables.add(control.marker_name(info.name))
-        t = alias(info)
+        t = _versioned_table(info).alias() if versioned or lock else alias(info)
         # the batch's markers, grouped once per key (not one subquery per column over every marker)
         m = control.marker_table(info, keys)
         marks = (
@@ -721,16 +779,19 @@ class Applier:
             sa.func.coalesce(marks.c.cols.like(f"%,{c},%"), sa.false()).label(f"_done__{c}")
             for c in columns
         ]
-        return cast(
-            pl.DataFrame,
-            pl.from_arrow(
-                self.session.arrow(
-                    sa.select(*(t.c[k] for k in keys), *(t.c[c] for c in columns), *done_flags)
-                    .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
-                    .where(_in_stage(t, keys, rows.subquery(), span))
-                )
-            ),
+        q = (
+            sa.select(
+                *(t.c[k] for k in keys),
+                *(t.c[c] for c in columns),
+                *done_flags,
+                *([_row_version(t).label("rj_xmin")] if versioned else []),
+            )
+            .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
+            .where(_in_stage(t, keys, rows.subquery(), span))
         )
+        if lock:
+            q = q.with_for_update(of=t)
+        return cast(pl.DataFrame, pl.from_arrow(self.session.arrow(q)))
 
     def _prepare_rows(
         self, b: BoundRule, info: TableInfo, keys: list[str], columns: dict, data: pl.DataFrame
@@ -741,17 +802,7 @@ class Applier:
         if data.is_empty():
             return _Prepared(0, None, data, data)
         digests = {c: keyed_hashes(data[c], key) for c, s in columns.items() if needs_digest(s)}
-        fresh_rows = ~data.select(
-            pl.all_horizontal(*(pl.col(f"_done__{c}") for c in columns))
-        ).to_series()
-        fingerprints = erasure.fingerprint_rows(
-            key,
-            self.run_id,
-            info,
-            [c for c, s in columns.items() if needs_digest(s) and info.columns[c].type == "string"],
-            data.filter(fresh_rows),
-            {c: d.filter(fresh_rows) for c, d in digests.items()},
-        )
+        fingerprints = self._fingerprints(info, columns, data, digests)
         out = anonymise_frame(
             data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale, digests
         )
@@ -795,7 +846,31 @@ class Applier:
             .select(*keys, "columns", "rule", "original_hashes", "anonymised_at")
             .filter(pl.col("columns") != ",")
         )
-        return _Prepared(data.height, fingerprints, out.select(*keys, *columns), markers)
+        versioned = "rj_xmin" in data.columns
+        return _Prepared(
+            data.height,
+            fingerprints,
+            out.select(*keys, *columns, *(["rj_xmin"] if versioned else [])),
+            markers,
+            (data, digests) if versioned else None,
+        )
+
+    def _fingerprints(
+        self, info: TableInfo, columns: dict, data: pl.DataFrame, digests: dict[str, pl.Series]
+    ) -> pl.DataFrame | None:
+        """The erased-value ledger rows of the values of `data` that are about to be replaced
+        (columns not anonymised by an earlier run)."""
+        fresh_rows = ~data.select(
+            pl.all_horizontal(*(pl.col(f"_done__{c}") for c in columns))
+        ).to_series()
+        return erasure.fingerprint_rows(
+            self._key(),
+            self.run_id,
+            info,
+            [c for c, s in columns.items() if needs_digest(s) and info.columns[c].type == "string"],
+            data.filter(fresh_rows),
+            {c: d.filter(fresh_rows) for c, d in digests.items()},
+        )
 
     def _write_rows(
         self,
@@ -804,10 +879,15 @@ class Applier:
         columns: dict,
         p: "_Prepared",
         span: tuple[Any, Any] | None,
+        check: BoundRule | None = None,
     ) -> int:
-        """Write a prepared batch: fingerprints, the new values, the markers. In-transaction."""
+        """Write a prepared batch: fingerprints, the new values, the markers. In-transaction.
+        `check`: the batch was read with row versions; write only rows whose version is
+        unchanged and on which `check`'s predicate still holds (see `_write_checked`)."""
         if not p.height:
             return 0
+        if check is not None and "rj_xmin" in p.values.columns:
+            return self._write_checked(info, keys, columns, p, span, check)
         erasure.insert_fingerprints(self.session, p.fingerprints)
         staged = self.session.stage("rj_anon", p.values.to_arrow())
         target = sa_table(info)
@@ -824,6 +904,75 @@ class Applier:
         self.session.drop_stage("rj_anon")
         return p.height
 
+    def _write_checked(
+        self,
+        info: TableInfo,
+        keys: list[str],
+        columns: dict,
+        p: "_Prepared",
+        span: tuple[Any, Any] | None,
+        b: BoundRule,
+    ) -> int:
+        """The write of a batch read while other writers run (PostgreSQL, READ COMMITTED): one
+        `UPDATE ... FROM staged` that changes a row only where its version (`xmin`) is the one
+        read and the rule's predicate (expired, not held, not retained, not done) still holds.
+        A row changed by an update committed before the UPDATE, or while it waited for the
+        row's lock, fails the test (PostgreSQL re-evaluates the conditions on the newest version
+        of a row it waited for) and keeps the application's values; it is counted as skipped.
+        Fingerprints and markers are written for the rows actually changed only."""
+        values = p.values.with_row_index("rj_row")
+        staged = self.session.stage("rj_anon", values.to_arrow())
+        target = _versioned_table(info)
+        written = {
+            int(r[0])
+            for r in self.session.fetchall(
+                sa.update(target)
+                .values({c: _as_column_type(staged.c[c], info.columns[c]) for c in columns})
+                .where(
+                    *(target.c[k] == staged.c[k] for k in keys),
+                    *([target.c[keys[0]].between(*span)] if span else []),
+                    _row_version(target) == staged.c.rj_xmin,
+                    self.pred.actionable(b, target, span),
+                )
+                .returning(staged.c.rj_row)
+            )
+        }
+        self.session.drop_stage("rj_anon")
+        fingerprints, markers = p.fingerprints, p.markers
+        if len(written) < p.height:
+            self._skipped += p.height - len(written)
+            kept = values.filter(pl.col("rj_row").is_in(sorted(written))).select(*keys)
+            markers = markers.join(kept, on=keys, how="semi")
+            if p.source is not None:
+                data, digests = p.source
+                mask = pl.int_range(0, data.height, eager=True).is_in(sorted(written))
+                fingerprints = self._fingerprints(
+                    info,
+                    columns,
+                    data.filter(mask),
+                    {c: d.filter(mask) for c, d in digests.items()},
+                )
+        erasure.insert_fingerprints(self.session, fingerprints)
+        if not markers.is_empty():
+            self.session.append(control.marker_table(info, keys), markers.to_arrow())
+        return len(written)
+
+
+def _versioned_table(info: TableInfo) -> sa.TableClause:
+    """`info`'s table with PostgreSQL's system column `xmin` (the id of the transaction that
+    wrote the row version) among its columns."""
+    return sa.table(
+        info.short,
+        *(sa.column(c.name, sa_type(c)) for c in info.columns.values()),
+        sa.column("xmin"),
+        schema=info.schema,
+    )
+
+
+def _row_version(t: sa.FromClause) -> sa.ColumnElement:
+    """A row version's `xmin` as a number (xid has no comparison with a staged column)."""
+    return sa.cast(sa.cast(t.c.xmin, sa.Text), sa.BigInteger)
+
 
 @dataclass(frozen=True)
 class _Prepared:
@@ -832,8 +981,11 @@ class _Prepared:
     height: int
     fingerprints: pl.DataFrame | None
     values: pl.DataFrame
-    """The keys and the anonymised columns."""
+    """The keys and the anonymised columns (and `rj_xmin`, for a versioned batch)."""
     markers: pl.DataFrame
+    source: tuple[pl.DataFrame, dict[str, pl.Series]] | None = None
+    """A versioned batch: the rows read and their digests, to fingerprint only the rows that
+    the write changed."""
 
 
 _COUNT = {"delete": "deleted", "unlink": "unlinked", "anonymise": "anonymised"}
@@ -870,14 +1022,36 @@ def run_policies(
     progress: Progress | None = None,
 ) -> RunReport:
     """Plan and apply on one connection, then purge (after the connection closed: a DuckDB
-    compaction needs the file to itself). A dry run only plans."""
+    compaction needs the file to itself). A dry run only plans. A run holds the store's run
+    lock from its start to the end of its purge (`Store.run_lock`; a second run gets
+    `RunInProgress`); a parallel run's workers (`options.run_lock=False`) run under their
+    coordinator's."""
+    if options.dry_run or not options.run_lock:
+        return _run_policies(store, policies, as_of, key, options, progress, locked=False)
+    with store.run_lock():
+        return _run_policies(store, policies, as_of, key, options, progress, locked=True)
+
+
+def _run_policies(
+    store: Store,
+    policies: PolicySet,
+    as_of: date,
+    key: PseudonymKey | None,
+    options: RunOptions,
+    progress: Progress | None,
+    locked: bool,
+) -> RunReport:
     with store.connect(read_only=options.dry_run) as session:
         ranged: dict[str, Any] = (
             {}
             if options.key_ranges is None
             else {"predicates": KeyRangePredicates, "ranges": options.key_ranges}
         )
-        report = Applier(store, session, policies, as_of, key, options, progress, **ranged).run()
+        applier = Applier(store, session, policies, as_of, key, options, progress, **ranged)
+        if locked:
+            # holding the run lock, no other run is alive: one still `running` was killed
+            applier.interrupted_runs = control.interrupt_stale_runs(session)
+        report = applier.run()
         head = None if options.dry_run else control.audit_head(session)
     if report.dry_run:
         return report

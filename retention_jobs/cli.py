@@ -26,6 +26,7 @@ from retention_jobs.errors import (
     ConfigError,
     PolicyError,
     RetentionError,
+    RunInProgress,
     StoreUnavailable,
     safe_message,
 )
@@ -59,6 +60,9 @@ def _fail(exc: BaseException) -> None:
     if isinstance(exc, ApprovalRequired):
         err.print(str(exc), markup=False, highlight=False)
         sys.exit(3)
+    if isinstance(exc, RunInProgress):
+        err.print(mask_url(str(exc)), markup=False, highlight=False)
+        sys.exit(6)
     if isinstance(exc, StoreUnavailable):
         err.print(mask_url(str(exc)), markup=False, highlight=False)
         sys.exit(4)
@@ -247,6 +251,21 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
         ),
         workers=workers,
     )
+    if report.interrupted_runs:
+        err.print(
+            f"{report.interrupted_runs} earlier run(s) left 'running' by a run that was killed "
+            "are now marked 'interrupted' in retention_control.runs",
+            markup=False,
+            highlight=False,
+        )
+    skipped = sum(r.skipped_changed for r in report.rules)
+    if skipped:
+        err.print(
+            f"{skipped} row(s) changed by another writer while their batch ran were left as the "
+            "other writer committed them (skipped_changed); the next run looks at them again",
+            markup=False,
+            highlight=False,
+        )
     if not purposes:  # then the data-subject requests that are due
         _process_requests_after_run(store, policy_dir, as_of, fmt)
     if report.purge and not report.purge.get("complete", True):

@@ -389,6 +389,19 @@ def finish_run(session: Session, run_id: str, status: str, summary: dict[str, An
         )
 
 
+def interrupt_stale_runs(session: Session) -> int:
+    """Mark every run still `running` as `interrupted` (finished now); returns how many. Call
+    only while holding the store's run lock: no other run can then be alive, so such a row is
+    one a killed run left. Requests take no run lock (one may be processed during a run), so
+    their rows are left alone."""
+    with session.transaction():
+        return session.execute(
+            sa.update(runs)
+            .where(runs.c.status == "running", runs.c.mode == "run")
+            .values(finished_at=now(), status="interrupted")
+        )
+
+
 GENESIS = "0" * 64
 
 

@@ -52,6 +52,13 @@ class StoreUnavailable(RetentionError):
     terminal = False
 
 
+class RunInProgress(RetentionError):
+    """Another run holds the store (one run per store at a time); nothing was changed. A retry
+    after that run has finished may help."""
+
+    terminal = False
+
+
 def safe_message(exc: BaseException) -> str:
     """An unexpected error's message without quoted values or `(col)=(value)` details: a
     database error can quote a key. URLs keep no password."""

@@ -44,6 +44,7 @@ from retention_jobs.plan import link_paths
 from retention_jobs.predicates import alias
 from retention_jobs.purge import purge_tables
 from retention_jobs.store import mask_url, open_store
+from retention_jobs.store.base import Store
 
 MAX_WORKERS = 64
 
@@ -136,10 +137,26 @@ def run_parallel(
         )
     if workers == 1 or options.dry_run:
         return run_policies(store, policies, as_of, key, options)
+    # the coordinator holds the store's run lock for the whole run, purge included; the
+    # workers run under it (`run_lock=False`)
+    with store.run_lock():
+        return _run_parallel(store, location, policies, as_of, key, options, workers)
+
+
+def _run_parallel(
+    store: Store,
+    location: str,
+    policies: PolicySet,
+    as_of: date,
+    key: PseudonymKey | None,
+    options: RunOptions,
+    workers: int,
+) -> RunReport:
     t0 = time.perf_counter()
     purposes = list(options.purposes) if options.purposes else None
     with store.connect() as session:
         applier = Applier(store, session, policies, as_of, key, replace(options, purge=False))
+        interrupted = control.interrupt_stale_runs(session)
         plan = applier.planner.plan(purposes)
         applier.check_delete_share(plan)
         bound = {b.id: b for b in applier.planner.bound}
@@ -158,7 +175,7 @@ def run_parallel(
         _prepare(applier, acting)
         ranges = key_ranges(applier, acting, workers)
     shares = [{rule: rs[i] for rule, rs in ranges.items() if i < len(rs)} for i in range(workers)]
-    worker_options = replace(options, purge=False, max_delete_fraction=None)
+    worker_options = replace(options, purge=False, max_delete_fraction=None, run_lock=False)
     reports: list[RunReport] = []
     errors: list[BaseException] = []
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
@@ -190,6 +207,7 @@ def run_parallel(
             "seconds": round(time.perf_counter() - t0, 3),
             "held_fingerprints": fingerprints,
             "worker_runs": tuple(rep.run_id for rep in reports),
+            "interrupted_runs": interrupted,
         }
     )
     purge = None

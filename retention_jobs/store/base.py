@@ -187,6 +187,13 @@ class Store(ABC):
         finally:
             s.close()
 
+    @contextmanager
+    def run_lock(self) -> Iterator[None]:
+        """Hold the store's run lock while the block runs: one run per store at a time; raise
+        `RunInProgress` if another run holds it. A no-op here: a DuckDB file takes one writer
+        process (its own file lock refuses a second one, see `DuckDBStore.session`)."""
+        yield
+
     @abstractmethod
     def catalog(self, session: Session) -> Catalog:
         """Tables, columns, keys and foreign keys of the data schemas (control schema excluded)."""

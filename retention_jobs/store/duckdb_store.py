@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from retention_jobs.errors import ConfigError, StoreUnavailable
+from retention_jobs.errors import ConfigError, RunInProgress, StoreUnavailable
 from retention_jobs.store.base import (
     SYSTEM_SCHEMAS,
     Catalog,
@@ -236,6 +236,16 @@ class DuckDBStore(Store):
         except duckdb.IOException as e:
             con.close()
             lock.close()
+            if "conflicting lock" in str(e).lower():
+                # another process has the file open for writing: a run (DuckDB takes one
+                # writer process); say so as PostgreSQL's run lock does
+                pid = re.search(r"PID (\d+)", str(e))
+                who = f" (pid {pid.group(1)})" if pid else ""
+                raise RunInProgress(
+                    f"another process{who} holds the DuckDB file {self.path} for writing, "
+                    "most likely a run: one run per store at a time, so nothing was changed; "
+                    "run again when it has finished"
+                ) from None
             raise StoreUnavailable(f"cannot open {self.path}: {e}") from e
         except ConfigError:
             con.close()

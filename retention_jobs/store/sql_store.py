@@ -13,6 +13,7 @@ are hidden from SQLAlchemy's error texts.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.engine.reflection import ObjectKind
 from sqlalchemy.pool import NullPool
 
-from retention_jobs.errors import ConfigError, StoreUnavailable
+from retention_jobs.errors import ConfigError, RunInProgress, StoreUnavailable
 from retention_jobs.store import mask_url
 from retention_jobs.store.base import (
     SYSTEM_SCHEMAS,
@@ -54,6 +55,14 @@ RAW_CHUNK = 16 * 1024 * 1024
 
 SEGMENT_BYTES = 1024 * 1024 * 1024
 """PostgreSQL splits a relation into files of 1 GB (`path`, `path.1`, ...)."""
+
+RUN_LOCK = "retention_jobs.run"
+"""The name of the session-level advisory lock a run holds: one run per database at a time."""
+
+
+def advisory_key(name: str) -> int:
+    """A fixed, non-negative 64-bit advisory lock key for `name` (stable across versions)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") & (2**63 - 1)
 
 
 # --- passwords -------------------------------------------------------------------------------
@@ -574,6 +583,35 @@ class SqlStore(Store):
         if read_only:
             session.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         return session
+
+    @contextlib.contextmanager
+    def run_lock(self) -> Iterator[None]:
+        """One run per database at a time: a session-level advisory lock (`pg_try_advisory_lock`
+        on `RUN_LOCK`'s key) on a connection of its own, held until the block ends (the purge
+        included). The connection idles outside any transaction meanwhile, so it holds back no
+        VACUUM. A second run is refused at once with `RunInProgress`, before it changes
+        anything (it used to wait on row locks and then fail on a concurrent CREATE TABLE)."""
+        key = advisory_key(RUN_LOCK)
+        with self.connect() as s:
+            if not s.scalar(sa.select(sa.func.pg_try_advisory_lock(key))):
+                holder = s.scalar(
+                    sa.text(
+                        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                        "AND objsubid = 1 AND classid::bigint = :hi AND objid::bigint = :lo "
+                        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                        "LIMIT 1"
+                    ).bindparams(hi=key >> 32, lo=key & 0xFFFFFFFF)
+                )
+                who = f" (database session pid {holder})" if holder is not None else ""
+                raise RunInProgress(
+                    f"another run holds {self.describe()}{who}: one run per store at a time, so "
+                    "nothing was changed; run again when it has finished"
+                )
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    s.scalar(sa.select(sa.func.pg_advisory_unlock(key)))
 
     def ddl_types(self) -> dict[str, str]:
         return {
