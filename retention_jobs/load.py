@@ -431,7 +431,32 @@ def load_text(text: str, path: str) -> PolicyFile:
     if problems:
         raise PolicyError(problems)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return PolicyFile(policy=policy, path=path, sha256=digest, marks=marks)
+    f = PolicyFile(policy=policy, path=path, sha256=digest, marks=marks)
+    problems = _fake_problems(f)
+    if problems:
+        raise PolicyError(problems)
+    return f
+
+
+def _fake_problems(f: PolicyFile) -> list[Problem]:
+    """Every `fake` provider exists for its locale and takes no arguments (no store needed)."""
+    from retention_jobs.fakes import check_provider, provider_hint
+
+    out = []
+    for i, rule in enumerate(f.policy.rules):
+        for column, s in rule.columns.items():
+            if not isinstance(s, P.Fake):
+                continue
+            locale = s.locale or f.policy.locale
+            why = check_provider(s.provider, locale)
+            if why:
+                loc: Loc = ("rules", i, "columns", column)
+                for tail in (("fake", "provider"), ("fake",), ("provider",)):
+                    if (*loc, *tail) in f.marks:
+                        loc = (*loc, *tail)
+                        break
+                out.append(f.problem(loc, why, provider_hint(s.provider, locale)))
+    return out
 
 
 def _locate(marks: dict, loc: Loc) -> tuple[int, int]:

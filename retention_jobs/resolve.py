@@ -5,8 +5,8 @@ import difflib
 from dataclasses import dataclass, field
 from datetime import date
 
-from retention_jobs.anonymise import check_provider
 from retention_jobs.errors import PolicyError, Problem
+from retention_jobs.fakes import check_provider
 from retention_jobs.literals import LiteralError, to_column_type
 from retention_jobs.load import Loc, PolicyFile, PolicySet
 from retention_jobs.policy import (

@@ -826,3 +826,94 @@ def test_hostile_yaml_through_the_cli_exits_2_in_bounded_time(tmp_path, text, wh
     assert f"{FILE}:{where}" in proc.stderr and fragment in proc.stderr, proc.stderr[-2000:]
     assert "nothing was changed" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# --- Faker providers and locales, checked without a store ----------------------------------
+
+FAKES = [
+    pytest.param(
+        anonymise("name: {fake: nmae}\n"),
+        [
+            (
+                "13:14",
+                "rules[0].columns.name.fake",
+                "Faker has no provider 'nmae'; did you mean 'name'?",
+            )
+        ],
+        id="provider-typo",
+    ),
+    pytest.param(
+        anonymise("email: {fake: {provider: emial, locale: sv_SE}}\n"),
+        [
+            (
+                "13:22",
+                "rules[0].columns.email.fake.provider",
+                "Faker has no provider 'emial'; did you mean 'email'?",
+            )
+        ],
+        id="provider-typo-long-form",
+    ),
+    pytest.param(
+        anonymise("email: {fake: {provider: email, locale: nb_NOO}}\n"),
+        [
+            (
+                "13:7",
+                "rules[0].columns.email",
+                "fake: locale: 'nb_NOO' is not a locale such as nb_NO that Faker knows; did you mean 'nb_NO'?",
+            )
+        ],
+        id="fake-locale-typo",
+    ),
+    pytest.param(
+        doc() + "locale: sv_SEE\n",
+        [
+            (
+                "12:1",
+                "locale",
+                "'sv_SEE' is not a locale such as nb_NO that Faker knows; did you mean",
+            )
+        ],
+        id="policy-locale-typo",
+    ),
+    pytest.param(
+        doc() + "locale: xx_YY\n",
+        [("12:1", "locale", "'xx_YY' is not a locale such as nb_NO that Faker knows; use e.g.")],
+        id="policy-locale-unknown",
+    ),
+    pytest.param(
+        anonymise("name: {fake: pyfloat_zzz}\nphone: {fake: date_time}\ncity: {fake: seed}\n"),
+        [
+            ("13:14", "rules[0].columns.name.fake", "Faker has no provider 'pyfloat_zzz'"),
+            ("14:15", "rules[0].columns.phone.fake", "returns datetime, not text; pick one"),
+            ("15:14", "rules[0].columns.city.fake", "'seed' is not a Faker provider"),
+        ],
+        id="every-bad-provider-at-once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FAKES)
+def test_fake_providers_and_locales_are_checked_without_a_store(
+    tmp_path, monkeypatch, text, expected
+):
+    assert_problems(problems_of(tmp_path, monkeypatch, {"shop.yaml": text}), expected)
+
+
+def test_a_provider_typo_fails_validate_without_a_store(tmp_path):
+    """`retention-jobs validate` (no store anywhere) exits 2 on `{fake: nmae}`."""
+    import subprocess
+    import sys
+
+    write(tmp_path, "shop.yaml", anonymise("name: {fake: nmae}\n"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", "validate", "policies"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (
+        f"{FILE}:13:14: rules[0].columns.name.fake: Faker has no provider 'nmae'; "
+        "did you mean 'name'?" in proc.stderr
+    )
