@@ -15,6 +15,7 @@ from functools import lru_cache
 import polars as pl
 
 from retention_jobs.errors import ConfigError
+from retention_jobs.fakes import faker_for
 from retention_jobs.policy import Constant, Fake, Generalise, Hash, Mask, Redact, Strategy
 from retention_jobs.store.base import ColumnInfo
 
@@ -91,19 +92,6 @@ def keyed_hashes(values: pl.Series, key: PseudonymKey) -> pl.Series:
     )
 
 
-# Faker names Norwegian Bokmål after the older code.
-_FAKER_LOCALES = {"nb_NO": "no_NO", "nn_NO": "no_NO"}
-
-
-@lru_cache(maxsize=16)
-def faker_for(locale: str):
-    """One Faker instance per locale and process (building one costs about 0.1 s). Callers
-    that need determinism seed it right before use (`fake_pool`)."""
-    from faker import Faker
-
-    return Faker(_FAKER_LOCALES.get(locale, locale))
-
-
 @lru_cache(maxsize=64)
 def fake_pool(provider: str, locale: str) -> tuple[str, ...]:
     """A deterministic pool of fake values (Faker is slow: build once, pick by hash)."""
@@ -116,26 +104,6 @@ def fake_pool(provider: str, locale: str) -> tuple[str, ...]:
     except AttributeError:
         raise ConfigError(f"Faker has no provider {provider!r} for locale {locale}") from None
     return tuple(str(make()) for _ in range(POOL_SIZE))
-
-
-@lru_cache(maxsize=256)
-def check_provider(provider: str, locale: str) -> str | None:
-    """Why this provider cannot be used, or None."""
-    if provider.startswith("_") or provider in ("seed", "seed_instance", "seed_locale"):
-        return f"{provider!r} is not a Faker provider"
-    try:
-        faker = faker_for(locale)
-    except AttributeError:
-        return f"Faker has no locale {locale!r}; use e.g. nb_NO, sv_SE, da_DK, fi_FI"
-    try:
-        value = getattr(faker, provider)()
-    except AttributeError:
-        return f"Faker has no provider {provider!r}"
-    except TypeError:
-        return f"Faker provider {provider!r} needs arguments; pick one that takes none"
-    if not isinstance(value, (str, int, float)):
-        return f"Faker provider {provider!r} returns {type(value).__name__}, not text"
-    return None
 
 
 def _fit(expr: pl.Expr, col: ColumnInfo) -> pl.Expr:

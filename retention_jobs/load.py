@@ -83,11 +83,161 @@ _MarkedLoader.add_implicit_resolver(
 )
 
 
+MAX_FILE_BYTES = 256 * 1024
+"""A policy file is a few kilobytes; anything above this is refused unread. The pure-Python
+YAML parser reads about 1 MB in several seconds, so the limit also bounds the time."""
+
+MAX_NODES = 10_000
+"""A policy has a few hundred YAML nodes; a file of many tiny ones (`[1,1,1,...]`) is refused
+when it passes this, before validation builds an error for each."""
+
+MAX_DEPTH = 32
+"""Nesting depth of a policy is about 6 (rules[0].columns.email.fake); 32 leaves room."""
+
+_YAML = "tag:yaml.org,2002:"
+# Scalar tags the safe constructor builds without surprises; everything else is refused.
+_SCALAR_TAGS = {_YAML + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+# YAML forbids these anyway; found before the parser, they are located and named, not a crash.
+_BAD_CHAR = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+class _Refused(Exception):
+    """A construct policy files do not allow, with where it starts."""
+
+    def __init__(self, mark: yaml.Mark, message: str, hint: str):
+        super().__init__(message)
+        self.mark, self.message, self.hint = mark, message, hint
+
+
+class _SafeLoader(_MarkedLoader):
+    """The policy loader: no anchors or aliases (so no alias bombs or recursive aliases), no
+    explicit tags but `!!str`, no merge keys, nesting at most MAX_DEPTH (the composer recurses
+    per level). Each is refused where it starts, before anything is built from it."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(
+                event.start_mark,
+                f"alias *{event.anchor} is not allowed in policy files",
+                "write the value out in full (anchors and aliases are refused)",
+            )
+        if event.anchor is not None:
+            raise _Refused(
+                event.start_mark,
+                f"anchor &{event.anchor} is not allowed in policy files",
+                "remove it and write values out in full (anchors and aliases are refused)",
+            )
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!") and not (
+            isinstance(event, yaml.ScalarEvent) and tag == _YAML + "str"
+        ):
+            raise _Refused(
+                event.start_mark,
+                f"tag {_short_tag(tag)} is not allowed in policy files",
+                "remove the tag; quote the value if it must stay text",
+            )
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(
+                event.start_mark,
+                f"nested deeper than {MAX_DEPTH} levels",
+                "a policy needs about 6 levels; check the file",
+            )
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _Refused(
+                event.start_mark,
+                f"more than {MAX_NODES} values in one file",
+                "a policy has a few hundred; check that this is a policy file",
+            )
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, yaml.ScalarNode) and node.tag not in _SCALAR_TAGS:
+            if node.tag == _YAML + "merge":
+                raise _Refused(
+                    node.start_mark,
+                    "merge key '<<' is not allowed in policy files",
+                    "write the keys out in full",
+                )
+            raise _Refused(
+                node.start_mark,
+                f"value {node.value[:20]!r} is not plain text, a number, a date or a boolean",
+                "quote it",
+            )
+        return node
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_YAML) :] if tag.startswith(_YAML) else tag
+
+
+def _too_big(path: str, size: int) -> Problem:
+    return Problem(
+        path,
+        1,
+        1,
+        "",
+        f"the file is {size} bytes, more than the {MAX_FILE_BYTES} a policy file may have",
+        "check that this is a policy file; a policy is a few kilobytes",
+    )
+
+
+def _bad_char(text: str, path: str) -> Problem | None:
+    m = _BAD_CHAR.search(text)
+    if not m:
+        return None
+    line = text.count("\n", 0, m.start()) + 1
+    col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+    return Problem(
+        path,
+        line,
+        col,
+        "",
+        f"control character U+{ord(m.group()):04X} is not allowed in YAML",
+        "remove it (write \\t, \\n or \\uXXXX inside double quotes if it is meant)",
+    )
+
+
+def _construct(node: yaml.Node, loc: Loc, problems: list, path: str, loader) -> Any:
+    """A scalar's value; a value YAML cannot build (2026-02-30, an int of 5000 digits) is a
+    located problem, not a crash."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, OverflowError) as e:
+        what = "date" if node.tag == _YAML + "timestamp" else node.tag.rsplit(":", 1)[-1]
+        problems.append(
+            Problem(
+                path,
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+                format_loc(loc),
+                f"not a valid {what}: {getattr(e, 'problem', None) or str(e)[:80]}",
+                "correct it, or quote it to keep it as text",
+            )
+        )
+        return None
+
+
 def _to_python(node: yaml.Node, loc: Loc, marks: dict, problems: list, path: str, loader) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            before = len(problems)
+            key = (
+                _construct(key_node, loc, problems, path, loader)
+                if isinstance(key_node, yaml.ScalarNode)
+                else None
+            )
+            if len(problems) > before:
+                continue
             if not isinstance(key, (str, int)):
                 problems.append(
                     Problem(
@@ -96,6 +246,7 @@ def _to_python(node: yaml.Node, loc: Loc, marks: dict, problems: list, path: str
                         key_node.start_mark.column + 1,
                         format_loc(loc),
                         "mapping keys must be plain names",
+                        "write the key as a plain word, such as a field or column name",
                     )
                 )
                 continue
@@ -121,7 +272,7 @@ def _to_python(node: yaml.Node, loc: Loc, marks: dict, problems: list, path: str
             marks[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
             items.append(_to_python(item, child, marks, problems, path, loader))
         return items
-    return loader.construct_object(node, deep=True)
+    return _construct(node, loc, problems, path, loader)
 
 
 _FIELD_NAMES = sorted(
@@ -221,9 +372,17 @@ def load_text(text: str, path: str) -> PolicyFile:
     """Parse one policy document; raise PolicyError with every problem in it."""
     problems: list[Problem] = []
     marks: dict[Loc, tuple[int, int]] = {(): (1, 1)}
-    loader = _MarkedLoader(text)
+    if len(text) > MAX_FILE_BYTES // 4 and len(text.encode("utf-8", "replace")) > MAX_FILE_BYTES:
+        raise PolicyError([_too_big(path, len(text.encode("utf-8", "replace")))])
+    bad = _bad_char(text, path)
+    if bad:
+        raise PolicyError([bad])
+    loader = _SafeLoader(text)
     try:
         node = loader.get_single_node()
+    except _Refused as e:
+        line, col = e.mark.line + 1, e.mark.column + 1
+        raise PolicyError([Problem(path, line, col, "", e.message, e.hint)]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -272,7 +431,32 @@ def load_text(text: str, path: str) -> PolicyFile:
     if problems:
         raise PolicyError(problems)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return PolicyFile(policy=policy, path=path, sha256=digest, marks=marks)
+    f = PolicyFile(policy=policy, path=path, sha256=digest, marks=marks)
+    problems = _fake_problems(f)
+    if problems:
+        raise PolicyError(problems)
+    return f
+
+
+def _fake_problems(f: PolicyFile) -> list[Problem]:
+    """Every `fake` provider exists for its locale and takes no arguments (no store needed)."""
+    from retention_jobs.fakes import check_provider, provider_hint
+
+    out = []
+    for i, rule in enumerate(f.policy.rules):
+        for column, s in rule.columns.items():
+            if not isinstance(s, P.Fake):
+                continue
+            locale = s.locale or f.policy.locale
+            why = check_provider(s.provider, locale)
+            if why:
+                loc: Loc = ("rules", i, "columns", column)
+                for tail in (("fake", "provider"), ("fake",), ("provider",)):
+                    if (*loc, *tail) in f.marks:
+                        loc = (*loc, *tail)
+                        break
+                out.append(f.problem(loc, why, provider_hint(s.provider, locale)))
+    return out
 
 
 def _locate(marks: dict, loc: Loc) -> tuple[int, int]:
@@ -342,7 +526,14 @@ def load_policies(paths: Iterable[str | Path]) -> PolicySet:
     for path in found:
         shown = _display(path)
         try:
-            items.append((shown, path.read_text(encoding="utf-8")))
+            with path.open("rb") as fh:  # never more than the limit is read
+                raw = fh.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                problems.append(_too_big(shown, path.stat().st_size))
+                continue
+            # newlines as read_text gives them, so digests stay what they were
+            text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+            items.append((shown, text))
         except (OSError, UnicodeDecodeError) as e:
             problems.append(
                 Problem(

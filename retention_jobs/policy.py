@@ -47,6 +47,16 @@ Operator = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "is_null"
 FAKE_LOCALES = ("nb_NO", "sv_SE", "da_DK", "fi_FI", "en_GB", "en_US")
 
 
+def _known_locale(v: str) -> str:
+    """A locale Faker knows; a typo gets a suggestion (`nb_NOO`: did you mean 'nb_NO'?)."""
+    from retention_jobs.fakes import locale_problem
+
+    why = locale_problem(v)
+    if why:
+        raise ValueError(why)
+    return v
+
+
 class Located(ValueError):
     """A validation error that points below the model it was raised in."""
 
@@ -79,6 +89,11 @@ class Fake(_Model):
     """A Faker provider method, e.g. name, email, phone_number, street_address, company."""
     locale: str | None = None
     """Faker locale; default: the policy's `locale`."""
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, v: str | None) -> str | None:
+        return None if v is None else _known_locale(v)
 
 
 class Mask(_Model):
@@ -404,9 +419,7 @@ class Policy(_Model):
     @field_validator("locale")
     @classmethod
     def _locale(cls, v: str) -> str:
-        if not re.match(r"^[a-z]{2}_[A-Z]{2}$", v):
-            raise ValueError(f"{v!r} is not a locale such as nb_NO, sv_SE or da_DK")
-        return v
+        return _known_locale(v)
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> "Policy":

@@ -20,10 +20,11 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from retention_jobs import control
+from retention_jobs.literals import to_column_type
 from retention_jobs.periods import cutoff
 from retention_jobs.policy import Condition, RelatedClock, Scalar
 from retention_jobs.resolve import BoundRule, Link
-from retention_jobs.store.base import Catalog, TableInfo, sa_table
+from retention_jobs.store.base import Catalog, ColumnInfo, TableInfo, sa_table
 
 _alias_counter = itertools.count()
 
@@ -32,8 +33,19 @@ def alias(info: TableInfo) -> sa.FromClause:
     return sa_table(info, f"t{next(_alias_counter)}")
 
 
-def condition(col: sa.ColumnElement, c: Condition) -> sa.ColumnElement:
+def condition(
+    col: sa.ColumnElement, c: Condition, info: ColumnInfo | None = None, tz: str = "UTC"
+) -> sa.ColumnElement:
+    """`col <op> value`, the value converted to the column's type `info` (the resolver has
+    refused every value that does not convert) and bound as that type."""
     v = c.value
+    if info is not None:
+        v = (
+            [to_column_type(x, info, tz) for x in v]
+            if isinstance(v, list)
+            else to_column_type(v, info, tz)
+        )
+        c = c.model_copy(update={"value": v})
     match c.op:
         case "eq":
             return col.is_(None) if v is None else col == v
@@ -63,8 +75,12 @@ def _values(c: Condition) -> list[Scalar]:
     return c.value
 
 
-def all_of(t: sa.FromClause, conds: list[Condition]) -> sa.ColumnElement:
-    return sa.and_(sa.true(), *(condition(t.c[c.column], c) for c in conds))
+def all_of(
+    t: sa.FromClause, conds: list[Condition], info: TableInfo, tz: str = "UTC"
+) -> sa.ColumnElement:
+    return sa.and_(
+        sa.true(), *(condition(t.c[c.column], c, info.columns[c.column], tz) for c in conds)
+    )
 
 
 def clock_bound(clock_type: str, last_day: date, tz: str) -> tuple[str, object]:
@@ -118,11 +134,13 @@ class Predicates:
     # -- filters --------------------------------------------------------------------------
 
     def matches(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
-        parts = [all_of(t, b.rule.where)]
+        tz = b.policy.timezone
+        parts = [all_of(t, b.rule.where, b.table, tz)]
         for rel in b.rule.related:
-            r = alias(self.catalog.tables[rel.table])
+            rinfo = self.catalog.tables[rel.table]
+            r = alias(rinfo)
             linked = r.c[rel.on] == t.c[rel.on]
-            conds = all_of(r, rel.conditions)
+            conds = all_of(r, rel.conditions, rinfo, tz)
             if rel.quantifier == "all":
                 parts.append(~sa.exists().where(linked, ~sa.func.coalesce(conds, sa.false())))
             elif rel.quantifier == "any":

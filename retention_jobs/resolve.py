@@ -5,8 +5,9 @@ import difflib
 from dataclasses import dataclass, field
 from datetime import date
 
-from retention_jobs.anonymise import check_provider
 from retention_jobs.errors import PolicyError, Problem
+from retention_jobs.fakes import check_provider
+from retention_jobs.literals import LiteralError, to_column_type
 from retention_jobs.load import Loc, PolicyFile, PolicySet
 from retention_jobs.policy import (
     Cascade,
@@ -74,6 +75,16 @@ class BoundRule:
         for link in self.cascades:
             walk(link)
         return out
+
+
+def _literal_loc(f: PolicyFile, loc: Loc, c: Condition, index: int | None) -> Loc:
+    """Where a literal of a condition is written: `col: {op: v}`, `col: v`, `col: [v, ...]`
+    or `col: {in: [v, ...]}`; the nearest written of these."""
+    tail: tuple = () if index is None else (index,)
+    for cand in ((*loc, c.column, c.op, *tail), (*loc, c.column, *tail)):
+        if cand in f.marks:
+            return cand
+    return (*loc, c.column)
 
 
 def _suggest(name: str, options: list[str]) -> str:
@@ -170,31 +181,18 @@ class _Resolver:
         return col.type
 
     def conditions(self, f: PolicyFile, loc: Loc, info: TableInfo, conds: list[Condition]) -> None:
+        """Every literal converts to its column's type (as the predicates will bind it)."""
         for c in conds:
             col = self.column(f, loc, info, c.column)
             if col is None or c.op == "is_null":
                 continue
             values = c.value if isinstance(c.value, list) else [c.value]
-            for v in values:
-                if v is None or isinstance(v, bool) and col.type == "boolean":
-                    continue
-                ok = (
-                    (col.type == "string" and isinstance(v, str))
-                    or (
-                        col.type in NUMERIC_TYPES
-                        and isinstance(v, (int, float))
-                        and not isinstance(v, bool)
-                    )
-                    or (col.type in DATE_TYPES and isinstance(v, (date, str)))
-                    or col.type == "other"
-                )
-                if not ok:
-                    self.err(
-                        f,
-                        loc,
-                        f"{c.column}: value {type(v).__name__} does not fit the column's type {col.raw_type}",
-                        "quote strings, leave numbers bare, write dates as YYYY-MM-DD",
-                    )
+            for i, v in enumerate(values):
+                try:
+                    to_column_type(v, col, f.policy.timezone)
+                except LiteralError as e:
+                    at = _literal_loc(f, loc, c, i if isinstance(c.value, list) else None)
+                    self.err(f, at, e.message, e.hint)
 
     def strategies(
         self, f: PolicyFile, loc: Loc, info: TableInfo, columns: dict[str, Strategy]

@@ -113,7 +113,7 @@ CASES = [
     ),
     pytest.param(
         doc(BODY.replace("keep_for: P5Y", "keep_for: *five_years")),
-        [("10:15", "", "not valid YAML: found undefined alias 'five_years'")],
+        [("10:15", "", "alias *five_years is not allowed in policy files; write the value out")],
         id="undefined-alias",
     ),
     pytest.param("", [("1:1", "", "the file is empty")], id="empty-file"),
@@ -670,3 +670,250 @@ def test_the_documented_example_loads():
         ("country", "in", ["NO", "SE"]),
     ]
     assert [c.on for c in ended.cascade] == ["customer_id", "customer_id"]
+
+
+# --- hostile YAML (G5): refused where it starts, in bounded time and memory ----------------
+
+BOMB = "".join(
+    [
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n',
+        *(
+            f"{c}: &{c} [{','.join([f'*{p}'] * 9)}]\n"
+            for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+        ),
+    ]
+)
+
+TOP = HEAD.removesuffix("rules:\n")  # lines 1-4; cases put their own `rules:` on line 5
+
+HOSTILE = [
+    pytest.param(BOMB, "1:4", "anchor &a is not allowed", id="billion-laughs"),
+    pytest.param(TOP + "rules: &r [*r]\n", "5:8", "anchor &r is not allowed", id="recursive-alias"),
+    pytest.param(
+        doc(BODY + "where: {status: &s closed}\nnote: *s\n"),
+        "12:21",
+        "anchor &s is not allowed",
+        id="any-anchor",
+    ),
+    pytest.param(
+        TOP + "rules: " + "[" * 10_000 + "]" * 10_000 + "\n",
+        "5:39",
+        "nested deeper than 32 levels",
+        id="deep-flow-sequences-10k",
+    ),
+    pytest.param(
+        TOP + "rules: " + "{a: " * 10_000 + "1" + "}" * 10_000 + "\n",
+        "5:129",
+        "nested deeper than 32 levels",
+        id="deep-flow-mappings-10k",
+    ),
+    pytest.param(
+        doc().replace("key: customer_id", "key: cust\x00omer_id"),
+        "8:14",
+        "control character U+0000 is not allowed",
+        id="nul-byte",
+    ),
+    pytest.param(
+        doc().replace("owner: data-team", "owner: data\x1bteam"),
+        "4:12",
+        "control character U+001B is not allowed",
+        id="escape-byte",
+    ),
+    pytest.param(
+        doc().replace("action: delete", "action: !foo delete"),
+        "11:13",
+        "tag !foo is not allowed",
+        id="unknown-tag",
+    ),
+    pytest.param(
+        doc().replace("action: delete", "action: !!python/object/apply:os.system [id]"),
+        "11:13",
+        "tag !!python/object/apply:os.system is not allowed",
+        id="python-tag",
+    ),
+    pytest.param(
+        doc().replace("action: delete", "action: !!binary ZGVsZXRl"),
+        "11:13",
+        "tag !!binary is not allowed",
+        id="binary-tag",
+    ),
+    pytest.param(
+        doc(BODY + "<<: {action: anonymise}\n"),
+        "12:5",
+        "merge key '<<' is not allowed",
+        id="merge-key",
+    ),
+    pytest.param(
+        TOP + "rules: [" + ",".join(["1"] * 20_000) + "]\n",
+        "5:",
+        "more than 10000 values in one file",
+        id="many-tiny-values",
+    ),
+    pytest.param(
+        doc() + "#" + "x" * 5_000_000 + "\n",
+        "1:1",
+        "more than the 262144 a policy file may have",
+        id="5-MB-file",
+    ),
+    pytest.param(
+        doc(BODY + "where: {ended_at: {lt: 2026-02-30}}\n"),
+        "12:28",
+        "rules[0].where.ended_at.lt: not a valid date: day is out of range for month",
+        id="impossible-unquoted-date",
+    ),
+    pytest.param(
+        doc(BODY + "where: {n: {lt: " + "9" * 5000 + "}}\n"),
+        "12:21",
+        "rules[0].where.n.lt: not a valid int: Exceeds the limit",
+        id="int-of-5000-digits",
+    ),
+    pytest.param(
+        doc(BODY + "where:\n  ? [a, b]\n  : 1\n"),
+        "13:9",
+        "mapping keys must be plain names",
+        id="complex-key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "where", "fragment"), HOSTILE)
+def test_hostile_yaml_is_refused_with_its_location(tmp_path, monkeypatch, text, where, fragment):
+    problems = problems_of(tmp_path, monkeypatch, {"shop.yaml": text})
+    hits = [p for p in problems if f"{FILE}:{where}" in str(p) and fragment in str(p)]
+    assert hits, "\n".join(str(p) for p in problems)
+    assert all(p.hint for p in hits), "each refusal says what to do"
+
+
+def test_a_huge_file_is_not_read_whole(tmp_path, monkeypatch):
+    """A policy path that is a 64 MB file is refused after reading the limit, not all of it."""
+    p = write(tmp_path, "shop.yaml", doc())
+    with p.open("ab") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    reads: list[int] = []
+    real_open = Path.open
+
+    def counting_open(self, *args, **kwargs):
+        fh = real_open(self, *args, **kwargs)
+        real_read = fh.read
+        fh.read = lambda n=-1: reads.append(n) or real_read(n)  # type: ignore[method-assign]
+        return fh
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    problems = problems_of(tmp_path, monkeypatch, {})
+    assert [str(x) for x in problems] == [
+        f"{FILE}:1:1: the file is {64 * 1024 * 1024} bytes, more than the 262144 a policy file"
+        " may have; check that this is a policy file; a policy is a few kilobytes"
+    ]
+    assert reads and all(0 < n <= 262144 + 1 for n in reads)
+
+
+@pytest.mark.parametrize(("text", "where", "fragment"), HOSTILE)
+def test_hostile_yaml_through_the_cli_exits_2_in_bounded_time(tmp_path, text, where, fragment):
+    """The CLI refuses each with exit 2 and the located message, no traceback. The timeout
+    bounds it (the design does the rest: nothing is expanded, nothing recursed into)."""
+    import subprocess
+    import sys
+
+    write(tmp_path, "shop.yaml", text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", "validate", "policies"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{FILE}:{where}" in proc.stderr and fragment in proc.stderr, proc.stderr[-2000:]
+    assert "nothing was changed" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# --- Faker providers and locales, checked without a store ----------------------------------
+
+FAKES = [
+    pytest.param(
+        anonymise("name: {fake: nmae}\n"),
+        [
+            (
+                "13:14",
+                "rules[0].columns.name.fake",
+                "Faker has no provider 'nmae'; did you mean 'name'?",
+            )
+        ],
+        id="provider-typo",
+    ),
+    pytest.param(
+        anonymise("email: {fake: {provider: emial, locale: sv_SE}}\n"),
+        [
+            (
+                "13:22",
+                "rules[0].columns.email.fake.provider",
+                "Faker has no provider 'emial'; did you mean 'email'?",
+            )
+        ],
+        id="provider-typo-long-form",
+    ),
+    pytest.param(
+        anonymise("email: {fake: {provider: email, locale: nb_NOO}}\n"),
+        [
+            (
+                "13:7",
+                "rules[0].columns.email",
+                "fake: locale: 'nb_NOO' is not a locale such as nb_NO that Faker knows; did you mean 'nb_NO'?",
+            )
+        ],
+        id="fake-locale-typo",
+    ),
+    pytest.param(
+        doc() + "locale: sv_SEE\n",
+        [
+            (
+                "12:1",
+                "locale",
+                "'sv_SEE' is not a locale such as nb_NO that Faker knows; did you mean",
+            )
+        ],
+        id="policy-locale-typo",
+    ),
+    pytest.param(
+        doc() + "locale: xx_YY\n",
+        [("12:1", "locale", "'xx_YY' is not a locale such as nb_NO that Faker knows; use e.g.")],
+        id="policy-locale-unknown",
+    ),
+    pytest.param(
+        anonymise("name: {fake: pyfloat_zzz}\nphone: {fake: date_time}\ncity: {fake: seed}\n"),
+        [
+            ("13:14", "rules[0].columns.name.fake", "Faker has no provider 'pyfloat_zzz'"),
+            ("14:15", "rules[0].columns.phone.fake", "returns datetime, not text; pick one"),
+            ("15:14", "rules[0].columns.city.fake", "'seed' is not a Faker provider"),
+        ],
+        id="every-bad-provider-at-once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FAKES)
+def test_fake_providers_and_locales_are_checked_without_a_store(
+    tmp_path, monkeypatch, text, expected
+):
+    assert_problems(problems_of(tmp_path, monkeypatch, {"shop.yaml": text}), expected)
+
+
+def test_a_provider_typo_fails_validate_without_a_store(tmp_path):
+    """`retention-jobs validate` (no store anywhere) exits 2 on `{fake: nmae}`."""
+    import subprocess
+    import sys
+
+    write(tmp_path, "shop.yaml", anonymise("name: {fake: nmae}\n"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", "validate", "policies"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (
+        f"{FILE}:13:14: rules[0].columns.name.fake: Faker has no provider 'nmae'; "
+        "did you mean 'name'?" in proc.stderr
+    )

@@ -302,9 +302,9 @@ CASES = [
         doc(BODY + "where:\n  score: {gt: high}\n"),
         [
             (
-                "12:5",
-                "rules[0].where",
-                "score: value str does not fit the column's type INTEGER; "
+                "13:15",
+                "rules[0].where.score.gt",
+                "value str 'high' does not fit the column's type INTEGER; "
                 "quote strings, leave numbers bare",
             )
         ],
@@ -312,12 +312,18 @@ CASES = [
     ),
     pytest.param(
         doc(BODY + "where:\n  status: [ended, 3]\n"),
-        [("12:5", "rules[0].where", "status: value int does not fit the column's type VARCHAR")],
+        [
+            (
+                "13:23",
+                "rules[0].where.status[1]",
+                "value int 3 does not fit the column's type VARCHAR",
+            )
+        ],
         id="where-integer-for-string",
     ),
     pytest.param(
         doc(BODY + "where:\n  born: {lt: 1990}\n"),
-        [("12:5", "rules[0].where", "born: value int does not fit the column's type DATE")],
+        [("13:14", "rules[0].where.born.lt", "value int 1990 does not fit the column's type DATE")],
         id="where-integer-for-date",
     ),
     # --- related filters -----------------------------------------------------------------
@@ -344,9 +350,9 @@ CASES = [
         ),
         [
             (
-                "15:9",
-                "rules[0].related[0].all",
-                "placed_at: value int does not fit the column's type DATE",
+                "15:27",
+                "rules[0].related[0].all.placed_at.lt",
+                "value int 2020 does not fit the column's type DATE",
             )
         ],
         id="related-filter-value-type",
@@ -407,12 +413,13 @@ CASES = [
     ),
     pytest.param(
         anonymise("full_name: {fake: nmae}\n"),
-        [("13:7", "rules[0].columns.full_name", "Faker has no provider 'nmae'")],
+        # refused by the loader already (no store needed), at the provider
+        [("13:19", "rules[0].columns.full_name.fake", "Faker has no provider 'nmae'; did you")],
         id="fake-unknown-provider",
     ),
     pytest.param(
         anonymise("full_name: {fake: {provider: name, locale: xx_XX}}\n"),
-        [("13:7", "rules[0].columns.full_name", "Faker has no locale 'xx_XX'")],
+        [("13:7", "rules[0].columns.full_name", "fake: locale: 'xx_XX' is not a locale")],
         id="fake-unknown-locale",
     ),
     pytest.param(
@@ -421,7 +428,7 @@ CASES = [
             + "columns: {full_name: {fake: name}}\n",
             HEAD.replace("rules:", "locale: zz_ZZ\nrules:"),
         ),
-        [("13:15", "rules[0].columns.full_name", "Faker has no locale 'zz_ZZ'")],
+        [("5:1", "locale", "'zz_ZZ' is not a locale such as nb_NO that Faker knows")],
         id="fake-unknown-policy-locale",
     ),
     pytest.param(
@@ -635,7 +642,7 @@ def test_every_resolver_problem_of_a_file_at_once(tmp_path, monkeypatch, warehou
     problems = problems_of(tmp_path, monkeypatch, warehouse, {"shop.yaml": text})
     assert [f"{p.line}:{p.col} {p.field}" for p in problems] == [
         "9:5 rules[0].clock",
-        "12:5 rules[0].where",
+        "13:15 rules[0].where.score.gt",
         "15:7 rules[0].columns.email",
         "16:7 rules[0].columns.born",
         "18:5 rules[1].table",

@@ -22,7 +22,7 @@ from retention_jobs import control
 from retention_jobs.anonymise import PseudonymKey
 from retention_jobs.apply import RunOptions, run_policies
 from retention_jobs.check import run_checks
-from retention_jobs.errors import ConfigError, StoreUnavailable
+from retention_jobs.errors import ConfigError, PolicyError, StoreUnavailable
 from retention_jobs.load import load_policies
 from retention_jobs.store import open_store
 from retention_jobs.store.base import Store
@@ -918,3 +918,127 @@ def test_an_erased_value_ledger_with_text_hashes_is_converted_to_the_integer_for
     # the bytes-side hash of the verifier and the column-side form of the runs agree with it
     assert [_h(v, key) for v in values] == expected[:4]
     assert ledger_hash(pl.Series(hexes)).to_list() == expected
+
+
+# --- typed `where` literals (G2, G5, G10) -----------------------------------------------------
+
+TYPED_DDL = [
+    "CREATE SCHEMA w",
+    "CREATE TABLE w.events (id BIGINT PRIMARY KEY, d DATE, ts TIMESTAMP, n INTEGER, "
+    "ended_at DATE NOT NULL)",
+    "INSERT INTO w.events VALUES "
+    "(1, DATE '2024-12-31', TIMESTAMP '2024-12-31 23:59:59.999999', 1, DATE '2020-01-01'), "
+    "(2, DATE '2025-01-01', TIMESTAMP '2025-01-01 00:00:00', 2, DATE '2020-01-01'), "
+    "(3, DATE '2025-01-02', TIMESTAMP '2025-01-01 00:00:00.000001', 3, DATE '2020-01-01'), "
+    "(4, NULL, NULL, NULL, DATE '2020-01-01'), "
+    "(5, DATE '1999-02-28', TIMESTAMP '1999-02-28 12:00:00', 5, DATE '2020-01-01'), "
+    "(6, DATE '2030-01-01', TIMESTAMP '2030-01-01 00:00:00', 6, DATE '2020-01-01')",
+]
+
+TYPED_POLICY = """\
+purpose: typed
+title: Typed where literals
+legal_basis: contract
+owner: data-team
+rules:
+  - name: old-events
+    table: w.events
+    key: id
+    clock: ended_at
+    keep_for: P1Y
+    action: delete
+    where: {WHERE}
+"""
+
+
+def _typed_store(store: Store) -> None:
+    with store.connect() as s:
+        for ddl in TYPED_DDL:
+            s.execute(ddl)
+        control.ensure_control_schema(store, s)
+
+
+@pytest.mark.parametrize(
+    ("where", "independent_sql"),
+    [
+        ('{d: {lt: "2025-01-01"}}', "d < DATE '2025-01-01'"),
+        ('{ts: {lt: "2025-01-01"}}', "ts < TIMESTAMP '2025-01-01 00:00:00'"),
+        ("{d: {le: 2025-01-01}}", "d <= DATE '2025-01-01'"),
+        ('{ts: {ge: "2025-01-01 00:00:00"}}', "ts >= TIMESTAMP '2025-01-01 00:00:00'"),
+        ('{d: ["2025-01-01", 1999-02-28]}', "d IN (DATE '2025-01-01', DATE '1999-02-28')"),
+        ('{ts: {ne: "2025-01-01"}}', "ts IS DISTINCT FROM TIMESTAMP '2025-01-01 00:00:00'"),
+        ("{n: {gt: 2.0}}", "n > 2"),
+    ],
+)
+def test_where_literals_compare_in_the_column_type(store, tmp_path, where, independent_sql):
+    """A rule with a string or date literal on a DATE or TIMESTAMP column deletes exactly the
+    rows an independent SQL query selects, on both stores; plan counts the same rows."""
+    _typed_store(store)
+    with store.connect(read_only=True) as s:
+        expected = {r[0] for r in rows(s, f"SELECT id FROM w.events WHERE {independent_sql}")}
+        before = {r[0] for r in rows(s, "SELECT id FROM w.events")}
+    assert expected and expected != before, "the case must select some rows, not all"
+    (tmp_path / "typed.yaml").write_text(TYPED_POLICY.replace("{WHERE}", where))
+    policies = load_policies([str(tmp_path / "typed.yaml")])
+    dry = run_policies(store, policies, AS_OF, KEY, RunOptions(dry_run=True))
+    assert [r.plan.to_act for r in dry.rules] == [len(expected)]
+    run_policies(store, policies, AS_OF, KEY, RunOptions(max_delete_fraction=None))
+    with store.connect(read_only=True) as s:
+        after = {r[0] for r in rows(s, "SELECT id FROM w.events")}
+    assert before - after == expected
+
+
+BAD_LITERALS = [
+    ('{d: {lt: "2025-02-30"}}', "12:17", "rules[0].where.d.lt", "is not a real date"),
+    ('{ts: {lt: "2025-13-01"}}', "12:18", "rules[0].where.ts.lt", "is not a real date"),
+    ('{d: {lt: "31.12.2024"}}', "12:17", "rules[0].where.d.lt", "is not a date as YYYY-MM-DD"),
+    ('{d: {lt: "2025-01-01 10:00"}}', "12:17", "rules[0].where.d.lt", "is not a date as"),
+    ("{n: {gt: 99999999999}}", "12:17", "rules[0].where.n.gt", "outside the range of INTEGER"),
+    ("{n: [1, 2.5]}", "12:20", "rules[0].where.n[1]", "holds whole numbers"),
+    ('{n: {gt: "5"}}', "12:17", "rules[0].where.n.gt", "does not fit the column's type INTEGER"),
+]
+
+
+@pytest.mark.parametrize(("where", "at", "field", "fragment"), BAD_LITERALS)
+def test_bad_where_literals_are_refused_at_validate(
+    store, request, tmp_path, where, at, field, fragment
+):
+    """`validate --store` refuses each with exit 2 and the literal's location; the store is
+    unchanged, and a run refuses the same policy before it changes anything."""
+    import subprocess
+    import sys
+
+    _typed_store(store)
+
+    def snapshot() -> list[tuple]:
+        with store.connect(read_only=True) as s:
+            return rows(s, "SELECT * FROM w.events ORDER BY id")
+
+    before = snapshot()
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "typed.yaml").write_text(TYPED_POLICY.replace("{WHERE}", where))
+    location = (
+        str(tmp_path / "warehouse.duckdb")
+        if store.kind == "duckdb"
+        else request.getfixturevalue("pg_url")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", "validate", "policies", "--store", location],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"policies/typed.yaml:{at}: {field}: " in proc.stderr, proc.stderr
+    assert fragment in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(PolicyError) as exc:
+        run_policies(
+            store,
+            load_policies([str(tmp_path / "policies")]),
+            AS_OF,
+            KEY,
+            RunOptions(max_delete_fraction=None),
+        )
+    assert [f"{p.line}:{p.col}" for p in exc.value.problems] == [at]
+    assert snapshot() == before
