@@ -39,7 +39,7 @@ def condition(
     """`col <op> value`, the value converted to the column's type `info` (the resolver has
     refused every value that does not convert) and bound as that type."""
     v = c.value
-    if info is not None:
+    if info is not None and c.op != "is_null":  # is_null's operand is true/false, not a value
         v = (
             [to_column_type(x, info, tz) for x in v]
             if isinstance(v, list)
