@@ -235,11 +235,16 @@ def test_the_dagster_asset_runs_key_ranges_and_checks_every_worker(two_databases
     asset = {a.key.path[-1]: a for a in policy_assets(load_policies(paths), partitions_def())}[
         "shop"
     ]
+    parsed = sa.engine.make_url(url)
+    secret_url = parsed.set(
+        password="pw-SECRET-1", query={"password": "pw-SECRET-2"}
+    ).render_as_string(hide_password=False)
     result = dg.materialize(
         [asset],
         partition_key=AS_OF.isoformat(),
         resources={
-            "store": StoreResource(location=url),
+            # secrets in the URL (trust auth ignores them): none may reach the metadata
+            "store": StoreResource(location=secret_url),
             "pseudonym_key": PseudonymKeyResource(key="k" * 20),
         },
         run_config={
@@ -253,6 +258,8 @@ def test_the_dagster_asset_runs_key_ranges_and_checks_every_worker(two_databases
     (event,) = result.get_asset_materialization_events()
     md = event.event_specific_data.materialization.metadata
     workers = md["worker_runs"].value.split(", ")
+    assert "pw-SECRET" not in repr({k: v.value for k, v in md.items()}), md["store"].value
+    assert md["store"].value.endswith("?password=***")
     assert len(workers) == 2 and md["run_id"].value == workers[0]
     assert (
         md["dagster/row_count"].value == 369 + 1107 + 630

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -30,7 +29,7 @@ from sqlalchemy.engine.reflection import ObjectKind
 from sqlalchemy.pool import NullPool
 
 from retention_jobs.errors import ConfigError, RunInProgress, StoreUnavailable
-from retention_jobs.store import mask_url
+from retention_jobs.store import mask_url, url_secrets
 from retention_jobs.store.base import (
     SYSTEM_SCHEMAS,
     Catalog,
@@ -69,19 +68,8 @@ def advisory_key(name: str) -> int:
 
 
 def masked(url: str) -> str:
-    """`mask_url`, plus a `password=` query argument; checked against SQLAlchemy's own parse so
-    an unusual password (one with an `@`) cannot slip through the pattern."""
-    text = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", mask_url(url))
-    try:
-        parsed = sa.engine.make_url(url)
-    except Exception:
-        return re.sub(r"://[^/]*@", "://***@", text)
-    pw = parsed.password
-    if pw and (str(pw) in text.split("://", 1)[-1].split("/", 1)[0]):
-        return parsed.set(
-            query={k: ("***" if k.lower() == "password" else v) for k, v in parsed.query.items()}
-        ).render_as_string(hide_password=True)
-    return text
+    """`mask_url`: kept under this name for callers that import it from here."""
+    return mask_url(url)
 
 
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
@@ -519,11 +507,12 @@ class SqlStore(Store):
             parsed = sa.engine.make_url(url)
         except Exception:
             raise ConfigError(f"not a database URL: {self._masked}") from None
-        self._secrets = tuple(
-            s
-            for s in (parsed.password and str(parsed.password), parsed.query.get("password"))
-            if isinstance(s, str) and s
-        )
+        self._secrets = url_secrets(url)
+        if "@" in (parsed.host or "") or "@" in (parsed.database or ""):
+            raise ConfigError(
+                f"the user or password of {self._masked} holds a raw '@': percent-encode it as %40 "
+                "(SQLAlchemy would read part of the password as the host)"
+            )
         if parsed.get_backend_name() != "postgresql":
             raise ConfigError(
                 f"SQL stores support PostgreSQL only so far (postgresql+psycopg://user@host/db), not "
