@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, cast
 
+import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
@@ -28,7 +29,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.engine.reflection import ObjectKind
 from sqlalchemy.pool import NullPool
 
-from retention_jobs.errors import ConfigError, RunInProgress, StoreUnavailable
+from retention_jobs.errors import (
+    ConfigError,
+    RunInProgress,
+    StoreRejected,
+    StoreUnavailable,
+    rejected_by_postgres,
+)
 from retention_jobs.store import mask_url, url_secrets
 from retention_jobs.store.base import (
     SYSTEM_SCHEMAS,
@@ -315,13 +322,22 @@ class SqlSession(Session):
             if temp_tables and self.read_only:
                 self.conn.exec_driver_sql("SET TRANSACTION READ WRITE")
             yield self.conn
-        except sa.exc.DBAPIError as e:
+        except (sa.exc.DBAPIError, psycopg.Error) as e:
+            # the driver's text can quote the row (`Failing row contains (...)`) or a key
+            # (`Key (email)=(...)`): only its structured diagnostics leave this method
             self._after_error()
-            if isinstance(e, sa.exc.OperationalError) or e.connection_invalidated:
+            orig = getattr(e, "orig", None) or e
+            sqlstate = str(getattr(orig, "sqlstate", None) or "")
+            if (
+                getattr(e, "connection_invalidated", False)
+                or (isinstance(orig, psycopg.OperationalError) and not sqlstate)
+                or sqlstate.startswith(("08", "57P"))
+            ):
                 raise StoreUnavailable(
-                    f"lost the connection to {self.store.describe()}: {self.store.scrub(_first_line(e))}"
+                    f"lost the connection to {self.store.describe()}: "
+                    f"{type(orig).__name__} (SQLSTATE {sqlstate or 'none'})"
                 ) from None
-            raise
+            raise rejected_by_postgres(e) from None
         except BaseException:
             self._after_error()
             raise
@@ -709,7 +725,7 @@ class SqlStore(Store):
         s: SqlSession = session  # type: ignore[assignment]
         try:
             s.execute("CHECKPOINT")
-        except sa.exc.DBAPIError:
+        except StoreRejected:
             raise ConfigError(
                 f"{self.describe()}: reading table files needs CHECKPOINT "
                 "(superuser or the pg_checkpoint role)"
@@ -742,7 +758,9 @@ class SqlStore(Store):
                             )
                         )
                     )
-                except sa.exc.ProgrammingError:
+                except StoreRejected as e:
+                    if not e.sqlstate.startswith("42"):
+                        raise
                     raise ConfigError(
                         f"{self.describe()}: reading table files needs pg_read_binary_file "
                         "(superuser or the pg_read_server_files role)"
