@@ -20,7 +20,7 @@ from assets.checks import check_specs, to_check_result
 from assets.resources import PseudonymKeyResource, StoreResource
 from retention_jobs.apply import RunOptions, RunReport, run_policies
 from retention_jobs.check import run_checks
-from retention_jobs.errors import RetentionError, safe_message
+from retention_jobs.errors import RetentionError, StoreRejected, database_error, safe_message
 from retention_jobs.load import PolicyFile, PolicySet
 from retention_jobs.policy import Cascade, Policy, RelatedClock
 from retention_jobs.store import mask_url
@@ -167,16 +167,25 @@ def engine_errors() -> Iterator[None]:
         raise dg.Failure(
             description=mask_url(str(exc)),
             allow_retries=False,
-            metadata={"error": type(exc).__name__},
+            metadata=_error_metadata(exc),
         ) from None
     except dg.DagsterError:
         raise
     except Exception as exc:
+        db = database_error(exc)  # a driver's error that no store wrapped: its parts only
         raise dg.Failure(
             description=safe_message(exc),
-            allow_retries=True,
-            metadata={"error": type(exc).__name__},
+            allow_retries=db.terminal is False if db is not None else True,
+            metadata=_error_metadata(db or exc),
         ) from None
+
+
+def _error_metadata(exc: BaseException) -> dict[str, str]:
+    """The error's class and, for a database's refusal, its SQLSTATE: never its text."""
+    md = {"error": type(exc).__name__}
+    if isinstance(exc, StoreRejected) and exc.sqlstate:
+        md["sqlstate"] = exc.sqlstate
+    return md
 
 
 # --- metadata ------------------------------------------------------------------------------

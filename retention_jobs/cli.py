@@ -27,6 +27,7 @@ from retention_jobs.errors import (
     PolicyError,
     RetentionError,
     RunInProgress,
+    StoreRejected,
     StoreUnavailable,
     safe_message,
 )
@@ -66,6 +67,11 @@ def _fail(exc: BaseException) -> None:
     if isinstance(exc, StoreUnavailable):
         err.print(mask_url(str(exc)), markup=False, highlight=False)
         sys.exit(4)
+    if isinstance(exc, StoreRejected):
+        # the database refused a statement: not bad input, not retryable by waiting; the
+        # message is built from the error's structured parts only (no row, no key value)
+        err.print(f"error: {mask_url(str(exc))}", markup=False, highlight=False)
+        sys.exit(1)
     if isinstance(exc, (ConfigError, RetentionError)):
         err.print(f"error: {mask_url(str(exc))}", markup=False, highlight=False)
         sys.exit(2)

@@ -172,8 +172,13 @@ def _run_parallel(
             else {}
         )
         acting = [rp.rule_id for rp in plan.rules if rp.action != "retain"]
-        _prepare(applier, acting)
-        ranges = key_ranges(applier, acting, workers)
+        if acting:
+            _prepare(applier, acting)
+            ranges = key_ranges(applier, acting, workers)
+    if not acting:
+        # every selected rule retains: nothing to split, so no worker; an ordinary run (under
+        # the run lock this coordinator holds) records that it did nothing
+        return run_policies(store, policies, as_of, key, replace(options, run_lock=False))
     shares = [{rule: rs[i] for rule, rs in ranges.items() if i < len(rs)} for i in range(workers)]
     worker_options = replace(options, purge=False, max_delete_fraction=None, run_lock=False)
     reports: list[RunReport] = []

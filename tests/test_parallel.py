@@ -235,11 +235,16 @@ def test_the_dagster_asset_runs_key_ranges_and_checks_every_worker(two_databases
     asset = {a.key.path[-1]: a for a in policy_assets(load_policies(paths), partitions_def())}[
         "shop"
     ]
+    parsed = sa.engine.make_url(url)
+    secret_url = parsed.set(
+        password="pw-SECRET-1", query={"password": "pw-SECRET-2"}
+    ).render_as_string(hide_password=False)
     result = dg.materialize(
         [asset],
         partition_key=AS_OF.isoformat(),
         resources={
-            "store": StoreResource(location=url),
+            # secrets in the URL (trust auth ignores them): none may reach the metadata
+            "store": StoreResource(location=secret_url),
             "pseudonym_key": PseudonymKeyResource(key="k" * 20),
         },
         run_config={
@@ -253,6 +258,8 @@ def test_the_dagster_asset_runs_key_ranges_and_checks_every_worker(two_databases
     (event,) = result.get_asset_materialization_events()
     md = event.event_specific_data.materialization.metadata
     workers = md["worker_runs"].value.split(", ")
+    assert "pw-SECRET" not in repr({k: v.value for k, v in md.items()}), md["store"].value
+    assert md["store"].value.endswith("?password=***")
     assert len(workers) == 2 and md["run_id"].value == workers[0]
     assert (
         md["dagster/row_count"].value == 369 + 1107 + 630
@@ -263,3 +270,29 @@ def test_the_dagster_asset_runs_key_ranges_and_checks_every_worker(two_databases
     # every worker's erased values, searched for in the table files after VACUUM FULL
     assert evaluations["erasure_verified"].passed
     assert evaluations["erasure_verified"].metadata["tracked"].value > 0
+
+
+def test_workers_over_only_retain_rules_is_an_ordinary_run_that_changes_nothing(
+    two_databases, smoke_policies
+):
+    """Every selected rule retains: no key range to split. Was an IndexError (no worker report)."""
+    url = two_databases[0]
+    _seed(url)
+
+    def data():
+        with SqlStore(url).connect(read_only=True) as s:
+            return [
+                s.fetchall(sa.text(f"SELECT * FROM s.{t} ORDER BY 1"))
+                for t in ("customers", "orders")
+            ]
+
+    before = data()
+    opts = RunOptions(max_delete_fraction=None, purposes=("bookkeeping",))
+    report = run_parallel(url, smoke_policies, AS_OF, KEY, opts, workers=3)
+    assert not report.changed
+    assert [r.plan.rule_id for r in report.rules] == ["bookkeeping/orders-5y"]
+    assert [(r.deleted, r.anonymised) for r in report.rules] == [(0, 0)]
+    assert data() == before
+    with SqlStore(url).connect(read_only=True) as s:
+        runs = s.fetchall(sa.text("SELECT run_id, status FROM retention_control.runs"))
+    assert (report.run_id, "succeeded") in {(r[0], r[1]) for r in runs}, runs

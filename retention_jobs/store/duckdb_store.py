@@ -9,6 +9,7 @@ import fcntl
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from retention_jobs.errors import ConfigError, RunInProgress, StoreUnavailable
+from retention_jobs.errors import ConfigError, RunInProgress, StoreUnavailable, rejected_by_duckdb
 from retention_jobs.store.base import (
     SYSTEM_SCHEMAS,
     Catalog,
@@ -84,6 +85,28 @@ def _quote(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
 
+def _target(stmt: Any) -> str:
+    """The table a DML statement writes to (`schema.table`), for a refusal's message."""
+    table = getattr(stmt, "table", None)
+    name = getattr(table, "name", None)
+    if not isinstance(name, str):
+        return ""
+    schema = getattr(table, "schema", None)
+    return f"{schema}.{name}" if schema else name
+
+
+@contextlib.contextmanager
+def _refusals(where: str = "") -> Iterator[None]:
+    """DuckDB's errors, without DuckDB's text: a constraint error quotes the key (`Duplicate
+    key "email: ..."`), a conversion error the value. A lost connection may be retried."""
+    try:
+        yield
+    except duckdb.ConnectionException:
+        raise StoreUnavailable("lost the DuckDB connection") from None
+    except duckdb.Error as e:
+        raise rejected_by_duckdb(e, where) from None
+
+
 class DuckDBSession(Session):
     def __init__(self, con: duckdb.DuckDBPyConnection, lock=None):
         self.con = con
@@ -91,10 +114,8 @@ class DuckDBSession(Session):
 
     def _run(self, stmt: sa.Executable | str, params: Any = None) -> duckdb.DuckDBPyConnection:
         sql, args = (stmt, params or []) if isinstance(stmt, str) else compile_for_duckdb(stmt)
-        try:
+        with _refusals(_target(stmt)):
             return self.con.execute(sql, args)
-        except duckdb.ConnectionException as e:
-            raise StoreUnavailable(f"lost the DuckDB connection: {e}") from e
 
     def execute(self, stmt: sa.Executable | str, params: Any = None) -> int:
         cur = self._run(stmt, params)
@@ -111,10 +132,8 @@ class DuckDBSession(Session):
 
     def arrow(self, stmt: sa.Executable) -> pa.Table:
         sql, args = compile_for_duckdb(stmt)
-        try:
+        with _refusals():
             return self.con.sql(sql, params=args).to_arrow_table()
-        except duckdb.ConnectionException as e:
-            raise StoreUnavailable(f"lost the DuckDB connection: {e}") from e
 
     def stage(self, name: str, data: pa.Table) -> sa.TableClause:
         self.con.register("_staging_input", data)
@@ -128,7 +147,8 @@ class DuckDBSession(Session):
 
     def stage_query(self, name: str, query: sa.Select) -> sa.TableClause:
         sql, args = compile_for_duckdb(query)
-        self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{safe_ident(name)}" AS {sql}', args)
+        with _refusals():
+            self.con.execute(f'CREATE OR REPLACE TEMP TABLE "{safe_ident(name)}" AS {sql}', args)
         return sa.table(name, *(sa.column(c.name) for c in query.selected_columns))
 
     def drop_stage(self, name: str) -> None:
@@ -144,7 +164,8 @@ class DuckDBSession(Session):
         )
         self.con.register("_append_input", data)
         try:
-            self.con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _append_input")
+            with _refusals(name):
+                self.con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM _append_input")
         finally:
             self.con.unregister("_append_input")
         return data.num_rows
@@ -153,7 +174,8 @@ class DuckDBSession(Session):
         self.con.execute("BEGIN TRANSACTION")
 
     def commit(self) -> None:
-        self.con.execute("COMMIT")
+        with _refusals():
+            self.con.execute("COMMIT")
 
     def rollback(self) -> None:
         with contextlib.suppress(duckdb.Error):

@@ -16,11 +16,11 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from typing import Any, cast
 
+import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
@@ -29,8 +29,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.engine.reflection import ObjectKind
 from sqlalchemy.pool import NullPool
 
-from retention_jobs.errors import ConfigError, RunInProgress, StoreUnavailable
-from retention_jobs.store import mask_url
+from retention_jobs.errors import (
+    ConfigError,
+    RunInProgress,
+    StoreRejected,
+    StoreUnavailable,
+    rejected_by_postgres,
+)
+from retention_jobs.store import mask_url, url_secrets
 from retention_jobs.store.base import (
     SYSTEM_SCHEMAS,
     Catalog,
@@ -69,19 +75,8 @@ def advisory_key(name: str) -> int:
 
 
 def masked(url: str) -> str:
-    """`mask_url`, plus a `password=` query argument; checked against SQLAlchemy's own parse so
-    an unusual password (one with an `@`) cannot slip through the pattern."""
-    text = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", mask_url(url))
-    try:
-        parsed = sa.engine.make_url(url)
-    except Exception:
-        return re.sub(r"://[^/]*@", "://***@", text)
-    pw = parsed.password
-    if pw and (str(pw) in text.split("://", 1)[-1].split("/", 1)[0]):
-        return parsed.set(
-            query={k: ("***" if k.lower() == "password" else v) for k, v in parsed.query.items()}
-        ).render_as_string(hide_password=True)
-    return text
+    """`mask_url`: kept under this name for callers that import it from here."""
+    return mask_url(url)
 
 
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
@@ -327,13 +322,22 @@ class SqlSession(Session):
             if temp_tables and self.read_only:
                 self.conn.exec_driver_sql("SET TRANSACTION READ WRITE")
             yield self.conn
-        except sa.exc.DBAPIError as e:
+        except (sa.exc.DBAPIError, psycopg.Error) as e:
+            # the driver's text can quote the row (`Failing row contains (...)`) or a key
+            # (`Key (email)=(...)`): only its structured diagnostics leave this method
             self._after_error()
-            if isinstance(e, sa.exc.OperationalError) or e.connection_invalidated:
+            orig = getattr(e, "orig", None) or e
+            sqlstate = str(getattr(orig, "sqlstate", None) or "")
+            if (
+                getattr(e, "connection_invalidated", False)
+                or (isinstance(orig, psycopg.OperationalError) and not sqlstate)
+                or sqlstate.startswith(("08", "57P"))
+            ):
                 raise StoreUnavailable(
-                    f"lost the connection to {self.store.describe()}: {self.store.scrub(_first_line(e))}"
+                    f"lost the connection to {self.store.describe()}: "
+                    f"{type(orig).__name__} (SQLSTATE {sqlstate or 'none'})"
                 ) from None
-            raise
+            raise rejected_by_postgres(e) from None
         except BaseException:
             self._after_error()
             raise
@@ -519,11 +523,12 @@ class SqlStore(Store):
             parsed = sa.engine.make_url(url)
         except Exception:
             raise ConfigError(f"not a database URL: {self._masked}") from None
-        self._secrets = tuple(
-            s
-            for s in (parsed.password and str(parsed.password), parsed.query.get("password"))
-            if isinstance(s, str) and s
-        )
+        self._secrets = url_secrets(url)
+        if "@" in (parsed.host or "") or "@" in (parsed.database or ""):
+            raise ConfigError(
+                f"the user or password of {self._masked} holds a raw '@': percent-encode it as %40 "
+                "(SQLAlchemy would read part of the password as the host)"
+            )
         if parsed.get_backend_name() != "postgresql":
             raise ConfigError(
                 f"SQL stores support PostgreSQL only so far (postgresql+psycopg://user@host/db), not "
@@ -720,7 +725,7 @@ class SqlStore(Store):
         s: SqlSession = session  # type: ignore[assignment]
         try:
             s.execute("CHECKPOINT")
-        except sa.exc.DBAPIError:
+        except StoreRejected:
             raise ConfigError(
                 f"{self.describe()}: reading table files needs CHECKPOINT "
                 "(superuser or the pg_checkpoint role)"
@@ -753,7 +758,9 @@ class SqlStore(Store):
                             )
                         )
                     )
-                except sa.exc.ProgrammingError:
+                except StoreRejected as e:
+                    if not e.sqlstate.startswith("42"):
+                        raise
                     raise ConfigError(
                         f"{self.describe()}: reading table files needs pg_read_binary_file "
                         "(superuser or the pg_read_server_files role)"
