@@ -40,9 +40,10 @@ def condition(
     col: sa.ColumnElement, c: Condition, info: ColumnInfo | None = None, tz: str = "UTC"
 ) -> sa.ColumnElement:
     """`col <op> value`, the value converted to the column's type `info` (the resolver has
-    refused every value that does not convert) and bound as that type."""
+    refused every value that does not convert) and bound as that type. `is_null` takes a
+    flag, not a value of the column: never converted (as the resolver skips it)."""
     v = c.value
-    if info is not None:
+    if info is not None and c.op != "is_null":
         v = (
             [to_column_type(x, info, tz) for x in v]
             if isinstance(v, list)
