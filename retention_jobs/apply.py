@@ -6,7 +6,10 @@ rows), so a parent with cascades goes through a journal: the batch's keys are wr
 pending table first, the children are handled, and the parent delete clears the journal in
 its own transaction. A crash anywhere leaves whole batches; the next run finishes pending
 batches before planning new ones, so a clock that lived in the deleted children (the last
-activity of a contact) cannot strand its parent.
+activity of a contact) cannot strand its parent. A pending batch is re-checked first, as a
+fresh run checks (expiry, retain rules, holds on the parent and on every row its cascades
+reach: `Predicates.resumed`); a parent no longer actionable leaves the journal untouched, with
+its children.
 """
 
 import hashlib
@@ -381,14 +384,7 @@ class Applier:
         self._skipped = 0
         journal = b.rule.action == "delete" and bool(b.cascades)
         if journal:
-            pending = self._pending_table(b)
-            # a journalled batch of an interrupted run (in a parallel run, of this worker's range)
-            stage = self.session.stage_query(
-                "rj_confirmed",
-                sa.select(*(pending.c[k] for k in b.rule.keys)).where(
-                    pending.c.rule == b.id, self.pred.in_share(b, pending)
-                ),
-            )
+            stage = self._resume_journal(b)
             n = self.session.scalar(sa.select(sa.func.count()).select_from(stage))
             if n:
                 self._span = _span(self.session, stage, b.rule.keys[0])
@@ -422,6 +418,27 @@ class Applier:
             seconds=round(time.perf_counter() - t0, 3),
             skipped_changed=self._skipped,
         )
+
+    def _resume_journal(self, b: BoundRule) -> sa.TableClause:
+        """Stage the keys of a journalled batch of an interrupted run (in a parallel run, of this
+        worker's range) that are still to be deleted, re-checked as a fresh run would check
+        them (`Predicates.resumed`: expiry, retain rules, every hold on the row and on the rows
+        its cascades reach). The others leave the journal untouched, with their children: a
+        hold placed or a clock moved since the crash wins over the journal."""
+        keys = list(b.rule.keys)
+        pending = self._pending_table(b)
+        mine = sa.and_(pending.c.rule == b.id, self.pred.in_share(b, pending))
+        journalled = sa.select(*(pending.c[k] for k in keys)).where(mine).subquery()
+        t = alias(b.table)
+        stage = self.session.stage_query(
+            "rj_confirmed",
+            sa.select(*(t.c[k] for k in keys)).where(
+                _in_stage(t, keys, journalled), self.pred.resumed(b, t)
+            ),
+        )
+        with self.session.transaction():
+            self.session.execute(sa.delete(pending).where(mine, ~_in_stage(pending, keys, stage)))
+        return stage
 
     def _confirm(
         self, b: BoundRule, staged: sa.TableClause, lo: int, size: int, name: str

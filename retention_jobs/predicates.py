@@ -6,7 +6,10 @@ Semantics (the property test's oracle implements the same in plain Python):
   policy's time zone; naive timestamps are UTC), every `where` condition and `related` filter
   holds. A NULL clock has not started.
 - held: an active hold (not released, whatever the as-of date) on the rule's purpose, its
-  table, the row's subject, or on a table that a cascade would change for this row.
+  table, the row's subject, or on a row that a cascade would change or delete for this row:
+  a row of a held table, or of a held subject under any `subject:` that a rule of any policy
+  declares for the cascade's table (a table no rule declares a subject for has no subject
+  holds: only table holds reach it).
 - retained: inside the period of any `retain` rule on the table (a NULL clock there keeps the
   row: the minimum cannot be shown to have passed), or a cascade would change such a row.
 """
@@ -22,7 +25,7 @@ import sqlalchemy as sa
 from retention_jobs import control
 from retention_jobs.literals import to_column_type
 from retention_jobs.periods import cutoff
-from retention_jobs.policy import Condition, RelatedClock, Scalar
+from retention_jobs.policy import Condition, RelatedClock, RelatedFilter, Scalar
 from retention_jobs.resolve import BoundRule, Link
 from retention_jobs.store.base import Catalog, ColumnInfo, TableInfo, sa_table
 
@@ -37,9 +40,10 @@ def condition(
     col: sa.ColumnElement, c: Condition, info: ColumnInfo | None = None, tz: str = "UTC"
 ) -> sa.ColumnElement:
     """`col <op> value`, the value converted to the column's type `info` (the resolver has
-    refused every value that does not convert) and bound as that type."""
+    refused every value that does not convert) and bound as that type. `is_null` takes a
+    flag, not a value of the column: never converted (as the resolver skips it)."""
     v = c.value
-    if info is not None and c.op != "is_null":  # is_null's operand is true/false, not a value
+    if info is not None and c.op != "is_null":
         v = (
             [to_column_type(x, info, tz) for x in v]
             if isinstance(v, list)
@@ -136,18 +140,19 @@ class Predicates:
     def matches(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         tz = b.policy.timezone
         parts = [all_of(t, b.rule.where, b.table, tz)]
-        for rel in b.rule.related:
-            rinfo = self.catalog.tables[rel.table]
-            r = alias(rinfo)
-            linked = r.c[rel.on] == t.c[rel.on]
-            conds = all_of(r, rel.conditions, rinfo, tz)
-            if rel.quantifier == "all":
-                parts.append(~sa.exists().where(linked, ~sa.func.coalesce(conds, sa.false())))
-            elif rel.quantifier == "any":
-                parts.append(sa.exists().where(linked, conds))
-            else:
-                parts.append(~sa.exists().where(linked, sa.func.coalesce(conds, sa.false())))
+        parts += [self._related(rel, t, tz) for rel in b.rule.related]
         return sa.and_(*parts)
+
+    def _related(self, rel: RelatedFilter, t: sa.FromClause, tz: str) -> sa.ColumnElement:
+        rinfo = self.catalog.tables[rel.table]
+        r = alias(rinfo)
+        linked = r.c[rel.on] == t.c[rel.on]
+        conds = all_of(r, rel.conditions, rinfo, tz)
+        if rel.quantifier == "all":
+            return ~sa.exists().where(linked, ~sa.func.coalesce(conds, sa.false()))
+        if rel.quantifier == "any":
+            return sa.exists().where(linked, conds)
+        return ~sa.exists().where(linked, sa.func.coalesce(conds, sa.false()))
 
     def expired(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         return sa.func.coalesce(sa.and_(self.clock_past(b, t), self.matches(b, t)), sa.false())
@@ -165,6 +170,33 @@ class Predicates:
         h = control.holds
         return self._active(h.c.scope == "table", h.c.table_name == table)
 
+    def subject_held(self, kind: str, col: sa.ColumnElement) -> sa.ColumnElement:
+        """`col` (a row's subject id) names a subject of `kind` under an active hold."""
+        h = control.holds
+        return sa.cast(col, sa.String).in_(
+            sa.select(h.c.subject_id).where(
+                h.c.scope == "subject", h.c.subject_kind == kind, *self._still_active()
+            )
+        )
+
+    def subjects(self, table: str) -> list[tuple[str, str]]:
+        """Whose data the rows of `table` are: every (kind, column) that a rule of any policy
+        on the table declares (`subject:`), in policy order, without repeats."""
+        out: list[tuple[str, str]] = []
+        for r in self.bound:
+            s = r.rule.subject
+            if r.table.name == table and s is not None and (s.kind, s.column) not in out:
+                out.append((s.kind, s.column))
+        return out
+
+    def row_held(self, table: str, t: sa.FromClause) -> sa.ColumnElement:
+        """A row of `table` (in `t`) is held for itself: its table is held, or its subject is,
+        under any subject declaration of the table (what a cascade reaching it must honour)."""
+        return sa.or_(
+            self.table_held(table),
+            *(self.subject_held(kind, t.c[column]) for kind, column in self.subjects(table)),
+        )
+
     def held(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
         h = control.holds
         parts = [
@@ -172,17 +204,13 @@ class Predicates:
             self.table_held(b.table.name),
         ]
         if b.rule.subject:
-            parts.append(
-                sa.cast(t.c[b.rule.subject.column], sa.String).in_(
-                    sa.select(h.c.subject_id).where(
-                        h.c.scope == "subject",
-                        h.c.subject_kind == b.rule.subject.kind,
-                        *self._still_active(),
-                    )
-                )
-            )
+            parts.append(self.subject_held(b.rule.subject.kind, t.c[b.rule.subject.column]))
+        # a cascade changes or deletes the rows it reaches: a parent with a held row anywhere
+        # below it (its table held, or its subject, by any subject declaration of that table)
+        # is held itself (the database's ON DELETE CASCADE reaches no other rows: `resolve`
+        # requires a cascade for every foreign key into a table a rule deletes from)
         for link in b.cascades:
-            parts.append(self._link_exists(link, t, lambda lk, _c: self.table_held(lk.table.name)))
+            parts.append(self._link_exists(link, t, lambda lk, c: self.row_held(lk.table.name, c)))
         # a NULL subject matches no subject hold: false, not unknown
         return sa.func.coalesce(sa.or_(*parts), sa.false())
 
@@ -300,6 +328,51 @@ class Predicates:
         parts = [self.free(b, t)]
         if b.rule.action == "anonymise":
             parts += [~self.superseded(b, t), ~self.done(b, t, span)]
+        return sa.and_(*parts)
+
+    def resumed(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
+        """The rows of a journalled delete batch (left by an interrupted run) that the rerun
+        still deletes: actionable exactly as for a fresh run (expired, not retained, no hold on
+        the row or on any row its cascades reach), with one allowance: the interrupted run may
+        already have deleted the batch's cascade children, and with them a related clock or
+        `related` filter the parent's expiry read. Where no linked row of such a table is left,
+        that clock or filter counts as satisfied (the batch was expired when journalled); a row
+        the application linked since (a new activity) is read as usual."""
+        emptied = self._emptied(b, t)
+        expired = self.expired(b, t) if emptied is None else sa.or_(self.expired(b, t), emptied)
+        return sa.and_(
+            sa.func.coalesce(expired, sa.false()), ~self.held(b, t), ~self.retained(b, t)
+        )
+
+    def _emptied(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement | None:
+        """`b`'s expiry with every related clock and filter over a table the rule's cascades
+        delete from (directly under the rule's table) read as satisfied, where no row of that
+        table is linked to the row any more; None when the expiry reads no such table."""
+        # (child table, the column linking it): the direct delete cascades on one shared column
+        gone = {
+            (link.table.name, link.on)
+            for link in b.cascades
+            if link.spec.action == "delete" and link.on == link.references
+        }
+        clock = b.rule.clock
+        emptied = {(rel.table, rel.on) for rel in b.rule.related} & gone
+        if isinstance(clock, RelatedClock) and (clock.table, clock.on) in gone:
+            emptied.add((clock.table, clock.on))
+            clock_part = []
+        else:
+            clock_part = [self.clock_past(b, t)]
+        if not emptied:
+            return None
+        tz = b.policy.timezone
+        parts = [all_of(t, b.rule.where, b.table, tz), *clock_part]
+        parts += [
+            self._related(rel, t, tz)
+            for rel in b.rule.related
+            if (rel.table, rel.on) not in emptied
+        ]
+        for table, on in sorted(emptied):
+            r = alias(self.catalog.tables[table])
+            parts.append(~sa.exists().where(r.c[on] == t.c[on]))
         return sa.and_(*parts)
 
 

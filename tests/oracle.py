@@ -9,7 +9,9 @@ re-implemented here. The semantics follow the docstring of `retention_jobs.predi
   day after the clock's year / month), every `where` condition and `related` filter holds
   (SQL three-valued logic, an unknown result counts as "no").
 - held: an active (unreleased) hold on the purpose, the table, the row's subject
-  (CAST(subject AS VARCHAR)), or a table hold on the cascade table when the row has children.
+  (CAST(subject AS VARCHAR)), or, when the rule cascades, a hold on one of the row's children:
+  a table hold on the child table, or a subject hold on a child's subject under any subject a
+  rule declares for the child table.
 - retained: inside a retain rule's period (a NULL clock retains) on the row, or on any of the
   row's cascade children.
 - to_act: expired, not held, not retained; for anonymise also not superseded by a free delete
@@ -217,7 +219,24 @@ class Oracle:
                 h.scope == "subject" and h.target == f"{kind}:{value}" for h in active
             ):
                 return True
-        return bool(rule.cascade and self.table_held(world, CHILD) and self.children_of(world, row))
+        # a cascade reaches the row's children: a held child (its table, or its subject under
+        # any subject a rule declares for the child table) holds the parent
+        return bool(rule.cascade) and any(
+            self.child_held(world, c) for c in self.children_of(world, row)
+        )
+
+    def child_held(self, world: World, child: dict) -> bool:
+        if self.table_held(world, CHILD):
+            return True
+        declared = {r.subject for r in self.rules if r.table == CHILD and r.subject is not None}
+        return any(
+            child[column] is not None
+            and any(
+                h.scope == "subject" and h.target == f"{kind}:{child[column]}"
+                for h in self.active(world)
+            )
+            for kind, column in declared
+        )
 
     def retain_rules(self, table: str) -> list[RuleSpec]:
         return [r for r in self.rules if r.action == "retain" and r.table == table]

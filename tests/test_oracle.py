@@ -449,6 +449,8 @@ def retain_rule(draw) -> RuleSpec:
             action="retain",
             round_to=draw(rounding),
             where=draw(st.lists(child_condition, max_size=1).map(dedupe)),
+            # whose data a child row is: subject holds on it then reach the cascades
+            subject=draw(st.sampled_from([None, ("person", "kind")])),
         )
     return RuleSpec(
         purpose="pb",
@@ -469,7 +471,9 @@ holds_strategy = st.one_of(
             st.builds(
                 HoldSpec,
                 st.just("subject"),
-                st.sampled_from(["person:s1", "person:s2", "person:1", "person:2", "other:s1"]),
+                st.sampled_from(
+                    ["person:s1", "person:s2", "person:1", "person:2", "other:s1", "person:a"]
+                ),
                 st.booleans(),
             ),
             st.builds(HoldSpec, st.just("table"), st.sampled_from([PARENT, CHILD]), st.booleans()),
