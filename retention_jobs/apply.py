@@ -25,7 +25,7 @@ import polars as pl
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from retention_jobs import control, erasure
+from retention_jobs import control, erasure, markers
 from retention_jobs.anonymise import (
     MARKER_HASHES_V2,
     PseudonymKey,
@@ -793,7 +793,7 @@ class Applier:
             .subquery()
         )
         done_flags = [
-            sa.func.coalesce(marks.c.cols.like(f"%,{c},%"), sa.false()).label(f"_done__{c}")
+            sa.func.coalesce(markers.names(marks.c.cols, c), sa.false()).label(f"_done__{c}")
             for c in columns
         ]
         q = (
@@ -824,17 +824,9 @@ class Applier:
             data, columns, {c: info.columns[c] for c in columns}, key, b.policy.locale, digests
         )
         fresh = {c: ~pl.col(f"_done__{c}") for c in columns}
-        markers = (
+        marker_rows = (
             data.with_columns(
-                pl.concat_str(
-                    [
-                        pl.lit(","),
-                        *(
-                            pl.when(fresh[c]).then(pl.lit(f"{c},")).otherwise(pl.lit(""))
-                            for c in columns
-                        ),
-                    ]
-                ).alias("columns"),
+                markers.listed_expr(fresh).alias("columns"),
                 pl.concat_str(
                     [
                         pl.lit(MARKER_HASHES_V2),
@@ -861,14 +853,14 @@ class Applier:
                 pl.lit(control.now()).alias("anonymised_at"),
             )
             .select(*keys, "columns", "rule", "original_hashes", "anonymised_at")
-            .filter(pl.col("columns") != ",")
+            .filter(pl.col("columns") != markers.EMPTY)
         )
         versioned = "rj_xmin" in data.columns
         return _Prepared(
             data.height,
             fingerprints,
             out.select(*keys, *columns, *(["rj_xmin"] if versioned else [])),
-            markers,
+            marker_rows,
             (data, digests) if versioned else None,
         )
 

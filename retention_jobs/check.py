@@ -1,6 +1,7 @@
 """Checks after a run: nothing expired is left, nothing held changed, no original value survives
 in an anonymised column, and the audit ledger recorded the run. Counts only: never a value."""
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -9,7 +10,7 @@ from typing import cast
 import polars as pl
 import sqlalchemy as sa
 
-from retention_jobs import control
+from retention_jobs import control, markers
 from retention_jobs.anonymise import (
     MARKER_HASHES_V2,
     ORIGINAL_HASH_CHARS,
@@ -123,7 +124,7 @@ def no_original_values(
                         session.arrow(
                             sa.select(t.c[col].label("value"), m.c.columns, m.c.original_hashes)
                             .select_from(t.join(m, sa.and_(*(m.c[k] == t.c[k] for k in keys))))
-                            .where(m.c.columns.like(f"%,{col},%"))
+                            .where(markers.names(m.c.columns, col))
                         )
                     ),
                 )
@@ -150,18 +151,12 @@ def _original_and_now(col: str) -> tuple[pl.Expr, pl.Expr]:
     current value's (`now`: 16 hex digits) in the same form."""
     raw = pl.col("original_hashes")
     v2 = raw.str.starts_with(MARKER_HASHES_V2)
-    position = (
-        pl.col("columns")
-        .str.strip_chars(",")
-        .str.split(",")
-        .list.eval(pl.element() == col)
-        .list.arg_max()
-    )
+    position = markers.position(pl.col("columns"), col)
     token = (
         raw.str.strip_prefix(MARKER_HASHES_V2).str.split(";").list.get(position, null_on_oob=True)
     )
     token = pl.when(token != "").then(token)
-    first = raw.str.extract(rf"(?:^|;){col}=([0-9a-f]+);", 1)
+    first = raw.str.extract(rf"(?:^|;){re.escape(col)}=([0-9a-f]+);", 1)
     now = pl.col("now")
     return (
         pl.when(v2).then(token).otherwise(first).alias("original"),

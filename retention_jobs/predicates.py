@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from retention_jobs import control
+from retention_jobs import control, markers
 from retention_jobs.literals import to_column_type
 from retention_jobs.periods import cutoff
 from retention_jobs.policy import Condition, RelatedClock, RelatedFilter, Scalar
@@ -259,7 +259,7 @@ class Predicates:
             return sa.false()
         m = control.marker_table(info, list(key))
         return sa.exists().where(
-            m.c.columns.like(f"%,{column},%"), *(m.c[k] == t.c[k] for k in key)
+            markers.names(m.c.columns, column), *(m.c[k] == t.c[k] for k in key)
         )
 
     def done(
@@ -279,7 +279,7 @@ class Predicates:
         # markers (several rules, several runs) are grouped to see if together they name every
         # column. Both uncorrelated, so PostgreSQL hashes each once (a correlated EXISTS with
         # GROUP BY would rescan the markers for every row) and DuckDB runs semi joins.
-        whole = "," + "".join(f"{c}," for c in b.rule.columns)
+        whole = markers.listed(b.rule.columns)
         exact = sa.select(*(m.c[k] for k in keys)).where(m.c.columns == whole, *in_span)
         pieced = (
             sa.select(*(m.c[k] for k in keys))
@@ -288,7 +288,7 @@ class Predicates:
             .having(
                 sa.and_(
                     *(
-                        sa.func.max(sa.case((m.c.columns.like(f"%,{c},%"), 1), else_=0)) == 1
+                        sa.func.max(sa.case((markers.names(m.c.columns, c), 1), else_=0)) == 1
                         for c in b.rule.columns
                     )
                 )
