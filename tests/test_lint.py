@@ -36,6 +36,7 @@ EXPECTED_CODES = {
     "anonymised-then-deleted": "RJ104",
     "consent-without-withdrawal": "RJ105",
     "uncovered-personal-data": "RJ106",
+    "subject-not-declared": "RJ107",
 }
 
 
