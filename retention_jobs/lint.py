@@ -12,8 +12,9 @@ error, `file:line:col: field: CODE message; hint`:
 - RJ106 a table in the store with personal-looking columns that no policy covers
   (`--store`; judged by column names and by a sample of at most 200 values, never printed).
 - RJ107 a rule whose subject the policy does not name: `subject: {none: REASON}`, or (with
-  `--store`) a subject inferred from foreign keys, whose holds the rule honours. Not wrong,
-  but a reviewer should see whose rows the engine thinks they are.
+  `--store`) a subject inferred from foreign keys, whose holds the rule honours. A notice,
+  not a problem (lint still exits 0): a reviewer should see whose rows the engine thinks
+  they are.
 
 Nothing here changes a store: the store check reads the catalog and a LIMIT 200 sample on a
 read-only connection.
@@ -43,6 +44,14 @@ CODES: dict[str, str] = {
     "RJ106": "personal-looking table that no policy covers",
     "RJ107": "rule without a declared subject (declared none, or inferred from foreign keys)",
 }
+
+NOTICES = frozenset({"RJ107"})
+"""Codes shown for review that are not problems: they do not fail `lint` (exit 0)."""
+
+
+def is_notice(p: Problem) -> bool:
+    return p.message.split(" ", 1)[0] in NOTICES
+
 
 SAMPLE_ROWS = 200
 """Values sampled per table by the store check (never printed)."""
