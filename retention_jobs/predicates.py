@@ -10,7 +10,7 @@ Semantics (the property test's oracle implements the same in plain Python):
   reaches over foreign keys, see `resolve.infer_subjects`), or on a row that a cascade would
   change or delete for this row: a row of a held table, or of a held subject under any
   `subject:` that a rule of any policy declares for the cascade's table (a table no rule
-  declares a subject for has no subject holds: only table holds reach it).
+  declares a subject for: any subject its rows reach over foreign keys).
 - retained: inside the period of any `retain` rule on the table (a NULL clock there keeps the
   row: the minimum cannot be shown to have passed), or a cascade would change such a row.
 """
@@ -27,7 +27,7 @@ from retention_jobs import control, markers
 from retention_jobs.literals import to_column_type
 from retention_jobs.periods import cutoff
 from retention_jobs.policy import Condition, RelatedClock, RelatedFilter, Scalar
-from retention_jobs.resolve import BoundRule, Hop, Link
+from retention_jobs.resolve import BoundRule, Hop, Link, SubjectPath
 from retention_jobs.store.base import Catalog, ColumnInfo, TableInfo, sa_table
 
 _alias_counter = itertools.count()
@@ -190,12 +190,16 @@ class Predicates:
                 out.append((s.kind, s.column))
         return out
 
-    def row_held(self, table: str, t: sa.FromClause) -> sa.ColumnElement:
+    def row_held(
+        self, table: str, t: sa.FromClause, inferred: tuple[SubjectPath, ...] = ()
+    ) -> sa.ColumnElement:
         """A row of `table` (in `t`) is held for itself: its table is held, or its subject is,
-        under any subject declaration of the table (what a cascade reaching it must honour)."""
+        under any subject declaration of the table, or (where none declares one) any subject
+        it reaches over foreign keys, `inferred` (what a cascade reaching it must honour)."""
         return sa.or_(
             self.table_held(table),
             *(self.subject_held(kind, t.c[column]) for kind, column in self.subjects(table)),
+            *(self.path_held(p.kind, p.hops, p.column, t) for p in inferred),
         )
 
     def held(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
@@ -214,7 +218,11 @@ class Predicates:
         # is held itself (the database's ON DELETE CASCADE reaches no other rows: `resolve`
         # requires a cascade for every foreign key into a table a rule deletes from)
         for link in b.cascades:
-            parts.append(self._link_exists(link, t, lambda lk, c: self.row_held(lk.table.name, c)))
+            parts.append(
+                self._link_exists(
+                    link, t, lambda lk, c: self.row_held(lk.table.name, c, lk.inferred)
+                )
+            )
         # a NULL subject matches no subject hold: false, not unknown
         return sa.func.coalesce(sa.or_(*parts), sa.false())
 

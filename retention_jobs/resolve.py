@@ -80,6 +80,9 @@ class Link:
     references: str
     key: tuple[str, ...]
     children: tuple["Link", ...] = ()
+    inferred: tuple["SubjectPath", ...] = ()
+    """Where no rule declares a subject for the child table: the subjects its rows reach over
+    foreign keys, whose holds hold the parent like a declared subject's."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,8 @@ class _Resolver:
         self.identities = identities or {}
         self.kinds: list[str] = []
         """Every subject kind the policies declare."""
+        self.declared_tables: set[str] = set()
+        """The tables some rule declares a subject for."""
         self.problems: list[Problem] = []
 
     def err(self, f: PolicyFile, loc: Loc, message: str, hint: str = "") -> None:
@@ -420,7 +425,12 @@ class _Resolver:
             for j, cc in enumerate(c.cascade)
             if (link := self.cascade(f, (*loc, "cascade", j), info, key, cc)) is not None
         )
-        link = Link(c, info, c.on, references, key, children)
+        inferred = (
+            ()
+            if info.name in self.declared_tables
+            else infer_subjects(self.catalog, self.identities, info)
+        )
+        link = Link(c, info, c.on, references, key, children, inferred)
         if c.action == "delete":
             self.fk_coverage(f, loc, info, children)
         return link
@@ -536,6 +546,9 @@ def resolve(policies: PolicySet, catalog: Catalog, store_kind: str) -> list[Boun
     r.kinds = sorted(
         {rule.subject.kind for f in policies.files for rule in f.policy.rules if rule.subject}
     )
+    r.declared_tables = {
+        rule.table for f in policies.files for rule in f.policy.rules if rule.subject
+    }
     bound = [b for f in policies.files for i in range(len(f.policy.rules)) if (b := r.rule(f, i))]
     if r.problems:
         raise PolicyError(r.problems)

@@ -283,3 +283,50 @@ def test_lint_lists_inferred_subjects(store):
     assert len(found) == 1
     assert found[0].file == "p1.yaml"
     assert "user via s.calls.user_id" in found[0].message
+
+
+# --- a cascade into a table no rule declares a subject for ------------------------------------
+
+ORGS = """
+purpose: orgs
+title: Client organisations
+legal_basis: contract
+owner: ops
+rules:
+  - name: ended-orgs
+    table: s.orgs
+    key: id
+    subject: {none: "a client company, not a person"}
+    clock: ended_on
+    keep_for: P1Y
+    action: delete
+    cascade:
+      - {table: s.calls, on: org_id, action: delete}
+"""
+
+ORG_DDL = [
+    "CREATE SCHEMA s",
+    "CREATE TABLE s.users (id BIGINT PRIMARY KEY, created_on DATE)",
+    "CREATE TABLE s.orgs (id BIGINT PRIMARY KEY, ended_on DATE)",
+    "CREATE TABLE s.calls (id BIGINT PRIMARY KEY, org_id BIGINT REFERENCES s.orgs (id), "
+    "user_id BIGINT REFERENCES s.users (id), started_at DATE)",
+    "INSERT INTO s.users VALUES " + ", ".join(f"({u}, DATE '2019-01-01')" for u in range(1, 5)),
+    "INSERT INTO s.orgs VALUES (1, DATE '2020-01-01'), (2, DATE '2020-01-01')",
+    # user u calls for org 1 (odd users) or org 2 (even users)
+    "INSERT INTO s.calls VALUES "
+    + ", ".join(
+        f"({10 * u + c}, {2 - u % 2}, {u}, DATE '2020-02-01')" for u in range(1, 5) for c in (1, 2)
+    ),
+]
+
+
+def test_a_cascade_honours_the_subjects_its_children_reach(store):
+    sql(store, *ORG_DDL)
+    hold(store, "user:3")  # calls for org 1
+    ps = policies(USERS, ORGS)
+    before = rows(store, "SELECT * FROM s.calls ORDER BY id")
+    plan = {r.rule_id: r for r in build_plan(store, ps, AS_OF).rules}["orgs/ended-orgs"]
+    assert (plan.expired, plan.held, plan.to_act) == (2, 1, 1)
+    run(store, ps)
+    assert rows(store, "SELECT id FROM s.orgs") == [(1,)]
+    assert rows(store, "SELECT * FROM s.calls ORDER BY id") == [r for r in before if r[1] == 1]
