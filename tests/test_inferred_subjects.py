@@ -330,3 +330,59 @@ def test_a_cascade_honours_the_subjects_its_children_reach(store):
     run(store, ps)
     assert rows(store, "SELECT id FROM s.orgs") == [(1,)]
     assert rows(store, "SELECT * FROM s.calls ORDER BY id") == [r for r in before if r[1] == 1]
+
+
+# --- a declared link: a related filter over a column the subject's table keys by ----------------
+
+NOTES = """
+purpose: notes
+title: Support notes
+legal_basis: legitimate_interests
+owner: support
+rules:
+  - name: old-notes
+    table: s.notes
+    key: note_id
+    clock: written_on
+    keep_for: P1Y
+    related:
+      - {table: s.accounts, on: user_id, any: {closed: true}}
+    action: delete
+"""
+
+ACCOUNTS = """
+purpose: accounts
+title: User accounts
+legal_basis: contract
+owner: ops
+rules:
+  - name: keep-accounts
+    table: s.accounts
+    key: user_id
+    subject: {kind: user, column: user_id}
+    clock: created_on
+    keep_for: P1D
+    action: retain
+"""
+
+
+def test_a_related_link_to_the_subjects_table_is_a_path_without_a_foreign_key(tmp_path):
+    store = DuckDBStore(tmp_path / "notes.duckdb")
+    sql(
+        store,
+        "CREATE SCHEMA s",
+        "CREATE TABLE s.accounts (user_id BIGINT PRIMARY KEY, created_on DATE, closed BOOLEAN)",
+        # no foreign key: only the rule's `related` says that notes.user_id is an account's key
+        "CREATE TABLE s.notes (note_id BIGINT PRIMARY KEY, user_id BIGINT, written_on DATE)",
+        "INSERT INTO s.accounts VALUES (1, DATE '2019-01-01', true), (2, DATE '2019-01-01', true)",
+        "INSERT INTO s.notes VALUES (1, 1, DATE '2020-01-01'), (2, 2, DATE '2020-01-01'), "
+        "(3, 2, DATE '2020-01-01')",
+    )
+    hold(store, "user:2")
+    ps = policies(ACCOUNTS, NOTES)
+    (b,) = [b for b in resolve_in(store, ps) if b.id == "notes/old-notes"]
+    assert [p.describe("s.notes") for p in b.inferred] == ["user via s.notes.user_id (related)"]
+    plan = {r.rule_id: r for r in build_plan(store, ps, AS_OF).rules}["notes/old-notes"]
+    assert (plan.expired, plan.held, plan.to_act) == (3, 2, 1)
+    run(store, ps)
+    assert rows(store, "SELECT note_id FROM s.notes ORDER BY 1") == [(2,), (3,)]
