@@ -669,10 +669,10 @@ def diff_command(
     help="Also look for personal-looking tables no policy covers (RJ106) in this store [env RETENTION_STORE].",
 )
 def lint_command(paths: tuple[str, ...], store: str | None) -> None:
-    """Find problems validation does not catch (codes RJ101-RJ106, docs/review.md).
+    """Find problems validation does not catch (codes RJ101-RJ107, docs/review.md).
 
-    Exit 0: none; 1: problems found (printed as file:line:col: field: CODE message; hint);
-    2: the policies do not load."""
+    Exit 0: none (notices such as RJ107 are printed, and do not count); 1: problems found
+    (printed as file:line:col: field: CODE message; hint); 2: the policies do not load."""
     from retention_jobs import lint as lint_mod
 
     targets = list(paths) or [DEFAULT_POLICIES]
@@ -680,12 +680,16 @@ def lint_command(paths: tuple[str, ...], store: str | None) -> None:
     problems = lint_mod.lint(policies, open_store(store) if store else None, location=targets[0])
     for p in problems:
         click.echo(str(p))
-    if problems:
+    notices = sum(1 for p in problems if lint_mod.is_notice(p))
+    also = f" ({notices} notice(s) to review)" if notices else ""
+    if len(problems) > notices:
         err.print(
-            f"{len(problems)} lint problem(s) in {len(policies.files)} policy files", style="red"
+            f"{len(problems) - notices} lint problem(s) in {len(policies.files)} policy files"
+            + also,
+            style="red",
         )
         sys.exit(1)
-    out.print(f"{len(policies.files)} policy files: no lint problems")
+    out.print(f"{len(policies.files)} policy files: no lint problems{also}")
 
 
 # --- data-subject requests -------------------------------------------------------------------

@@ -270,7 +270,7 @@ def rule_changes(base: Rule | None, head: Rule | None) -> tuple[list[str], list[
         out.append("related changed")
     if base.keys != head.keys:
         out.append("key changed")
-    if base.subject != head.subject:
+    if (base.subject, base.no_subject_reason) != (head.subject, head.no_subject_reason):
         out.append("subject changed")
     new_cols = [c for c in head.columns if c not in base.columns]
     gone = [c for c in base.columns if c not in head.columns]

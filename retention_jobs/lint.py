@@ -11,6 +11,10 @@ error, `file:line:col: field: CODE message; hint`:
 - RJ105 a consent purpose without a rule for withdrawn consent.
 - RJ106 a table in the store with personal-looking columns that no policy covers
   (`--store`; judged by column names and by a sample of at most 200 values, never printed).
+- RJ107 a rule whose subject the policy does not name: `subject: {none: REASON}`, or (with
+  `--store`) a subject inferred from foreign keys, whose holds the rule honours. A notice,
+  not a problem (lint still exits 0): a reviewer should see whose rows the engine thinks
+  they are.
 
 Nothing here changes a store: the store check reads the catalog and a LIMIT 200 sample on a
 read-only connection.
@@ -38,7 +42,16 @@ CODES: dict[str, str] = {
     "RJ104": "anonymised columns that another policy deletes first",
     "RJ105": "consent purpose without a rule for withdrawn consent",
     "RJ106": "personal-looking table that no policy covers",
+    "RJ107": "rule without a declared subject (declared none, or inferred from foreign keys)",
 }
+
+NOTICES = frozenset({"RJ107"})
+"""Codes shown for review that are not problems: they do not fail `lint` (exit 0)."""
+
+
+def is_notice(p: Problem) -> bool:
+    return p.message.split(" ", 1)[0] in NOTICES
+
 
 SAMPLE_ROWS = 200
 """Values sampled per table by the store check (never printed)."""
@@ -524,6 +537,57 @@ def check_store(store: Store, policies: PolicySet, location: str) -> list[Proble
     return out
 
 
+# --- RJ107 rules without a declared subject ----------------------------------------------------
+
+
+def check_no_subject(policies: PolicySet) -> list[Problem]:
+    """RJ107: rules that say `subject: {none: REASON}` (the reason is shown)."""
+    return [
+        _problem(
+            f,
+            "RJ107",
+            ("rules", i, "subject"),
+            f"{_rid(f, r)} declares no subject: {r.no_subject_reason}",
+            "holds on subjects still reach its rows over foreign keys; check that the rows are "
+            "about no person",
+        )
+        for f, i, r in _rules(policies)
+        if r.no_subject_reason is not None
+    ]
+
+
+def lint_store_subjects(store: Store, policies: PolicySet) -> list[Problem]:
+    """RJ107 with a store: rules without `subject:` whose subjects are inferred from the
+    store's foreign keys (and declared related links), with the paths found."""
+    from retention_jobs.resolve import infer_subjects, subject_identities
+
+    with store.connect(read_only=True) as session:
+        catalog: Catalog = store.catalog(session)
+    identities = subject_identities(policies, catalog)
+    out: list[Problem] = []
+    for f, i, r in _rules(policies):
+        info = catalog.tables.get(r.table)
+        if r.subject is not None or r.action == "retain" or info is None:
+            continue
+        links = [(rel.table, rel.on, "related") for rel in r.related]
+        if isinstance(r.clock, RelatedClock):
+            links.append((r.clock.table, r.clock.on, "related clock"))
+        paths = infer_subjects(catalog, identities, info, links)
+        if paths:
+            out.append(
+                _problem(
+                    f,
+                    "RJ107",
+                    ("rules", i, "name"),
+                    f"{_rid(f, r)} names no subject; its rows honour the holds of: "
+                    + "; ".join(p.describe(info.name) for p in paths),
+                    "name the subject (subject: {kind: KIND, column: COLUMN}) if one of these is "
+                    "whose rows they are",
+                )
+            )
+    return out
+
+
 # --- all -------------------------------------------------------------------------------------
 
 
@@ -532,6 +596,7 @@ def lint_policies(policies: PolicySet) -> list[Problem]:
         *check_placeholders(policies),
         *check_rule_pairs(policies),
         *check_consent(policies),
+        *check_no_subject(policies),
     ]
     return sorted(problems, key=lambda p: (p.file, p.line, p.col, p.message))
 
@@ -539,8 +604,13 @@ def lint_policies(policies: PolicySet) -> list[Problem]:
 def lint(
     policies: PolicySet, store: Store | None = None, location: str = "policies"
 ) -> list[Problem]:
-    """Every lint problem; with a store, RJ106 too (reported at `location`, the policy directory)."""
+    """Every lint problem; with a store, RJ107 for inferred subjects and RJ106 too (reported
+    at `location`, the policy directory)."""
     problems = lint_policies(policies)
     if store is not None:
+        problems = sorted(
+            problems + lint_store_subjects(store, policies),
+            key=lambda p: (p.file, p.line, p.col, p.message),
+        )
         problems += check_store(store, policies, location)
     return problems

@@ -327,7 +327,11 @@ class Rule(_Model):
     key: Identifier | list[Identifier]
     """The primary key: a column or a list of columns."""
     subject: Subject | None = None
-    """Whose data the rows are (needed for holds on subjects and for requests)."""
+    """Whose data the rows are (needed for holds on subjects and for requests). Left out, the
+    subjects are inferred from the store's foreign keys (`validate --store`); `{none: REASON}`
+    says the rows are about no person (they still honour any subject a foreign key reaches)."""
+    no_subject_reason: str | None = Field(default=None, min_length=1)
+    """Why the rows belong to no subject: written `subject: {none: REASON}`."""
     clock: Identifier | RelatedClock
     """The column (or related rows) whose date starts the retention period. NULL: not started."""
     round_clock_to: Literal["year_end", "month_end"] | None = None
@@ -348,6 +352,32 @@ class Rule(_Model):
     """Columns whose keyed hashes go to the suppression list before the row is erased."""
 
     _where = field_validator("where", mode="before")(classmethod(lambda cls, v: parse_where(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _subject_none(cls, data: Any) -> Any:
+        """`subject: {none: REASON}` is the written form of `no_subject_reason`."""
+        if not isinstance(data, dict):
+            return data
+        s = data.get("subject")
+        if isinstance(s, dict) and "none" in s:
+            if set(s) != {"none"}:
+                raise Located(
+                    "subject takes either {kind, column} or {none: REASON}, not both",
+                    ("subject",),
+                )
+            reason = s["none"]
+            if not isinstance(reason, str) or not reason.strip():
+                raise Located(
+                    "subject: {none: REASON} needs the reason, as text: why the rows are about "
+                    "no person",
+                    ("subject", "none"),
+                )
+            if "no_subject_reason" in data:
+                raise Located("give subject: {none: REASON} once", ("subject",))
+            data = {k: v for k, v in data.items() if k != "subject"}
+            data["no_subject_reason"] = reason.strip()
+        return data
 
     @field_validator("keep_for")
     @classmethod

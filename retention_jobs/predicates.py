@@ -6,10 +6,11 @@ Semantics (the property test's oracle implements the same in plain Python):
   policy's time zone; naive timestamps are UTC), every `where` condition and `related` filter
   holds. A NULL clock has not started.
 - held: an active hold (not released, whatever the as-of date) on the rule's purpose, its
-  table, the row's subject, or on a row that a cascade would change or delete for this row:
-  a row of a held table, or of a held subject under any `subject:` that a rule of any policy
-  declares for the cascade's table (a table no rule declares a subject for has no subject
-  holds: only table holds reach it).
+  table, the row's subject (declared, or for a rule without `subject:` every subject the row
+  reaches over foreign keys, see `resolve.infer_subjects`), or on a row that a cascade would
+  change or delete for this row: a row of a held table, or of a held subject under any
+  `subject:` that a rule of any policy declares for the cascade's table (a table no rule
+  declares a subject for: any subject its rows reach over foreign keys).
 - retained: inside the period of any `retain` rule on the table (a NULL clock there keeps the
   row: the minimum cannot be shown to have passed), or a cascade would change such a row.
 """
@@ -26,7 +27,7 @@ from retention_jobs import control, markers
 from retention_jobs.literals import to_column_type
 from retention_jobs.periods import cutoff
 from retention_jobs.policy import Condition, RelatedClock, RelatedFilter, Scalar
-from retention_jobs.resolve import BoundRule, Link
+from retention_jobs.resolve import BoundRule, Hop, Link, SubjectPath
 from retention_jobs.store.base import Catalog, ColumnInfo, TableInfo, sa_table
 
 _alias_counter = itertools.count()
@@ -189,12 +190,16 @@ class Predicates:
                 out.append((s.kind, s.column))
         return out
 
-    def row_held(self, table: str, t: sa.FromClause) -> sa.ColumnElement:
+    def row_held(
+        self, table: str, t: sa.FromClause, inferred: tuple[SubjectPath, ...] = ()
+    ) -> sa.ColumnElement:
         """A row of `table` (in `t`) is held for itself: its table is held, or its subject is,
-        under any subject declaration of the table (what a cascade reaching it must honour)."""
+        under any subject declaration of the table, or (where none declares one) any subject
+        it reaches over foreign keys, `inferred` (what a cascade reaching it must honour)."""
         return sa.or_(
             self.table_held(table),
             *(self.subject_held(kind, t.c[column]) for kind, column in self.subjects(table)),
+            *(self.path_held(p.kind, p.hops, p.column, t) for p in inferred),
         )
 
     def held(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
@@ -205,14 +210,35 @@ class Predicates:
         ]
         if b.rule.subject:
             parts.append(self.subject_held(b.rule.subject.kind, t.c[b.rule.subject.column]))
+        # a rule without `subject:` honours the holds of every subject its rows reach over
+        # foreign keys (or a declared related link): `resolve` found the paths
+        parts += [self.path_held(p.kind, p.hops, p.column, t) for p in b.inferred]
         # a cascade changes or deletes the rows it reaches: a parent with a held row anywhere
         # below it (its table held, or its subject, by any subject declaration of that table)
         # is held itself (the database's ON DELETE CASCADE reaches no other rows: `resolve`
         # requires a cascade for every foreign key into a table a rule deletes from)
         for link in b.cascades:
-            parts.append(self._link_exists(link, t, lambda lk, c: self.row_held(lk.table.name, c)))
+            parts.append(
+                self._link_exists(
+                    link, t, lambda lk, c: self.row_held(lk.table.name, c, lk.inferred)
+                )
+            )
         # a NULL subject matches no subject hold: false, not unknown
         return sa.func.coalesce(sa.or_(*parts), sa.false())
+
+    def path_held(
+        self, kind: str, hops: tuple[Hop, ...], column: str, t: sa.FromClause
+    ) -> sa.ColumnElement:
+        """The subject reached from the row in `t` over `hops` (its id in `column` of the last
+        row) is held: one EXISTS per foreign key followed, joined on every column pair."""
+        if not hops:
+            return self.subject_held(kind, t.c[column])
+        h = hops[0]
+        r = alias(h.table)
+        return sa.exists().where(
+            *(r.c[rc] == t.c[c] for c, rc in zip(h.columns, h.ref_columns, strict=True)),
+            self.path_held(kind, hops[1:], column, r),
+        )
 
     def _link_exists(self, link: Link, parent: sa.FromClause, test) -> sa.ColumnElement:
         """True where a row of `link` (or below it) linked to `parent` passes `test`."""

@@ -29,6 +29,47 @@ DATE_TYPES = ("date", "timestamp", "timestamptz")
 NUMERIC_TYPES = ("integer", "float", "decimal")
 
 
+MAX_HOPS = 6
+"""How many foreign keys subject inference follows from a rule's table."""
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One foreign key followed from a table (`columns`) to the rows it references."""
+
+    table: TableInfo
+    """The referenced table."""
+    columns: tuple[str, ...]
+    """The referencing columns, in the table the hop starts from."""
+    ref_columns: tuple[str, ...]
+    """The referenced columns of `table`, pairwise."""
+
+
+@dataclass(frozen=True)
+class SubjectPath:
+    """A subject a row reaches without declaring it: the subject's id is `column` of the row
+    reached over `hops` (none: of the row itself)."""
+
+    kind: str
+    hops: tuple[Hop, ...]
+    column: str
+    via: str = "foreign key"
+    """How the engine found it: foreign key, or a rule's related table / related clock."""
+
+    def describe(self, table: str) -> str:
+        """`user via telephony.calls.user_id -> telephony.users.user_id` (names only)."""
+        steps, at = [], table
+        for h in self.hops:
+            steps.append(
+                f"{at}({', '.join(h.columns)}) -> {h.table.name}({', '.join(h.ref_columns)})"
+            )
+            at = h.table.name
+        steps.append(f"{at}.{self.column}")
+        return f"{self.kind} via {' -> '.join(steps)}" + (
+            f" ({self.via})" if self.via != "foreign key" else ""
+        )
+
+
 @dataclass(frozen=True)
 class Link:
     """A cascade bound to the store: child table, join columns and key."""
@@ -39,6 +80,9 @@ class Link:
     references: str
     key: tuple[str, ...]
     children: tuple["Link", ...] = ()
+    inferred: tuple["SubjectPath", ...] = ()
+    """Where no rule declares a subject for the child table: the subjects its rows reach over
+    foreign keys, whose holds hold the parent like a declared subject's."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +94,9 @@ class BoundRule:
     table: TableInfo
     clock_type: str
     cascades: tuple[Link, ...] = field(default=())
+    inferred: tuple[SubjectPath, ...] = field(default=())
+    """Rules without `subject:`: the subjects their rows reach over foreign keys (or a declared
+    related link), whose holds they honour like a declared subject's."""
 
     @property
     def policy(self) -> Policy:
@@ -92,10 +139,95 @@ def _suggest(name: str, options: list[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else ""
 
 
+def subject_identities(policies: PolicySet, catalog: Catalog) -> dict[tuple[str, str], set[str]]:
+    """(table, column) -> subject kinds whose ids it holds as a key: for every rule
+    `subject: {kind: K, column: C}` on T, T.C if C is T's key (the rule's or the store's), and
+    the column C references by foreign key (the key of the subject's own table)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for f in policies.files:
+        for r in f.policy.rules:
+            info = catalog.tables.get(r.table)
+            s = r.subject
+            if s is None or info is None or s.column not in info.columns:
+                continue
+            if [s.column] == r.keys or (s.column,) == info.primary_key:
+                out.setdefault((info.name, s.column), set()).add(s.kind)
+            for fk in info.foreign_keys:
+                if s.column in fk.columns and fk.ref_table in catalog.tables:
+                    ref = fk.ref_columns[fk.columns.index(s.column)]
+                    out.setdefault((fk.ref_table, ref), set()).add(s.kind)
+    return out
+
+
+def infer_subjects(
+    catalog: Catalog,
+    identities: dict[tuple[str, str], set[str]],
+    table: TableInfo,
+    links: list[tuple[str, str, str]] | None = None,
+) -> tuple[SubjectPath, ...]:
+    """Every subject the rows of `table` reach: a column that is a subject identity, or that
+    references one by foreign key, in the table itself or in a table reached over foreign
+    keys (composite ones pairwise, up to MAX_HOPS, no table twice on a path). `links`:
+    (related table, shared column, how declared) of the rule's `related` filters and related
+    clock: where the shared column is (or references) a subject identity there, the row's
+    column is that subject's id."""
+    out: list[SubjectPath] = []
+
+    def add(p: SubjectPath) -> None:
+        if all((q.kind, q.hops, q.column) != (p.kind, p.hops, p.column) for q in out):
+            out.append(p)
+
+    def identity_kinds(info: TableInfo, column: str) -> list[tuple[str, str]]:
+        """(kind, how) for a column of `info` that is or references a subject identity."""
+        found = [(k, "is") for k in sorted(identities.get((info.name, column), ()))]
+        for fk in info.foreign_keys:
+            if column in fk.columns:
+                ref = fk.ref_columns[fk.columns.index(column)]
+                found += [
+                    (k, "references") for k in sorted(identities.get((fk.ref_table, ref), ()))
+                ]
+        return found
+
+    def walk(info: TableInfo, hops: tuple[Hop, ...], seen: frozenset[str]) -> None:
+        arrived = hops[-1].ref_columns if hops else ()
+        for column in info.columns:
+            for kind, how in identity_kinds(info, column):
+                # a key reached over a foreign key is the referencing column's value, which
+                # the table before already counted: no second path with one more join
+                if not (how == "is" and column in arrived):
+                    add(SubjectPath(kind, hops, column))
+        if len(hops) >= MAX_HOPS:
+            return
+        for fk in info.foreign_keys:
+            ref = catalog.tables.get(fk.ref_table)
+            if ref is None or ref.name in seen:
+                continue
+            walk(ref, (*hops, Hop(ref, fk.columns, fk.ref_columns)), seen | {ref.name})
+
+    walk(table, (), frozenset({table.name}))
+    for rtable, on, how in links or []:
+        rinfo = catalog.tables.get(rtable)
+        if rinfo is None or on not in rinfo.columns or on not in table.columns:
+            continue
+        for kind, _ in identity_kinds(rinfo, on):
+            add(SubjectPath(kind, (), on, how))
+    return tuple(out)
+
+
 class _Resolver:
-    def __init__(self, catalog: Catalog, store_kind: str):
+    def __init__(
+        self,
+        catalog: Catalog,
+        store_kind: str,
+        identities: dict[tuple[str, str], set[str]] | None = None,
+    ):
         self.catalog = catalog
         self.store_kind = store_kind
+        self.identities = identities or {}
+        self.kinds: list[str] = []
+        """Every subject kind the policies declare."""
+        self.declared_tables: set[str] = set()
+        """The tables some rule declares a subject for."""
         self.problems: list[Problem] = []
 
     def err(self, f: PolicyFile, loc: Loc, message: str, hint: str = "") -> None:
@@ -155,7 +287,31 @@ class _Resolver:
         )
         if r.action == "delete":
             self.fk_coverage(f, base, info, links)
-        return BoundRule(f, i, info, clock_type or "date", links)
+        inferred = (
+            self.infer(f, base, info, r) if r.subject is None and r.action != "retain" else ()
+        )
+        return BoundRule(f, i, info, clock_type or "date", links, inferred)
+
+    def infer(self, f: PolicyFile, base: Loc, info: TableInfo, r: Rule) -> tuple[SubjectPath, ...]:
+        """The subjects a rule without `subject:` reaches; refused where it reaches none while
+        the policies know subjects, unless it says `subject: {none: REASON}` (G1: a hold on a
+        subject must not be bypassed because a rule forgot to say whose rows it changes)."""
+        declared = [(rel.table, rel.on, "related") for rel in r.related]
+        if isinstance(r.clock, RelatedClock):
+            declared.append((r.clock.table, r.clock.on, "related clock"))
+        paths = infer_subjects(self.catalog, self.identities, info, declared)
+        kinds = self.kinds
+        if not paths and kinds and r.no_subject_reason is None:
+            self.err(
+                f,
+                (*base, "name"),
+                f"rule {r.name!r} names no subject, and no column of {info.name} is or references "
+                f"(over foreign keys) the key of a subject's table ({', '.join(kinds)}): holds on "
+                "subjects could not stop it",
+                "add subject: {kind: KIND, column: COLUMN}, or subject: {none: REASON} if the rows "
+                "are about no person",
+            )
+        return paths
 
     def clock(self, f: PolicyFile, base: Loc, info: TableInfo, r: Rule) -> str | None:
         loc = (*base, "clock")
@@ -269,7 +425,12 @@ class _Resolver:
             for j, cc in enumerate(c.cascade)
             if (link := self.cascade(f, (*loc, "cascade", j), info, key, cc)) is not None
         )
-        link = Link(c, info, c.on, references, key, children)
+        inferred = (
+            ()
+            if info.name in self.declared_tables
+            else infer_subjects(self.catalog, self.identities, info)
+        )
+        link = Link(c, info, c.on, references, key, children, inferred)
         if c.action == "delete":
             self.fk_coverage(f, loc, info, children)
         return link
@@ -381,7 +542,13 @@ def strategy_problem(s: Strategy, col: ColumnInfo) -> tuple[str, str] | None:
 
 
 def resolve(policies: PolicySet, catalog: Catalog, store_kind: str) -> list[BoundRule]:
-    r = _Resolver(catalog, store_kind)
+    r = _Resolver(catalog, store_kind, subject_identities(policies, catalog))
+    r.kinds = sorted(
+        {rule.subject.kind for f in policies.files for rule in f.policy.rules if rule.subject}
+    )
+    r.declared_tables = {
+        rule.table for f in policies.files for rule in f.policy.rules if rule.subject
+    }
     bound = [b for f in policies.files for i in range(len(f.policy.rules)) if (b := r.rule(f, i))]
     if r.problems:
         raise PolicyError(r.problems)

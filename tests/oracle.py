@@ -12,6 +12,10 @@ re-implemented here. The semantics follow the docstring of `retention_jobs.predi
   (CAST(subject AS VARCHAR)), or, when the rule cascades, a hold on one of the row's children:
   a table hold on the child table, or a subject hold on a child's subject under any subject a
   rule declares for the child table.
+- inferred subjects: when some rule declares `person` on w.parent's key (parent_id), the
+  key is a person's id. A non-retain rule on w.parent without a subject is then held by a
+  hold on person:<parent_id>, and a child row of a table no rule declares a subject for is
+  held by person:<its parent_id> (it references that key).
 - retained: inside a retain rule's period (a NULL clock retains) on the row, or on any of the
   row's cascade children.
 - to_act: expired, not held, not retained; for anonymise also not superseded by a free delete
@@ -219,16 +223,31 @@ class Oracle:
                 h.scope == "subject" and h.target == f"{kind}:{value}" for h in active
             ):
                 return True
+        elif (
+            rule.table == PARENT
+            and rule.action != "retain"
+            and self.person_is_parent_key()
+            and any(
+                h.scope == "subject" and h.target == f"person:{row[PARENT_KEY]}" for h in active
+            )
+        ):
+            return True
         # a cascade reaches the row's children: a held child (its table, or its subject under
         # any subject a rule declares for the child table) holds the parent
         return bool(rule.cascade) and any(
             self.child_held(world, c) for c in self.children_of(world, row)
         )
 
+    def person_is_parent_key(self) -> bool:
+        """Some rule says w.parent's rows are persons, by their key."""
+        return any(r.table == PARENT and r.subject == ("person", PARENT_KEY) for r in self.rules)
+
     def child_held(self, world: World, child: dict) -> bool:
         if self.table_held(world, CHILD):
             return True
         declared = {r.subject for r in self.rules if r.table == CHILD and r.subject is not None}
+        if not declared and self.person_is_parent_key():
+            declared = {("person", PARENT_KEY)}  # inferred: child.parent_id references the key
         return any(
             child[column] is not None
             and any(

@@ -71,6 +71,7 @@ rules:
   - name: unsubscribed
     table: s.subscribers
     key: subscriber_id
+    subject: {kind: subscriber, column: subscriber_id}
     clock: {table: s.list_subs, on: subscriber_id, column: changed_at, aggregate: max}
     related:
       - {table: s.list_subs, on: subscriber_id, all: {status: unsubscribed}}

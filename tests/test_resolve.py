@@ -717,6 +717,7 @@ def test_a_complete_policy_resolves(tmp_path, monkeypatch, warehouse):
           - name: leads
             table: shop.leads
             key: lead_id
+            subject: {kind: lead, column: lead_id}
             clock: created_at
             keep_for: P6M
             action: delete
@@ -727,6 +728,13 @@ def test_a_complete_policy_resolves(tmp_path, monkeypatch, warehouse):
         ("shop/old-orders", "date"),
         ("shop/last-order", "date"),
         ("shop/leads", "date"),
+    ]
+    # rules without `subject:` reach the customer over the store's foreign keys
+    assert [[p.describe(b.table.name) for p in b.inferred] for b in bound] == [
+        [],
+        ["customer via shop.orders.customer_id"],
+        ["customer via shop.customers.customer_id"],
+        [],
     ]
     first = bound[0]
     # grandchildren before children: the order in which deletes keep every foreign key intact
