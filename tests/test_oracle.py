@@ -46,6 +46,14 @@ from retention_jobs.load import PolicySet, load_text
 from retention_jobs.plan import build_plan
 from retention_jobs.store.duckdb_store import DuckDBStore
 
+
+class _NoAliases(yaml.SafeDumper):
+    """Policy files refuse anchors and aliases: a value shared by two rules is written twice."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 KEY_TEXT = "oracle-test-key-0123456789"
 KEY = PseudonymKey.from_text(KEY_TEXT)
 SECRET = key_secret(KEY_TEXT)
@@ -140,7 +148,11 @@ def policy_set(rules: list[RuleSpec]) -> PolicySet:
             "timezone": group[0].tz,
             "rules": [rule_yaml(r) for r in group],
         }
-        files.append(load_text(yaml.safe_dump(doc, sort_keys=False), f"policies/{purpose}.yaml"))
+        files.append(
+            load_text(
+                yaml.dump(doc, Dumper=_NoAliases, sort_keys=False), f"policies/{purpose}.yaml"
+            )
+        )
     return PolicySet(tuple(files))
 
 
