@@ -9,62 +9,24 @@
 """
 
 from datetime import date
-from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from stores import pg_database, reset_pg_database
+import schema_cases
+from schema_cases import policies, rows, sql
 
-from retention_jobs import apply, control
+from retention_jobs import apply
 from retention_jobs.anonymise import PseudonymKey
 from retention_jobs.apply import RunOptions, run_policies
-from retention_jobs.load import PolicySet, load_text
+from retention_jobs.load import PolicySet
 from retention_jobs.plan import build_plan
 from retention_jobs.store.base import Store
-from retention_jobs.store.duckdb_store import DuckDBStore
-from retention_jobs.store.sql_store import SqlStore
 
 AS_OF = date(2026, 11, 22)
 KEY = PseudonymKey.from_text("cascade-holds-key-0123456789")
-STORES = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with pg_database() as url:
-        yield url
-
-
-@pytest.fixture(params=STORES)
-def store(request, tmp_path: Path) -> Store:
-    if request.param == "duckdb":
-        return DuckDBStore(tmp_path / "warehouse.duckdb")
-    url = request.getfixturevalue("pg_url")
-    reset_pg_database(url)
-    return SqlStore(url)
-
-
-def policies(*texts: str) -> PolicySet:
-    return PolicySet(tuple(load_text(t, f"p{i}.yaml") for i, t in enumerate(texts)))
-
-
-def sql(store: Store, *statements: str) -> None:
-    with store.connect() as s:
-        for st in statements:
-            s.execute(st)
-        control.ensure_control_schema(store, s)
-
-
-def rows(store: Store, query: str) -> list[tuple]:
-    with store.connect(read_only=True) as s:
-        return [tuple(r) for r in s.fetchall(sa.text(query))]
 
 
 def hold(store: Store, subject: str) -> None:
-    with store.connect() as s:
-        control.add_hold(
-            s, scope="subject", subject=subject, case_ref="C-1", reason="litigation", placed_by="t"
-        )
+    schema_cases.hold(store, subject, "C-1", "litigation")
 
 
 def run(store: Store, ps: PolicySet, **kw):

@@ -1,0 +1,33 @@
+"""Helpers for tests that build a small schema of their own on DuckDB and on PostgreSQL (with
+the `store` fixture of conftest.py): policies from YAML texts, plain SQL in and rows out,
+subject holds."""
+
+import sqlalchemy as sa
+
+from retention_jobs import control
+from retention_jobs.load import PolicySet, load_text
+from retention_jobs.store.base import Store
+
+
+def policies(*texts: str) -> PolicySet:
+    return PolicySet(tuple(load_text(t, f"p{i}.yaml") for i, t in enumerate(texts)))
+
+
+def sql(store: Store, *statements: str) -> None:
+    """Run `statements`, then create the control schema."""
+    with store.connect() as s:
+        for st in statements:
+            s.execute(st)
+        control.ensure_control_schema(store, s)
+
+
+def rows(store: Store, query: str) -> list[tuple]:
+    with store.connect(read_only=True) as s:
+        return [tuple(r) for r in s.fetchall(sa.text(query))]
+
+
+def hold(store: Store, subject: str, case_ref: str, reason: str) -> None:
+    with store.connect() as s:
+        control.add_hold(
+            s, scope="subject", subject=subject, case_ref=case_ref, reason=reason, placed_by="t"
+        )
