@@ -294,7 +294,7 @@ def op_name(purpose: str) -> str:
 def policy_asset(
     policies: PolicySet, f: PolicyFile, partitions: dg.PartitionsDefinition
 ) -> dg.AssetsDefinition:
-    """The policy as an asset with its four checks, evaluated by the same step after the run.
+    """The policy as an asset with its five checks, evaluated by the same step after the run.
 
     A one-spec `multi_asset` with `can_subset=True` rather than `@asset`: that makes the check
     outputs optional, so a dry run can report its plan as an observation without claiming any
