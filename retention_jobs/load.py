@@ -202,7 +202,7 @@ def _bad_char(text: str, path: str) -> Problem | None:
         col,
         "",
         f"control character U+{ord(m.group()):04X} is not allowed in YAML",
-        "remove it (write \\t, \\n or \\uXXXX inside double quotes if it is meant)",
+        "remove it (write it as an escape such as \\t, \\n or \\u00e9 inside double quotes if it is meant)",
     )
 
 
