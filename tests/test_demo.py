@@ -80,11 +80,38 @@ def test_load_returns_the_row_counts(warehouse, tables):
         con.close()
 
 
-def test_load_recreates_the_file(tmp_path):
+def _contents(path: Path) -> dict[str, pl.DataFrame]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        names = [
+            f"{s}.{t}"
+            for s, t in con.execute(
+                "SELECT schema_name, table_name FROM duckdb_tables() ORDER BY ALL"
+            ).fetchall()
+        ]
+        return {n: con.sql(f"SELECT * FROM {n} ORDER BY ALL").pl() for n in names}
+    finally:
+        con.close()
+
+
+def test_load_recreates_the_file(tmp_path, tables):
+    """Loading over a file that was changed since (rows deleted and updated, a table added)
+    gives the same tables and rows as the generator, and nothing else."""
     path = tmp_path / "w.duckdb"
-    first = demo.load_duckdb(path, 100, AS_OF)
-    again = demo.load_duckdb(path, 100, AS_OF)
-    assert first == again
+    demo.load_duckdb(path, ROWS, AS_OF)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("DELETE FROM marketing.list_subscriptions")
+        con.execute("UPDATE billing.customers SET email = 'changed@example.invalid'")
+        con.execute("CREATE TABLE main.left_over AS SELECT 1 AS x")
+    finally:
+        con.close()
+    counts = demo.load_duckdb(path, ROWS, AS_OF)
+    assert counts == {name: df.height for name, df in tables.items()}
+    stored = _contents(path)
+    assert sorted(stored) == sorted(tables)
+    for name, df in tables.items():
+        assert stored[name].equals(df.select(stored[name].columns).sort(pl.all())), name
 
 
 @pytest.mark.parametrize(("table", "column", "parent", "parent_column"), demo.foreign_keys())
