@@ -136,9 +136,11 @@ def strategy_expr(
         return pl.lit(None, dtype=dtype)
     if isinstance(s, Hash):
         n = s.length or DEFAULT_HASH_LENGTH
+        suffix = f"@{s.email_domain}" if s.email_domain else ""
         if col.max_length:
-            n = min(n, col.max_length)
-        return digest.str.slice(0, n)
+            n = min(n, col.max_length - len(suffix))
+        hashed = digest.str.slice(0, n)
+        return pl.concat_str([hashed, pl.lit(suffix)]) if suffix else hashed
     if isinstance(s, Fake):
         pool = pl.Series(fake_pool(s.provider, s.locale or locale), dtype=pl.String)
         index = digest.str.slice(0, 8).str.to_integer(base=16) % len(pool)

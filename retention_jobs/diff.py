@@ -215,7 +215,8 @@ def strategy_text(s: Strategy) -> str:
     if isinstance(s, Redact):
         return "redact"
     if isinstance(s, Hash):
-        return f"hash {s.length}" if s.length else "hash"
+        text = f"hash {s.length}" if s.length else "hash"
+        return text + (f" @{s.email_domain}" if s.email_domain else "")
     if isinstance(s, Fake):
         return f"fake {s.provider}" + (f"/{s.locale}" if s.locale else "")
     if isinstance(s, Mask):

@@ -77,10 +77,29 @@ class Redact(_Model):
     """Replace the value with NULL. Rejected on NOT NULL columns."""
 
 
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+"
+)
+
+
 class Hash(_Model):
     kind: Literal["hash"] = "hash"
     length: int | None = Field(default=None, ge=16, le=32)
     """Hex characters kept of the keyed BLAKE2b digest (default: 32, or what the column fits)."""
+    email_domain: str | None = None
+    """Write `<hash>@<email_domain>`, so an e-mail column's unique index and an application's
+    format check still accept the pseudonym. Use a domain that can never receive mail, such as
+    `anonymised.invalid` (RFC 2606 reserves `.invalid`)."""
+
+    @field_validator("email_domain")
+    @classmethod
+    def _domain(cls, v: str | None) -> str | None:
+        if v is not None and not _HOSTNAME.fullmatch(v):
+            raise ValueError(
+                f"email_domain {v!r} is not a host name: use lowercase labels of letters, digits "
+                "and hyphens separated by dots, e.g. anonymised.invalid"
+            )
+        return v
 
 
 class Fake(_Model):

@@ -475,10 +475,11 @@ def strategy_problem(s: Strategy, col: ColumnInfo) -> tuple[str, str] | None:
                 f"hash writes text, but {col.name} is {col.raw_type}",
                 "use redact, constant or generalise",
             )
-        if col.max_length is not None and col.max_length < (s.length or 16):
+        need = (s.length or 16) + (len(s.email_domain) + 1 if s.email_domain else 0)
+        if col.max_length is not None and col.max_length < need:
             return (
-                f"hash needs at least {s.length or 16} characters, but {col.name} holds {col.max_length}",
-                "use mask or redact, or widen the column",
+                f"hash needs at least {need} characters, but {col.name} holds {col.max_length}",
+                "use a shorter length or email_domain, mask or redact, or widen the column",
             )
         return None
     if isinstance(s, Fake):
