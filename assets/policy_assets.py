@@ -22,7 +22,7 @@ from retention_jobs.apply import RunOptions, RunReport, run_policies
 from retention_jobs.check import run_checks
 from retention_jobs.errors import RetentionError, StoreRejected, database_error, safe_message
 from retention_jobs.load import PolicyFile, PolicySet
-from retention_jobs.policy import Cascade, Policy, RelatedClock
+from retention_jobs.policy import Cascade, Policy, RelatedClock, RelatedFilter
 from retention_jobs.store import mask_url
 
 GROUP = "retention"
@@ -103,8 +103,14 @@ def touched_tables(policy: Policy) -> list[str]:
         seen.update(dict.fromkeys(_cascade_tables(rule.cascade)))
         if isinstance(rule.clock, RelatedClock):
             seen[rule.clock.table] = None
-        seen.update(dict.fromkeys(r.table for r in rule.related))
+        seen.update(dict.fromkeys(_related_tables(rule.related)))
     return list(seen)
+
+
+def _related_tables(filters: list[RelatedFilter]) -> Iterator[str]:
+    for f in filters:
+        yield f.table
+        yield from _related_tables(f.related)
 
 
 def source_specs(policies: PolicySet) -> list[dg.AssetSpec]:

@@ -133,12 +133,20 @@ def _cond_key(c: Condition) -> tuple:
     return (c.column, c.op, _canon(c.value))
 
 
+def _link_key(rel: RelatedFilter) -> tuple:
+    """A related filter without its quantifier: the link, its conditions and further hops."""
+    return (
+        rel.table,
+        rel.on,
+        rel.parent_column,
+        frozenset(_cond_key(c) for c in rel.conditions),
+        frozenset((n.quantifier, _link_key(n)) for n in rel.related),
+    )
+
+
 def _filters(r: Rule) -> tuple[frozenset, frozenset]:
     where = frozenset(_cond_key(c) for c in r.where)
-    related = frozenset(
-        (rel.table, rel.on, rel.quantifier, frozenset(_cond_key(c) for c in rel.conditions))
-        for rel in r.related
-    )
+    related = frozenset((rel.quantifier, _link_key(rel)) for rel in r.related)
     return where, related
 
 
@@ -196,12 +204,9 @@ def _where_disjoint(a: list[Condition], b: list[Condition]) -> bool:
 
 
 def _related_disjoint(a: list[RelatedFilter], b: list[RelatedFilter]) -> bool:
-    def key(rel: RelatedFilter) -> tuple:
-        return rel.table, rel.on, frozenset(_cond_key(c) for c in rel.conditions)
-
     for x in a:
         for y in b:
-            if key(x) == key(y) and {x.quantifier, y.quantifier} == {"any", "none"}:
+            if _link_key(x) == _link_key(y) and {x.quantifier, y.quantifier} == {"any", "none"}:
                 return True
     return False
 
@@ -370,10 +375,14 @@ def _mentions_withdrawal(r: Rule) -> bool:
             values = c.value if isinstance(c.value, list) else [c.value]
             names.extend(v for v in values if isinstance(v, str))
 
+    def related(filters: list[RelatedFilter]) -> None:
+        for rel in filters:
+            names.append(rel.table)
+            conds(rel.conditions)
+            related(rel.related)
+
     conds(r.where)
-    for rel in r.related:
-        names.append(rel.table)
-        conds(rel.conditions)
+    related(r.related)
     return any(WITHDRAWAL.search(n) for n in names)
 
 
@@ -559,7 +568,7 @@ def check_no_subject(policies: PolicySet) -> list[Problem]:
 def lint_store_subjects(store: Store, policies: PolicySet) -> list[Problem]:
     """RJ107 with a store: rules without `subject:` whose subjects are inferred from the
     store's foreign keys (and declared related links), with the paths found."""
-    from retention_jobs.resolve import infer_subjects, subject_identities
+    from retention_jobs.resolve import declared_links, infer_subjects, subject_identities
 
     with store.connect(read_only=True) as session:
         catalog: Catalog = store.catalog(session)
@@ -569,10 +578,7 @@ def lint_store_subjects(store: Store, policies: PolicySet) -> list[Problem]:
         info = catalog.tables.get(r.table)
         if r.subject is not None or r.action == "retain" or info is None:
             continue
-        links = [(rel.table, rel.on, "related") for rel in r.related]
-        if isinstance(r.clock, RelatedClock):
-            links.append((r.clock.table, r.clock.on, "related clock"))
-        paths = infer_subjects(catalog, identities, info, links)
+        paths = infer_subjects(catalog, identities, info, declared_links(r))
         if paths:
             out.append(
                 _problem(

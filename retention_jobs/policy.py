@@ -258,11 +258,17 @@ class RelatedClock(_Model):
     table: TableName
     """The related table."""
     on: Identifier
-    """The column that the related table and the rule's table share (e.g. contact_id)."""
+    """The related table's column that links its rows to the rule's rows (e.g. contact_id)."""
+    references: Identifier | None = None
+    """The rule's column that `on` holds (e.g. id); default: a column named like `on`."""
     column: Identifier
     """The date or timestamp column of the related table."""
     aggregate: Literal["max", "min"] = "max"
     """max: the latest related date (last activity); min: the earliest."""
+
+    @property
+    def parent_column(self) -> str:
+        return self.references or self.on
 
 
 class RelatedFilter(_Model):
@@ -270,13 +276,18 @@ class RelatedFilter(_Model):
 
     table: TableName
     on: Identifier
-    """The column that the related table and the rule's table share."""
+    """The related table's column that links its rows to the rows it filters."""
+    references: Identifier | None = None
+    """The filtered table's column that `on` holds; default: a column named like `on`."""
     all: list[Condition] | None = None
     """Every related row matches (also true when there are none)."""
     any: list[Condition] | None = None
     """At least one related row matches."""
     none: list[Condition] | None = None
     """No related row matches."""
+    related: list["RelatedFilter"] = Field(default_factory=list)
+    """Conditions on rows one hop further, linked to the related rows (e.g. the group of a
+    membership): part of what a related row must match."""
 
     _parse = field_validator("all", "any", "none", mode="before")(
         classmethod(lambda cls, v: parse_where(v))
@@ -288,6 +299,10 @@ class RelatedFilter(_Model):
         if len(given) != 1:
             raise ValueError("a related filter takes exactly one of: all, any, none")
         return self
+
+    @property
+    def parent_column(self) -> str:
+        return self.references or self.on
 
     @property
     def quantifier(self) -> str:

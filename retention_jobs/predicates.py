@@ -122,7 +122,7 @@ class Predicates:
             agg = sa.func.max if clock.aggregate == "max" else sa.func.min
             return (
                 sa.select(agg(r.c[clock.column]))
-                .where(r.c[clock.on] == t.c[clock.on])
+                .where(r.c[clock.on] == t.c[clock.parent_column])
                 .scalar_subquery()
             )
         return t.c[clock]
@@ -147,8 +147,10 @@ class Predicates:
     def _related(self, rel: RelatedFilter, t: sa.FromClause, tz: str) -> sa.ColumnElement:
         rinfo = self.catalog.tables[rel.table]
         r = alias(rinfo)
-        linked = r.c[rel.on] == t.c[rel.on]
-        conds = all_of(r, rel.conditions, rinfo, tz)
+        linked = r.c[rel.on] == t.c[rel.parent_column]
+        conds = sa.and_(
+            all_of(r, rel.conditions, rinfo, tz), *(self._related(n, r, tz) for n in rel.related)
+        )
         if rel.quantifier == "all":
             return ~sa.exists().where(linked, ~sa.func.coalesce(conds, sa.false()))
         if rel.quantifier == "any":
@@ -374,16 +376,19 @@ class Predicates:
         """`b`'s expiry with every related clock and filter over a table the rule's cascades
         delete from (directly under the rule's table) read as satisfied, where no row of that
         table is linked to the row any more; None when the expiry reads no such table."""
-        # (child table, the column linking it): the direct delete cascades on one shared column
+        # (child table, its linking column, the parent's column): the direct delete cascades
         gone = {
-            (link.table.name, link.on)
+            (link.table.name, link.on, link.references)
             for link in b.cascades
-            if link.spec.action == "delete" and link.on == link.references
+            if link.spec.action == "delete"
         }
         clock = b.rule.clock
-        emptied = {(rel.table, rel.on) for rel in b.rule.related} & gone
-        if isinstance(clock, RelatedClock) and (clock.table, clock.on) in gone:
-            emptied.add((clock.table, clock.on))
+        emptied = {(rel.table, rel.on, rel.parent_column) for rel in b.rule.related} & gone
+        if (
+            isinstance(clock, RelatedClock)
+            and (link := (clock.table, clock.on, clock.parent_column)) in gone
+        ):
+            emptied.add(link)
             clock_part = []
         else:
             clock_part = [self.clock_past(b, t)]
@@ -394,11 +399,11 @@ class Predicates:
         parts += [
             self._related(rel, t, tz)
             for rel in b.rule.related
-            if (rel.table, rel.on) not in emptied
+            if (rel.table, rel.on, rel.parent_column) not in emptied
         ]
-        for table, on in sorted(emptied):
+        for table, on, mine in sorted(emptied):
             r = alias(self.catalog.tables[table])
-            parts.append(~sa.exists().where(r.c[on] == t.c[on]))
+            parts.append(~sa.exists().where(r.c[on] == t.c[mine]))
         return sa.and_(*parts)
 
 

@@ -20,6 +20,7 @@ from retention_jobs.policy import (
     Policy,
     Redact,
     RelatedClock,
+    RelatedFilter,
     Rule,
     Strategy,
 )
@@ -159,18 +160,26 @@ def subject_identities(policies: PolicySet, catalog: Catalog) -> dict[tuple[str,
     return out
 
 
+def declared_links(r: Rule) -> list[tuple[str, str, str, str]]:
+    """(related table, its linking column, the rule's column, how declared) of a rule's `related`
+    filters (first hop) and related clock."""
+    links = [(rel.table, rel.on, rel.parent_column, "related") for rel in r.related]
+    if isinstance(r.clock, RelatedClock):
+        links.append((r.clock.table, r.clock.on, r.clock.parent_column, "related clock"))
+    return links
+
+
 def infer_subjects(
     catalog: Catalog,
     identities: dict[tuple[str, str], set[str]],
     table: TableInfo,
-    links: list[tuple[str, str, str]] | None = None,
+    links: list[tuple[str, str, str, str]] | None = None,
 ) -> tuple[SubjectPath, ...]:
     """Every subject the rows of `table` reach: a column that is a subject identity, or that
     references one by foreign key, in the table itself or in a table reached over foreign
     keys (composite ones pairwise, up to MAX_HOPS, no table twice on a path). `links`:
-    (related table, shared column, how declared) of the rule's `related` filters and related
-    clock: where the shared column is (or references) a subject identity there, the row's
-    column is that subject's id."""
+    `declared_links` of the rule: where the related table's linking column is (or references)
+    a subject identity there, the rule's column it links to is that subject's id."""
     out: list[SubjectPath] = []
 
     def add(p: SubjectPath) -> None:
@@ -205,12 +214,12 @@ def infer_subjects(
             walk(ref, (*hops, Hop(ref, fk.columns, fk.ref_columns)), seen | {ref.name})
 
     walk(table, (), frozenset({table.name}))
-    for rtable, on, how in links or []:
+    for rtable, on, mine, how in links or []:
         rinfo = catalog.tables.get(rtable)
-        if rinfo is None or on not in rinfo.columns or on not in table.columns:
+        if rinfo is None or on not in rinfo.columns or mine not in table.columns:
             continue
         for kind, _ in identity_kinds(rinfo, on):
-            add(SubjectPath(kind, (), on, how))
+            add(SubjectPath(kind, (), mine, how))
     return tuple(out)
 
 
@@ -270,13 +279,7 @@ class _Resolver:
             self.column(f, (*base, "subject", "column"), info, r.subject.column)
         clock_type = self.clock(f, base, info, r)
         self.conditions(f, (*base, "where"), info, r.where)
-        for j, rel in enumerate(r.related):
-            loc = (*base, "related", j)
-            rinfo = self.table(f, (*loc, "table"), rel.table)
-            if rinfo:
-                self.column(f, (*loc, "on"), info, rel.on)
-                self.column(f, (*loc, "on"), rinfo, rel.on)
-                self.conditions(f, (*loc, rel.quantifier), rinfo, rel.conditions)
+        self.related(f, base, info, r.related)
         for col in r.suppress:
             self.column(f, (*base, "suppress"), info, col)
         self.strategies(f, (*base, "columns"), info, r.columns)
@@ -292,14 +295,57 @@ class _Resolver:
         )
         return BoundRule(f, i, info, clock_type or "date", links, inferred)
 
+    def related(
+        self,
+        f: PolicyFile,
+        base: Loc,
+        info: TableInfo,
+        filters: list[RelatedFilter],
+        depth: int = 0,
+    ) -> None:
+        for j, rel in enumerate(filters):
+            loc = (*base, "related", j)
+            if depth >= MAX_HOPS:
+                self.err(
+                    f,
+                    loc,
+                    f"related filters nest more than {MAX_HOPS} hops deep",
+                    "join fewer tables, or filter on a column the nearer table has",
+                )
+                return
+            rinfo = self.table(f, (*loc, "table"), rel.table)
+            if rinfo:
+                self.link(f, loc, info, rinfo, rel.on, rel.references)
+                self.conditions(f, (*loc, rel.quantifier), rinfo, rel.conditions)
+                self.related(f, loc, rinfo, rel.related, depth + 1)
+
+    def link(
+        self,
+        f: PolicyFile,
+        loc: Loc,
+        info: TableInfo,
+        rinfo: TableInfo,
+        on: str,
+        references: str | None,
+    ) -> None:
+        """`on` (a column of the related table) and the column of `info` it holds."""
+        self.column(f, (*loc, "on"), rinfo, on)
+        if references is not None:
+            self.column(f, (*loc, "references"), info, references)
+        elif on not in info.columns:
+            self.err(
+                f,
+                (*loc, "on"),
+                f"{info.name} has no column {on!r} to link {rinfo.name}.{on} to",
+                f"name the column of {info.name} that {on} holds: references: COLUMN"
+                + (f" ({hint})" if (hint := _suggest(on, list(info.columns))) else ""),
+            )
+
     def infer(self, f: PolicyFile, base: Loc, info: TableInfo, r: Rule) -> tuple[SubjectPath, ...]:
         """The subjects a rule without `subject:` reaches; refused where it reaches none while
         the policies know subjects, unless it says `subject: {none: REASON}` (G1: a hold on a
         subject must not be bypassed because a rule forgot to say whose rows it changes)."""
-        declared = [(rel.table, rel.on, "related") for rel in r.related]
-        if isinstance(r.clock, RelatedClock):
-            declared.append((r.clock.table, r.clock.on, "related clock"))
-        paths = infer_subjects(self.catalog, self.identities, info, declared)
+        paths = infer_subjects(self.catalog, self.identities, info, declared_links(r))
         kinds = self.kinds
         if not paths and kinds and r.no_subject_reason is None:
             self.err(
@@ -319,8 +365,7 @@ class _Resolver:
             rinfo = self.table(f, (*loc, "table"), r.clock.table)
             if rinfo is None:
                 return None
-            self.column(f, (*loc, "on"), info, r.clock.on)
-            self.column(f, (*loc, "on"), rinfo, r.clock.on)
+            self.link(f, loc, info, rinfo, r.clock.on, r.clock.references)
             col = self.column(f, (*loc, "column"), rinfo, r.clock.column)
         else:
             col = self.column(f, loc, info, r.clock)
@@ -479,7 +524,8 @@ def strategy_problem(s: Strategy, col: ColumnInfo) -> tuple[str, str] | None:
         if col.max_length is not None and col.max_length < need:
             return (
                 f"hash needs at least {need} characters, but {col.name} holds {col.max_length}",
-                "use a shorter length or email_domain, mask or redact, or widen the column",
+                ("use a shorter length or email_domain, " if s.email_domain else "use ")
+                + "mask or redact, or widen the column",
             )
         return None
     if isinstance(s, Fake):
