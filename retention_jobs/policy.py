@@ -376,6 +376,9 @@ class Rule(_Model):
     """Only rows matching every condition: column: value | [values] | {op: value}."""
     related: list[RelatedFilter] = Field(default_factory=list)
     """Conditions on related rows (e.g. every list subscription is unsubscribed)."""
+    unreferenced: bool = False
+    """Only rows that no row of any table references by foreign key: parents left without a
+    purpose, such as an address whose customer was erased."""
     action: Literal["delete", "anonymise", "retain"]
     """delete the rows; anonymise `columns`; retain: a minimum period nothing may cut short."""
     columns: dict[Identifier, StrategyField] = Field(default_factory=dict)

@@ -142,7 +142,21 @@ class Predicates:
         tz = b.policy.timezone
         parts = [all_of(t, b.rule.where, b.table, tz)]
         parts += [self._related(rel, t, tz) for rel in b.rule.related]
+        if b.rule.unreferenced:
+            parts += [self._unreferenced(t, b.table)]
         return sa.and_(*parts)
+
+    def _unreferenced(self, t: sa.FromClause, info: TableInfo) -> sa.ColumnElement:
+        """No row of any table the catalog knows references the row by foreign key."""
+        parts = []
+        for fk in self.catalog.referencing(info.name):
+            c = alias(self.catalog.tables[fk.table])
+            parts.append(
+                ~sa.exists().where(
+                    *(c.c[a] == t.c[b] for a, b in zip(fk.columns, fk.ref_columns, strict=True))
+                )
+            )
+        return sa.and_(sa.true(), *parts)
 
     def _related(self, rel: RelatedFilter, t: sa.FromClause, tz: str) -> sa.ColumnElement:
         rinfo = self.catalog.tables[rel.table]
@@ -401,6 +415,8 @@ class Predicates:
             for rel in b.rule.related
             if (rel.table, rel.on, rel.parent_column) not in emptied
         ]
+        if b.rule.unreferenced:
+            parts.append(self._unreferenced(t, b.table))
         for table, on, mine in sorted(emptied):
             r = alias(self.catalog.tables[table])
             parts.append(~sa.exists().where(r.c[on] == t.c[mine]))

@@ -288,7 +288,15 @@ class _Resolver:
             for j, c in enumerate(r.cascade)
             if (link := self.cascade(f, (*base, "cascade", j), info, r.keys, c)) is not None
         )
-        if r.action == "delete":
+        if r.unreferenced and not self.catalog.referencing(info.name):
+            self.err(
+                f,
+                (*base, "unreferenced"),
+                f"no foreign key references {info.name}, so every row is unreferenced",
+                "declare the foreign keys that point at the table, or drop `unreferenced`",
+            )
+        if r.action == "delete" and not r.unreferenced:
+            # (an unreferenced row has no child a delete could break)
             self.fk_coverage(f, base, info, links)
         inferred = (
             self.infer(f, base, info, r) if r.subject is None and r.action != "retain" else ()
