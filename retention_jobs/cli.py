@@ -476,6 +476,30 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
     out.print(f"hold {hold_id} placed ({scope}, case {case_ref})", markup=False)
 
 
+@holds.command("import")
+@store_option
+@click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
+def holds_import(store, csv_file) -> None:
+    """Import holds from a case-management export (CSV: case_ref, scope, target, reason,
+    placed_at, and optionally placed_by, released_at, released_by, review_at), keeping their
+    placed and released times. All or nothing; importing the same export again changes nothing."""
+    from retention_jobs import holds_import as imp
+
+    if not csv_file.is_file():
+        raise ConfigError(f"{csv_file}: no such file")
+    holds = imp.parse(csv_file)
+    s = open_store(store)
+    with s.connect() as session:
+        control.ensure_control_schema(s, session)
+        result = imp.apply(session, str(csv_file), holds)
+    out.print(
+        f"{len(holds)} holds in {csv_file.name}: {result.placed} placed, {result.released} "
+        f"released, {result.unchanged} already recorded",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 @holds.command("release")
 @store_option
 @policies_option
