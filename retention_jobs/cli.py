@@ -337,10 +337,26 @@ def tables(store) -> None:
     """List the store's tables and columns (to write policies against)."""
     s = open_store(store)
     with s.connect(read_only=True) as session:
-        for t in s.catalog(session).tables.values():
+        catalog = s.catalog(session)
+    for t in catalog.tables.values():
+        out.print(
+            f"{t.name}: " + ", ".join(f"{c.name} {c.raw_type}" for c in t.columns.values()),
+            markup=False,
+            soft_wrap=True,
+        )
+        if t.primary_key:
+            out.print(f"  key: {', '.join(t.primary_key)}", markup=False)
+        for fk in t.foreign_keys:
             out.print(
-                f"{t.name}: " + ", ".join(f"{c.name} {c.raw_type}" for c in t.columns.values()),
+                f"  {', '.join(fk.columns)} -> {fk.ref_table} ({', '.join(fk.ref_columns)})",
                 markup=False,
+                soft_wrap=True,
+            )
+        for fk in catalog.referencing(t.name):
+            out.print(
+                f"  referenced by {fk.table} ({', '.join(fk.columns)})",
+                markup=False,
+                soft_wrap=True,
             )
 
 

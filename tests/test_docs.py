@@ -64,3 +64,9 @@ def test_the_section_finder_sees_a_missing_key():
     section = _section(text, "## Policy")
     stripped = "\n".join(line for line in section.splitlines() if not line.startswith("| `purge`"))
     assert "`purge`" in section and "`purge`" not in stripped
+
+
+def test_the_readme_links_every_doc():
+    readme = (DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+    unlinked = [p.name for p in sorted(DOC.parent.glob("*.md")) if f"(docs/{p.name}" not in readme]
+    assert not unlinked, f"README links to no {unlinked}"
