@@ -137,6 +137,9 @@ class RunOptions:
     key_ranges: dict[str, tuple[Any, Any]] | None = None
     """One worker of a parallel run (`retention_jobs.parallel`): rule id -> [lo, hi) of the
     rule's first key column; the worker acts on those ranges only."""
+    as_of_instant: datetime | None = None
+    """The run's moment (aware), when given as one: timestamp clocks then compare exactly
+    (see `Predicates.instant`); `as_of` is its date."""
     run_lock: bool = True
     """Take the store's run lock (one run per store at a time, `Store.run_lock`). False only
     for the workers of a parallel run, whose coordinator holds the lock for them."""
@@ -190,6 +193,7 @@ class Applier:
         if not options.dry_run:
             control.ensure_control_schema(store, session)
         self.planner = Planner(store, session, policies, as_of, predicates, **predicate_options)
+        self.planner.pred.instant = options.as_of_instant
         self.run_id = ("dry-run-" if options.dry_run else "") + control.new_run_id()
         self._span: tuple[Any, Any] | None = None
         """The current batch's least and greatest first key (see `_in_stage`)."""

@@ -4,7 +4,7 @@ in an anonymised column, and the audit ledger recorded the run. Counts only: nev
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import cast
 
 import polars as pl
@@ -241,9 +241,12 @@ def run_checks(
     run_id: str | Sequence[str] | None = None,
     held_before: dict[str, str] | None = None,
     purposes: list[str] | None = None,
+    instant: datetime | None = None,
 ) -> list[CheckResult]:
+    """`instant`: the run's moment, when it was given as one (see `Predicates.instant`)."""
     with store.connect(read_only=True) as session:
         planner = Planner(store, session, policies, as_of)
+        planner.pred.instant = instant
         results = [
             unprocessed(planner, purposes),
             no_original_values(planner, session, key, purposes),

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -87,6 +88,31 @@ class _Group(click.Group):
             raise
         except Exception as exc:  # every error leaves through one door, sanitised
             _fail(exc)
+
+
+def _as_of_moment(value: str | None, policies: PolicySet) -> tuple[date, datetime | None]:
+    """`--as-of` of plan, run and check: a date (the day's rules, timestamps by calendar date),
+    or a moment with its offset, or `now` (timestamp clocks then compare exactly)."""
+    if value is None or ("T" not in value and " " not in value and value != "now"):
+        return _as_of(value, policies), None
+    zones = {f.policy.timezone for f in policies.files}
+    zone = ZoneInfo(zones.pop() if len(zones) == 1 else "UTC")
+    if value == "now":
+        moment = datetime.now(zone)
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(
+                f"--as-of {value!r} is neither a date nor a moment; write YYYY-MM-DD, "
+                "YYYY-MM-DDTHH:MM:SS+01:00 or now"
+            ) from None
+        if moment.tzinfo is None:
+            raise ConfigError(
+                f"--as-of {value!r} has no offset: a moment needs one "
+                "(e.g. 2026-12-02T02:00:00+01:00, or Z for UTC)"
+            )
+    return moment.astimezone(zone).date(), moment
 
 
 def _as_of(value: str | None, policies: PolicySet) -> date:
@@ -183,7 +209,8 @@ def _execute(
     store, policy_dir, as_of, purposes, fmt, options: RunOptions, allow_demo_key=False, workers=1
 ):
     policies = load_policies([policy_dir])
-    day = _as_of(as_of, policies)
+    day, moment = _as_of_moment(as_of, policies)
+    options = replace(options, as_of_instant=moment)
     s = open_store(store)
     key = None if options.dry_run else key_from_env(allow_demo=allow_demo_key)
     bar, update = _progress() if fmt == "table" and not options.dry_run else (None, None)
@@ -209,7 +236,10 @@ def _execute(
 @purpose_option
 @format_option
 @click.option(
-    "--as-of", "as_of", default=None, help="Date the plan is for (YYYY-MM-DD); default today."
+    "--as-of",
+    "as_of",
+    default=None,
+    help="Date the plan is for (YYYY-MM-DD), or a moment with its offset (2026-12-02T02:00:00+01:00) or now, for exact timestamp clocks; default today.",
 )
 def plan(store, policy_dir, purposes, fmt, as_of) -> None:
     """Show what a run would do (changes nothing)."""
@@ -224,7 +254,10 @@ def plan(store, policy_dir, purposes, fmt, as_of) -> None:
 @purpose_option
 @format_option
 @click.option(
-    "--as-of", "as_of", default=None, help="Date the run is for (YYYY-MM-DD); default today."
+    "--as-of",
+    "as_of",
+    default=None,
+    help="Date the run is for (YYYY-MM-DD), or a moment with its offset (2026-12-02T02:00:00+01:00) or now, for exact timestamp clocks; default today.",
 )
 @click.option("--batch-size", default=50_000, show_default=True, type=click.IntRange(min=1))
 @click.option(
@@ -288,7 +321,12 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
 @store_option
 @policies_option
 @purpose_option
-@click.option("--as-of", "as_of", default=None)
+@click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    help="Date to check as of (YYYY-MM-DD), or the run's moment with its offset, or now; default today.",
+)
 @click.option(
     "--run-id",
     "run_ids",
@@ -304,13 +342,15 @@ def check(store, policy_dir, purposes, as_of, run_ids, demo_key) -> None:
 
     policies = load_policies([policy_dir])
     key = PseudonymKey.from_text(DEMO_KEY_TEXT) if demo_key else key_from_env()
+    day, moment = _as_of_moment(as_of, policies)
     results = run_checks(
         open_store(store),
         policies,
-        _as_of(as_of, policies),
+        day,
         key,
         run_id=run_ids or None,
         purposes=list(purposes) or None,
+        instant=moment,
     )
     for r in results:
         label = "PASS" if r.passed else "NOT VERIFIED" if not r.verified else "FAIL"
@@ -1023,7 +1063,7 @@ def _process_requests_after_run(store, policy_dir, as_of, fmt) -> None:
 
     policies = load_policies([policy_dir])
     results = rq.process_requests(
-        open_store(store), policies, _as_of(as_of, policies), key_from_env()
+        open_store(store), policies, _as_of_moment(as_of, policies)[0], key_from_env()
     )
     if results:
         _print_processed(results, "table", err if fmt == "json" else out)

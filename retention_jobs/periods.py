@@ -7,7 +7,7 @@ so that the store can answer `clock <= cutoff` from its zone maps or indexes.
 import calendar
 import re
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Literal
 
 Rounding = Literal["year_end", "month_end"]
@@ -72,6 +72,21 @@ def period_end(d: date, rounding: Rounding | None) -> date:
 def expires_on(clock: date, keep_for: Period, rounding: Rounding | None = None) -> date:
     """The first day on which a row with this clock is past its period."""
     return add_period(round_clock(clock, rounding), keep_for)
+
+
+def exact_cutoff(instant: datetime, keep_for: Period) -> datetime:
+    """For a timestamp clock and a run at `instant` (aware, in the policy's zone): the bound B
+    such that `clock < B` selects clocks strictly older than `keep_for` at `instant`
+    (`clock + keep_for < instant`, in wall time of that zone).
+
+    Adding a period keeps the time of day, so a clock on a date whose expiry date is before
+    the instant's date has expired whatever its time, and one on a date whose expiry date is
+    the instant's date has expired when its time is earlier. Month arithmetic maps several
+    dates to one expiry date (29, 30 and 31 January + P1M are all 28 February); of those, the
+    bound takes the earliest, so a run never acts early and at worst waits a day.
+    """
+    first = cutoff(instant.date() - timedelta(days=1), keep_for) + timedelta(days=1)
+    return datetime.combine(first, instant.timetz()).replace(tzinfo=instant.tzinfo)
 
 
 def cutoff(as_of: date, keep_for: Period, rounding: Rounding | None = None) -> date:

@@ -18,14 +18,14 @@ Semantics (the property test's oracle implements the same in plain Python):
 import itertools
 import re
 from collections.abc import Iterable
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
 from retention_jobs import control, markers
 from retention_jobs.literals import to_column_type
-from retention_jobs.periods import cutoff
+from retention_jobs.periods import cutoff, exact_cutoff
 from retention_jobs.policy import Condition, RelatedClock, RelatedFilter, Scalar
 from retention_jobs.resolve import BoundRule, Hop, Link, SubjectPath
 from retention_jobs.store.base import Catalog, ColumnInfo, TableInfo, sa_table
@@ -112,6 +112,10 @@ class Predicates:
         self.catalog = catalog
         self.as_of = as_of
         self.marker_tables = marker_tables or set()
+        self.instant: datetime | None = None
+        """The run's moment, when it was given as one (`--as-of 2026-12-02T02:00:00+01:00`):
+        then timestamp clocks compare exactly (strictly older than `keep_for` at this
+        moment) and date clocks use its date in each policy's zone."""
 
     # -- clocks ---------------------------------------------------------------------------
 
@@ -128,9 +132,25 @@ class Predicates:
         return t.c[clock]
 
     def cutoff(self, b: BoundRule) -> date:
-        return cutoff(self.as_of, b.rule.period, b.rule.round_clock_to)
+        day = self.as_of
+        if self.instant is not None:
+            day = self.instant.astimezone(ZoneInfo(b.policy.timezone)).date()
+        return cutoff(day, b.rule.period, b.rule.round_clock_to)
 
     def clock_past(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
+        exact = (
+            self.instant is not None
+            and b.clock_type in ("timestamp", "timestamptz")
+            and b.rule.round_clock_to is None
+        )
+        if exact:
+            assert self.instant is not None
+            local = self.instant.astimezone(ZoneInfo(b.policy.timezone))
+            bound_at = exact_cutoff(local, b.rule.period)
+            if b.clock_type == "timestamp":  # naive timestamps are UTC
+                bound_at = bound_at.astimezone(UTC).replace(tzinfo=None)
+            clock = self.clock(b, t)
+            return clock < sa.literal(bound_at, clock.type)
         op, value = clock_bound(b.clock_type, self.cutoff(b), b.policy.timezone)
         clock = self.clock(b, t)
         bound = sa.literal(value, clock.type)
