@@ -8,15 +8,17 @@ every table and run, at column speed.
 """
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import polars as pl
 
 from retention_jobs.errors import ConfigError
 from retention_jobs.fakes import faker_for
-from retention_jobs.policy import Constant, Fake, Generalise, Hash, Mask, Redact, Strategy
+from retention_jobs.policy import Constant, Fake, Generalise, Hash, Json, Mask, Redact, Strategy
 from retention_jobs.store.base import ColumnInfo
 
 KEY_ENV = "RETENTION_PSEUDONYM_KEY"
@@ -172,7 +174,77 @@ def strategy_expr(
 
 def needs_digest(s: Strategy) -> bool:
     """Strategies whose output or check needs the keyed hash of the original value."""
-    return not isinstance(s, (Generalise, Constant))
+    return not isinstance(s, (Generalise, Constant, Json))
+
+
+def _json_edit(doc: Any, path: list[str], how: str, key: PseudonymKey) -> None:
+    """Drop, redact or hash the value at `path` in `doc`, in place; through lists, in every
+    element; a missing key is left missing."""
+    if isinstance(doc, list):
+        for item in doc:
+            _json_edit(item, path, how, key)
+        return
+    if not isinstance(doc, dict) or path[0] not in doc:
+        return
+    if len(path) > 1:
+        _json_edit(doc[path[0]], path[1:], how, key)
+    elif how == "drop":
+        del doc[path[0]]
+    elif how == "redact" or doc[path[0]] is None:
+        doc[path[0]] = None
+    else:
+        value = doc[path[0]]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        doc[path[0]] = hex_digests([text], key)[0]
+
+
+def json_values(values: pl.Series, s: Json, key: PseudonymKey) -> pl.Series:
+    """The documents of `values` (JSON text) with `s` applied, as compact JSON text with sorted
+    keys; NULL stays NULL. Each distinct document is parsed once."""
+    text = values.cast(pl.String)
+    uniq = text.drop_nulls().unique()
+    out: list[str] = []
+    for raw in uniq.to_list():
+        if s.clear:
+            out.append("{}" if s.clear == "object" else "[]")
+            continue
+        doc = json.loads(raw)
+        for how in ("drop", "redact", "hash"):
+            for p in getattr(s, how):
+                _json_edit(doc, p.split("."), how, key)
+        out.append(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+    if not out:
+        return pl.Series(values.name, [None] * len(values), dtype=pl.String)
+    return text.replace_strict(
+        uniq, pl.Series(out, dtype=pl.String), default=None, return_dtype=pl.String
+    )
+
+
+def json_left(values: pl.Series, s: Json) -> int:
+    """How many documents still hold a value `s` removes: a dropped key present, a redacted or
+    cleared one not null (hashed keys are checked like hash columns: not here)."""
+    bad = 0
+    for raw in values.drop_nulls().cast(pl.String).to_list():
+        doc = json.loads(raw)
+        if s.clear:
+            bad += doc not in ({}, [])
+            continue
+        if any(_json_has(doc, p.split("."), drop=True) for p in s.drop) or any(
+            _json_has(doc, p.split("."), drop=False) for p in s.redact
+        ):
+            bad += 1
+    return bad
+
+
+def _json_has(doc: Any, path: list[str], drop: bool) -> bool:
+    """`doc` has the key at `path` (drop) or a non-null value there (redact)."""
+    if isinstance(doc, list):
+        return any(_json_has(item, path, drop) for item in doc)
+    if not isinstance(doc, dict) or path[0] not in doc:
+        return False
+    if len(path) > 1:
+        return _json_has(doc[path[0]], path[1:], drop)
+    return True if drop else doc[path[0]] is not None
 
 
 def anonymise_frame(
@@ -193,7 +265,10 @@ def anonymise_frame(
     exprs = []
     for name, s in columns.items():
         digest = pl.lit(digests[name]) if name in digests else pl.lit(None, dtype=pl.String)
-        new = strategy_expr(name, s, infos[name], df.schema[name], digest, locale)
+        if isinstance(s, Json):
+            new = pl.lit(json_values(df[name], s, key))
+        else:
+            new = strategy_expr(name, s, infos[name], df.schema[name], digest, locale)
         done = f"_done__{name}"
         if done in df.columns:
             new = pl.when(pl.col(done)).then(pl.col(name)).otherwise(new)

@@ -49,6 +49,7 @@ from retention_jobs.policy import (
     Fake,
     Generalise,
     Hash,
+    Json,
     Mask,
     Redact,
     RelatedClock,
@@ -228,6 +229,11 @@ def strategy_text(s: Strategy) -> str:
         return f"generalise {s.to}" if s.to else f"generalise band {s.band:g}"
     if isinstance(s, Constant):
         return "constant"
+    if isinstance(s, Json):
+        if s.clear:
+            return f"json clear {s.clear}"
+        parts = [f"{how} {', '.join(getattr(s, how))}" for how in ("drop", "redact", "hash")]
+        return "json (" + "; ".join(p for p in parts if not p.endswith(" ")) + ")"
     return type(s).__name__.lower()
 
 

@@ -289,6 +289,7 @@ _FIELD_NAMES = sorted(
             P.Fake,
             P.Mask,
             P.Generalise,
+            P.Json,
         )
         for n in m.model_fields
     }

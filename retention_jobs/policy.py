@@ -145,13 +145,39 @@ class Constant(_Model):
     """The value written into every anonymised row."""
 
 
-Strategy = Redact | Hash | Fake | Mask | Generalise | Constant
-STRATEGY_NAMES = ("redact", "hash", "fake", "mask", "generalise", "constant")
+JsonPath = Annotated[str, Field(pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
+
+
+class Json(_Model):
+    kind: Literal["json"] = "json"
+    drop: list[JsonPath] = Field(default_factory=list)
+    """Keys removed from the document, as dotted paths (`phone`, `address.street`); a path
+    through a list applies to every element."""
+    redact: list[JsonPath] = Field(default_factory=list)
+    """Keys whose values become null."""
+    hash: list[JsonPath] = Field(default_factory=list)
+    """Keys whose values become their keyed hash (32 hex characters), so joins still work."""
+    clear: Literal["object", "array"] | None = None
+    """Replace the whole document with `{}` or `[]` (a NOT NULL JSON column)."""
+
+    @model_validator(mode="after")
+    def _something(self) -> "Json":
+        paths = [*self.drop, *self.redact, *self.hash]
+        if (self.clear is None) == (not paths):
+            raise ValueError("json takes either clear: object|array, or drop/redact/hash paths")
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        if twice:
+            raise ValueError(f"json path(s) listed twice: {', '.join(twice)}")
+        return self
+
+
+Strategy = Redact | Hash | Fake | Mask | Generalise | Constant | Json
+STRATEGY_NAMES = ("redact", "hash", "fake", "mask", "generalise", "constant", "json")
 
 
 def parse_strategy(raw: Any) -> Strategy:
     """Turn the short YAML forms (`hash`, `{fake: name}`, `{mask: {keep_last: 2}}`) into models."""
-    if isinstance(raw, (Redact, Hash, Fake, Mask, Generalise, Constant)):
+    if isinstance(raw, (Redact, Hash, Fake, Mask, Generalise, Constant, Json)):
         return raw
     if isinstance(raw, str):
         if raw == "redact":
@@ -160,7 +186,8 @@ def parse_strategy(raw: Any) -> Strategy:
             return Hash()
         raise ValueError(
             f"unknown strategy {raw!r}; use one of: redact, hash, {{fake: PROVIDER}}, "
-            "{mask: {keep_last: N}}, {generalise: year|month|{band: N}}, {constant: VALUE}"
+            "{mask: {keep_last: N}}, {generalise: year|month|{band: N}}, {constant: VALUE}, "
+            "{json: {drop: [PATH]}}"
         )
     if not isinstance(raw, dict) or len(raw) != 1:
         raise ValueError(
@@ -184,6 +211,8 @@ def parse_strategy(raw: Any) -> Strategy:
         )
     if name == "constant":
         return Constant(value=arg)
+    if name == "json":
+        return Json(**_mapping(arg, "json"))
     raise ValueError(f"unknown strategy {name!r}; use one of: {', '.join(STRATEGY_NAMES)}")
 
 

@@ -16,6 +16,7 @@ from retention_jobs.policy import (
     Fake,
     Generalise,
     Hash,
+    Json,
     Mask,
     Policy,
     Redact,
@@ -571,6 +572,15 @@ def strategy_problem(s: Strategy, col: ColumnInfo) -> tuple[str, str] | None:
                 f"generalised values of the unique column {col.name} would collide",
                 "use hash or fake",
             )
+        return None
+    if isinstance(s, Json):
+        if col.raw_type.upper() not in ("JSON", "JSONB"):
+            return (
+                f"json edits a JSON document, but {col.name} is {col.raw_type}",
+                "use it on a JSON or JSONB column; for text use redact, hash or mask",
+            )
+        if col.unique:
+            return (f"edited documents of the unique column {col.name} could collide", "use hash")
         return None
     if isinstance(s, Constant):
         if col.unique:

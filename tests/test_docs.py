@@ -26,6 +26,7 @@ SECTIONS: dict[type[BaseModel], str] = {
     policy.Hash: "## Anonymisation strategies",
     policy.Fake: "## Anonymisation strategies",
     policy.Generalise: "## Anonymisation strategies",
+    policy.Json: "## Anonymisation strategies",
 }
 
 # Fields whose YAML spelling differs from the attribute name.
