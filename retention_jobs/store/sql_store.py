@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -803,6 +804,21 @@ class SqlStore(Store):
                         and ix["column_names"][0]
                         and not ix.get("expressions")
                         and not (ix.get("dialect_options") or {}).get("postgresql_where")
+                    }
+                    # a unique index on an expression (lower(email)) makes the columns it
+                    # reads unique for our purposes: equal anonymised values could collide
+                    single |= {
+                        c["name"]
+                        for ix in indexes.get(key, [])
+                        if ix.get("unique") and ix.get("expressions")
+                        for c in cols
+                        if any(
+                            re.search(
+                                rf'(?<![\w"]){re.escape(c["name"])}(?![\w"])|"{re.escape(c["name"])}"',
+                                e or "",
+                            )
+                            for e in ix["expressions"]
+                        )
                     }
                     infos = {}
                     for c in cols:
