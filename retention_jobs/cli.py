@@ -400,6 +400,57 @@ def tables(store) -> None:
             )
 
 
+@main.command()
+@store_option
+@policies_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "json"]),
+    default="table",
+    help="How to print the result: a table, markdown (for a pull request) or JSON.",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(1, 100_000),
+    default=500,
+    show_default=True,
+    help="Values read per column (the first non-null ones).",
+)
+@click.option(
+    "--fail-on-uncovered",
+    is_flag=True,
+    help="Exit 1 when a personal column is covered by no rule and not in coverage.yaml.",
+)
+def scan(store, policy_dir, fmt, sample, fail_on_uncovered) -> None:
+    """Find personal columns (by name and by a sample of their values) and say which no rule
+    covers. Prints classes and counts, never a value."""
+    from retention_jobs.scan import ALLOW_LIST, load_allow_list, scan_store
+
+    policies = load_policies([policy_dir])
+    allow = load_allow_list(Path(policy_dir) / ALLOW_LIST)
+    result = scan_store(open_store(store), policies, allow, sample)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif fmt == "markdown":
+        click.echo(result.markdown())
+    else:
+        for f in result.findings:
+            state = ", ".join(f.covered_by) if f.covered else "NOT COVERED"
+            out.print(
+                f"{f.table}.{f.column}: {', '.join(f.classes)} ({', '.join(f.by)}) -> {state}",
+                markup=False,
+                soft_wrap=True,
+            )
+        out.print(
+            f"{len(result.findings)} personal columns in {result.tables_scanned} tables; "
+            f"{len(result.uncovered)} not covered",
+            markup=False,
+        )
+    if fail_on_uncovered and result.uncovered:
+        sys.exit(1)
+
+
 @main.command("verify-erasure")
 @store_option
 @click.option("--run-id", default=None, help="Only the values erased by this run.")

@@ -466,12 +466,18 @@ def _locate(marks: dict, loc: Loc) -> tuple[int, int]:
     return marks.get(loc, (1, 1))
 
 
+NOT_POLICIES = {"coverage.yaml"}
+"""Files in a policy directory that are not policies (`scan`'s allow-list)."""
+
+
 def policy_paths(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            out.extend(sorted([*p.glob("*.yaml"), *p.glob("*.yml")]))
+            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            # the scan's allow-list lives beside the policies but is not one
+            out.extend(f for f in found if f.name not in NOT_POLICIES)
         else:
             out.append(p)
     return out
