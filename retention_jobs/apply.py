@@ -25,7 +25,7 @@ import polars as pl
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from retention_jobs import control, erasure, markers
+from retention_jobs import control, erasure, hold_queue, markers
 from retention_jobs.anonymise import (
     MARKER_HASHES_V2,
     PseudonymKey,
@@ -97,6 +97,9 @@ class RunReport(_Frozen):
     """A parallel run (`retention_jobs.parallel`): the run id of each worker, in range order."""
     interrupted_runs: int = 0
     """Runs left `running` by a killed run, marked `interrupted` when this run started."""
+    holds_imported: int = 0
+    """Holds queued while the DuckDB store was busy (`hold_queue`) that this run placed before
+    planning or before one of its batches."""
 
     @property
     def tables_changed(self) -> list[str]:
@@ -200,6 +203,8 @@ class Applier:
         """Rows of the current rule skipped because they changed since they were read."""
         self.interrupted_runs = 0
         """Stale `running` runs marked `interrupted` before this run (see `run_policies`)."""
+        self.holds_imported = 0
+        """Queued holds this run placed (`_import_holds`)."""
 
     @property
     def pred(self):
@@ -238,9 +243,31 @@ class Applier:
 
     # -- run ------------------------------------------------------------------------------
 
+    def _import_holds(self) -> int:
+        """Place the holds queued since the last look (`hold_queue`: a DuckDB store takes no
+        other writer during a run) and ledger them; returns how many. Before planning and
+        before every batch, so a hold queued during a run wins from the next batch on."""
+        if self.options.dry_run:
+            return 0
+
+        def ledger(n: int) -> None:
+            control.append_audit(
+                self.session,
+                run_id=self.run_id,
+                action="holds-queued",
+                as_of=self.as_of,
+                policy_sha256=self.policies.digest,
+                held=n,
+            )
+
+        n = hold_queue.import_queued(self.store, self.session, ledger)
+        self.holds_imported += n
+        return n
+
     def run(self) -> RunReport:
         started, t0 = control.now(), time.perf_counter()
         purposes = list(self.options.purposes) if self.options.purposes else None
+        self._import_holds()
         plan = self.planner.plan(purposes)
         bound = {b.id: b for b in self.planner.rules(purposes)}
         if self.options.dry_run:
@@ -298,6 +325,7 @@ class Applier:
                     for r in report.rules
                 },
                 "interrupted_runs": self.interrupted_runs,
+                "holds_imported": self.holds_imported,
             },
         )
         return report
@@ -332,6 +360,7 @@ class Applier:
             rules=tuple(results),
             held_fingerprints=fingerprints,
             interrupted_runs=self.interrupted_runs,
+            holds_imported=self.holds_imported,
         )
 
     def _audit(
@@ -384,6 +413,7 @@ class Applier:
         self._skipped = 0
         journal = b.rule.action == "delete" and bool(b.cascades)
         if journal:
+            self._import_holds()
             stage = self._resume_journal(b)
             n = self.session.scalar(sa.select(sa.func.count()).select_from(stage))
             if n:
@@ -398,6 +428,7 @@ class Applier:
                 done, batches = done + n, batches + nb
             else:
                 for lo in range(0, total, size):
+                    self._import_holds()
                     confirmed, self._span = self._confirm(b, staged, lo, size, "rj_confirmed")
                     if b.rule.action == "delete":
                         done += self._delete_batch(b, confirmed, counts, batches)
@@ -504,6 +535,9 @@ class Applier:
 
             upcoming = fetch(0)
             for i, lo in enumerate(starts):
+                if self._import_holds():
+                    # batch i was chosen before these holds arrived: choose it again
+                    upcoming = fetch(i)
                 confirmed, span, prepared = upcoming
                 # read batch i+1 while batch i is prepared; prepare i+1 while batch i is written
                 upcoming = fetch(i + 1) if i + 1 < len(starts) else None

@@ -6,7 +6,6 @@ be reached (retry later); 1 anything else.
 """
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -444,36 +443,39 @@ def holds() -> None:
 @click.option("--placed-by", default=None)
 @click.option("--review", default=None, help="Review date YYYY-MM-DD.")
 def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, review) -> None:
-    """Place a hold on a subject, a table or a purpose."""
-    given = [x for x in (subject, table, purpose) if x]
-    if len(given) != 1:
-        raise ConfigError(
-            "give exactly one of --subject KIND:ID, --table SCHEMA.TABLE, --purpose NAME"
-        )
-    scope = "subject" if subject else "table" if table else "purpose"
-    if table and not re.match(r"^\w+\.\w+$", table):
-        raise ConfigError(f"--table {table!r}: write schema.table")
-    review_at = None
-    if review:
-        try:
-            review_at = date.fromisoformat(review)
-        except ValueError:
-            raise ConfigError(f"--review {review!r} is not a date; write YYYY-MM-DD") from None
+    """Place a hold on a subject, a table or a purpose. On a DuckDB store that a run has open,
+    the hold is queued and takes effect before the run's next batch."""
+    from retention_jobs import hold_queue
+
+    spec = control.hold_spec(
+        subject=subject,
+        table=table,
+        purpose=purpose,
+        case_ref=case_ref,
+        reason=reason,
+        placed_by=placed_by,
+        review=review,
+    )
     s = open_store(store)
-    with s.connect() as session:
-        control.ensure_control_schema(s, session)
-        hold_id = control.add_hold(
-            session,
-            scope=scope,
-            subject=subject,
-            table=table,
-            purpose=purpose,
-            case_ref=case_ref,
-            reason=reason,
-            placed_by=placed_by,
-            review_at=review_at,
+    try:
+        with s.connect() as session:
+            control.ensure_control_schema(s, session)
+            hold_id = control.new_hold_id()
+            with session.transaction():
+                control.insert_hold(session, spec, hold_id, control.now())
+    except RunInProgress:
+        if hold_queue.queue_path(s) is None:
+            raise
+        # a run has the DuckDB file: a hold must not wait for it to finish
+        hold_id = hold_queue.enqueue(s, spec)
+        out.print(
+            f"hold {hold_id} queued ({spec.scope}, case {case_ref}): takes effect before the "
+            "run's next batch; the store was busy",
+            markup=False,
+            soft_wrap=True,
         )
-    out.print(f"hold {hold_id} placed ({scope}, case {case_ref})", markup=False)
+        return
+    out.print(f"hold {hold_id} placed ({spec.scope}, case {case_ref})", markup=False)
 
 
 @holds.command("release")
@@ -493,10 +495,19 @@ def holds_release(store, policy_dir, hold_id, released_by, as_of) -> None:
 
     policies = load_policies([policy_dir])
     s = open_store(store)
-    with s.connect() as session:
+    try:
+        session = s.session()
+    except RunInProgress as e:
+        raise RunInProgress(
+            f"{e}. A release is not queued: it takes effect only when no run has the store "
+            "(a release that arrives late only keeps rows longer; a hold is queued instead)"
+        ) from None
+    try:
         effect = hold_effect(s, session, policies, _as_of(as_of, policies), hold_id)
         if not control.release_hold(session, hold_id, released_by):
             raise ConfigError(f"no active hold {hold_id!r}; see `retention-jobs holds list`")
+    finally:
+        session.close()
     out.print(
         f"hold {hold_id} released: it protected {effect.protected} rows past their period; the next run "
         f"acts on {effect.freed} of them (+{effect.cascade_rows} cascade rows)",
