@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 2 bad input (policy, option, environment), nothing changed; 3 approval
 needed (a run would delete more than the allowed share), nothing changed; 4 the store could not
-be reached (retry later); 1 anything else.
+be reached (retry later); 5 not proved yet (a purge held back); 6 another run holds the store;
+7 a partial run (a rule failed after others committed); 1 anything else.
 """
 
 import json
@@ -23,6 +24,7 @@ from retention_jobs.apply import RunOptions, run_policies
 from retention_jobs.errors import (
     ApprovalRequired,
     ConfigError,
+    PartialRun,
     PolicyError,
     RetentionError,
     RunInProgress,
@@ -38,6 +40,10 @@ out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_POLICIES = "policies"
+
+EXIT_PARTIAL = 7
+"""A rule failed after the run had started changing rows: the rules before it committed, the
+rest did not; the report says which and why. The next run picks up the rest."""
 
 EXIT_PURGE_PENDING = 5
 """Nothing failed, but something is not proved yet: a purge held back by an older
@@ -63,6 +69,9 @@ def _fail(exc: BaseException) -> None:
     if isinstance(exc, RunInProgress):
         err.print(mask_url(str(exc)), markup=False, highlight=False)
         sys.exit(6)
+    if isinstance(exc, PartialRun):
+        _print_partial(exc.report)
+        sys.exit(EXIT_PARTIAL)
     if isinstance(exc, StoreUnavailable):
         err.print(mask_url(str(exc)), markup=False, highlight=False)
         sys.exit(4)
@@ -76,6 +85,28 @@ def _fail(exc: BaseException) -> None:
         sys.exit(2)
     err.print(f"unexpected error: {safe_message(exc)}", markup=False, highlight=False)
     sys.exit(1)
+
+
+def _print_partial(report) -> None:
+    """Which rules of a stopped run committed, which did not, and why (safe parts only)."""
+    failed = report.failed
+    done = [r.plan.rule_id for r in report.rules]
+    lines = [
+        f"run {report.run_id} stopped: rule {failed.rule_id} failed: {failed.error}: "
+        f"{failed.message}",
+        f"committed: {', '.join(done) or 'no rule'}",
+        f"not committed: {failed.rule_id} (failed"
+        + (
+            f"; {failed.committed_rows} row(s) of its earlier batches stand, in the ledger)"
+            if failed.committed_rows
+            else ")"
+        )
+        + (f"; not started: {', '.join(report.not_run)}" if report.not_run else ""),
+        "recorded as 'partial' in retention_control.runs; fix the cause, then run again: the "
+        "next run picks up the rest",
+    ]
+    for line in lines:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 class _Group(click.Group):
@@ -186,19 +217,25 @@ def _execute(
     s = open_store(store)
     key = None if options.dry_run else key_from_env(allow_demo=allow_demo_key)
     bar, update = _progress() if fmt == "table" and not options.dry_run else (None, None)
-    if workers > 1:
-        from retention_jobs.parallel import run_parallel
+    partial: PartialRun | None = None
+    try:
+        if workers > 1:
+            from retention_jobs.parallel import run_parallel
 
-        report = run_parallel(store_location(store), policies, day, key, options, workers)
-    elif bar:
-        with bar:
+            report = run_parallel(store_location(store), policies, day, key, options, workers)
+        elif bar:
+            with bar:
+                report = run_policies(s, policies, day, key, options, update)
+        else:
             report = run_policies(s, policies, day, key, options, update)
-    else:
-        report = run_policies(s, policies, day, key, options, update)
+    except PartialRun as exc:
+        partial, report = exc, exc.report
     if fmt == "json":
         click.echo(to_json(report))
     else:
         render(report, out)
+    if partial is not None:
+        _fail(partial)
     return report
 
 
