@@ -67,9 +67,9 @@ class PartialRun(RetentionError):
     run is recorded as `partial` (or `failed` if nothing committed) and the next run picks up
     the rest. Terminal or not as the error that stopped it."""
 
-    def __init__(self, report: Any, cause: BaseException):
+    def __init__(self, report: Any, cause: BaseException | bool):
         self.report = report
-        self.terminal = getattr(cause, "terminal", True)
+        self.terminal = cause if isinstance(cause, bool) else getattr(cause, "terminal", True)
         failed = report.failed
         done = [r.plan.rule_id for r in report.rules]
         super().__init__(
@@ -77,6 +77,10 @@ class PartialRun(RetentionError):
             f"{failed.message}. Committed: {', '.join(done) or 'no rule'}; not started: "
             f"{', '.join(report.not_run) or 'no rule'}"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a parallel run's worker raises it in another process: it must travel by pickle
+        return (PartialRun, (self.report, self.terminal))
 
 
 def describe(exc: BaseException) -> tuple[str, str]:

@@ -8,6 +8,7 @@ once the cause is fixed, the next run does the rest.
 """
 
 import os
+import pickle
 import subprocess
 import sys
 from datetime import date
@@ -172,6 +173,9 @@ def test_a_partial_run_in_process_raises_with_the_report_and_purges_what_committ
     assert report.failed.committed_rows == 0 and report.failed.terminal
     assert report.not_run == ("leads/notes",)
     assert "zq-" not in str(e.value)
+    # a parallel run's worker raises it in another process: it travels by pickle
+    again = pickle.loads(pickle.dumps(e.value))
+    assert again.report == report and str(again) == str(e.value) and again.terminal
     # the committed deletes were purged like any run's (their values leave the files)
     assert report.purge is not None and "s.customers" in report.tables_changed
     assert rows(store, "SELECT count(*) FROM retention_control.purge_pending") == [(0,)]
