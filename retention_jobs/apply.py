@@ -25,7 +25,7 @@ import polars as pl
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from retention_jobs import control, erasure, markers
+from retention_jobs import control, erasure, hold_queue, markers
 from retention_jobs.anonymise import (
     MARKER_HASHES_V2,
     PseudonymKey,
@@ -34,7 +34,7 @@ from retention_jobs.anonymise import (
     needs_digest,
     original_token,
 )
-from retention_jobs.errors import ApprovalRequired
+from retention_jobs.errors import ApprovalRequired, PartialRun, describe
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
 from retention_jobs.predicates import KeyRangePredicates, Predicates, alias
@@ -77,6 +77,22 @@ class RuleResult(_Frozen):
     application's update committed in between wins (SQL stores)."""
 
 
+class RuleFailure(_Frozen):
+    """The rule that stopped a run, and why (`errors.describe`: never a database's text)."""
+
+    rule_id: str
+    tables: tuple[str, ...]
+    """The rule's table and the tables its cascades reach (purged after the failure: batches
+    committed before it may have changed them)."""
+    error: str
+    message: str
+    committed_rows: int = 0
+    """Rows the rule's batches changed before the failing one (its own table and cascades, from
+    the ledger): they stand, and are in the ledger."""
+    terminal: bool = True
+    """Whether a retry cannot help without a human (as the error that stopped the run)."""
+
+
 class RunReport(_Frozen):
     run_id: str
     as_of: date
@@ -97,10 +113,19 @@ class RunReport(_Frozen):
     """A parallel run (`retention_jobs.parallel`): the run id of each worker, in range order."""
     interrupted_runs: int = 0
     """Runs left `running` by a killed run, marked `interrupted` when this run started."""
+    failed: RuleFailure | None = None
+    """A rule failed (`errors.PartialRun`): `rules` holds the rules that committed before it."""
+    not_run: tuple[str, ...] = ()
+    """Rules the failure kept from starting; the next run does them."""
+    holds_imported: int = 0
+    """Holds queued while the DuckDB store was busy (`hold_queue`) that this run placed before
+    planning or before one of its batches."""
 
     @property
     def tables_changed(self) -> list[str]:
         out = {r.plan.table for r in self.rules if r.deleted or r.anonymised}
+        if self.failed is not None and self.failed.committed_rows:
+            out |= set(self.failed.tables)
         out |= {
             c.table
             for r in self.rules
@@ -110,8 +135,23 @@ class RunReport(_Frozen):
         return sorted(out)
 
     @property
-    def changed(self) -> bool:
+    def partial(self) -> bool:
+        """A rule failed after this run had committed changes (which stand)."""
+        return self.failed is not None and (self.changed_rules or self.failed.committed_rows > 0)
+
+    @property
+    def changed_rules(self) -> bool:
+        """Whether a rule that completed changed a row."""
         return any(
+            r.deleted
+            or r.anonymised
+            or any(c.deleted or c.anonymised or c.unlinked for c in r.cascades)
+            for r in self.rules
+        )
+
+    @property
+    def changed(self) -> bool:
+        return self.partial or any(
             r.deleted
             or r.anonymised
             or any(c.deleted or c.anonymised or c.unlinked for c in r.cascades)
@@ -204,6 +244,10 @@ class Applier:
         """Rows of the current rule skipped because they changed since they were read."""
         self.interrupted_runs = 0
         """Stale `running` runs marked `interrupted` before this run (see `run_policies`)."""
+        self.holds_imported = 0
+        """Queued holds this run placed (`_import_holds`)."""
+        self.failure: Exception | None = None
+        """The error that stopped a rule (`run` records it and returns the report)."""
 
     @property
     def pred(self):
@@ -242,9 +286,31 @@ class Applier:
 
     # -- run ------------------------------------------------------------------------------
 
+    def _import_holds(self) -> int:
+        """Place the holds queued since the last look (`hold_queue`: a DuckDB store takes no
+        other writer during a run) and ledger them; returns how many. Before planning and
+        before every batch, so a hold queued during a run wins from the next batch on."""
+        if self.options.dry_run:
+            return 0
+
+        def ledger(n: int) -> None:
+            control.append_audit(
+                self.session,
+                run_id=self.run_id,
+                action="holds-queued",
+                as_of=self.as_of,
+                policy_sha256=self.policies.digest,
+                held=n,
+            )
+
+        n = hold_queue.import_queued(self.store, self.session, ledger)
+        self.holds_imported += n
+        return n
+
     def run(self) -> RunReport:
         started, t0 = control.now(), time.perf_counter()
         purposes = list(self.options.purposes) if self.options.purposes else None
+        self._import_holds()
         plan = self.planner.plan(purposes)
         bound = {b.id: b for b in self.planner.rules(purposes)}
         if self.options.dry_run:
@@ -267,6 +333,7 @@ class Applier:
             self.session, self.run_id, self.as_of, self.options.mode, self.policies.digest
         )
         results: dict[str, RuleResult] = {}
+        failure: tuple[RulePlan, Exception] | None = None
         try:
             ordered = sorted(
                 plan.rules, key=lambda rp: {"delete": 0, "anonymise": 1, "retain": 2}[rp.action]
@@ -280,31 +347,84 @@ class Applier:
                 if rp.action != "retain" and rp.to_act
             }
             for rp in ordered:
-                results[rp.rule_id] = self.apply_rule(bound[rp.rule_id], rp, staged.get(rp.rule_id))
+                try:
+                    results[rp.rule_id] = self.apply_rule(
+                        bound[rp.rule_id], rp, staged.get(rp.rule_id)
+                    )
+                except Exception as exc:  # the rule's batch rolled back; earlier rules stand
+                    failure = (rp, exc)
+                    break
         except BaseException:
             control.finish_run(self.session, self.run_id, "failed", {})
             raise
-        report = self._report(
-            started, t0, [results[rp.rule_id] for rp in plan.rules], fingerprints, dry=False
-        )
-        control.finish_run(
-            self.session,
-            self.run_id,
-            "succeeded",
-            {
-                "held_fingerprints": fingerprints,
-                "rules": {
-                    r.plan.rule_id: {
-                        "deleted": r.deleted,
-                        "anonymised": r.anonymised,
-                        "skipped_changed": r.skipped_changed,
-                    }
-                    for r in report.rules
-                },
-                "interrupted_runs": self.interrupted_runs,
+        done = [results[rp.rule_id] for rp in plan.rules if rp.rule_id in results]
+        report = self._report(started, t0, done, fingerprints, dry=False)
+        summary: dict[str, Any] = {
+            "held_fingerprints": fingerprints,
+            "rules": {
+                r.plan.rule_id: {
+                    "deleted": r.deleted,
+                    "anonymised": r.anonymised,
+                    "skipped_changed": r.skipped_changed,
+                }
+                for r in report.rules
             },
+            "interrupted_runs": self.interrupted_runs,
+            "holds_imported": self.holds_imported,
+        }
+        if failure is None:
+            control.finish_run(self.session, self.run_id, "succeeded", summary)
+            return report
+        rp, cause = failure
+        self.failure = cause
+        error, message = describe(cause)
+        b = bound[rp.rule_id]
+        report = report.model_copy(
+            update={
+                "failed": RuleFailure(
+                    rule_id=rp.rule_id,
+                    tables=tuple(sorted({b.table.name} | {c.table for c in rp.cascades})),
+                    error=error,
+                    message=message,
+                    committed_rows=self._committed_rows(b),
+                    terminal=getattr(cause, "terminal", True),
+                ),
+                "not_run": tuple(
+                    o.rule_id for o in ordered if o.rule_id not in results and o is not rp
+                ),
+            }
         )
+        summary["failed"] = {"rule": rp.rule_id, "error": error, "message": message}
+        summary["not_run"] = list(report.not_run)
+        try:
+            # partial: some rule committed changes that stand; failed: none did
+            status = "partial" if report.partial else "failed"
+            control.finish_run(self.session, self.run_id, status, summary)
+        except Exception:  # noqa: BLE001 - the store is gone: the next run marks it interrupted
+            pass
         return report
+
+    def _committed_rows(self, b: BoundRule) -> int:
+        """Rows this run's committed batches of `b` changed, as its ledger rows count them."""
+        a = control.audit
+        try:
+            n = self.session.scalar(
+                sa.select(
+                    sa.func.sum(
+                        sa.func.coalesce(a.c.deleted, 0)
+                        + sa.func.coalesce(a.c.anonymised, 0)
+                        + sa.func.coalesce(a.c.unlinked, 0)
+                    )
+                ).where(
+                    a.c.run_id == self.run_id,
+                    a.c.purpose == b.policy.purpose,
+                    a.c.rule == b.rule.name,
+                    a.c.action != "plan",
+                )
+            )
+        except Exception:  # noqa: BLE001 - the store is gone; the ledger still has them
+            return 0
+        return int(n or 0)
 
     def has_work(self, plan: Plan, bound: dict[str, BoundRule]) -> bool:
         """Whether applying `plan` may change a row: a rule with rows to act on, or a journalled
@@ -336,6 +456,7 @@ class Applier:
             rules=tuple(results),
             held_fingerprints=fingerprints,
             interrupted_runs=self.interrupted_runs,
+            holds_imported=self.holds_imported,
         )
 
     def _audit(
@@ -388,6 +509,7 @@ class Applier:
         self._skipped = 0
         journal = b.rule.action == "delete" and bool(b.cascades)
         if journal:
+            self._import_holds()
             stage = self._resume_journal(b)
             n = self.session.scalar(sa.select(sa.func.count()).select_from(stage))
             if n:
@@ -402,6 +524,7 @@ class Applier:
                 done, batches = done + n, batches + nb
             else:
                 for lo in range(0, total, size):
+                    self._import_holds()
                     confirmed, self._span = self._confirm(b, staged, lo, size, "rj_confirmed")
                     if b.rule.action == "delete":
                         done += self._delete_batch(b, confirmed, counts, batches)
@@ -508,6 +631,9 @@ class Applier:
 
             upcoming = fetch(0)
             for i, lo in enumerate(starts):
+                if self._import_holds():
+                    # batch i was chosen before these holds arrived: choose it again
+                    upcoming = fetch(i)
                 confirmed, span, prepared = upcoming
                 # read batch i+1 while batch i is prepared; prepare i+1 while batch i is written
                 upcoming = fetch(i + 1) if i + 1 < len(starts) else None
@@ -1065,6 +1191,9 @@ def _run_policies(
             # holding the run lock, no other run is alive: one still `running` was killed
             applier.interrupted_runs = control.interrupt_stale_runs(session)
         report = applier.run()
+        failure = applier.failure
+        if failure is not None and not report.partial:
+            raise failure  # nothing committed: the error as it is (not a partial run)
         head = None if options.dry_run else control.audit_head(session)
     if report.dry_run:
         return report
@@ -1075,4 +1204,8 @@ def _run_policies(
         if purge is not None:
             with store.connect(read_only=True) as session:
                 head = control.audit_head(session)
-    return report.model_copy(update={"audit_head": head, "purge": purge})
+    report = report.model_copy(update={"audit_head": head, "purge": purge})
+    if failure is not None:
+        # purged first: the batches committed before the failure erased values too
+        raise PartialRun(report, failure) from None
+    return report

@@ -2,11 +2,11 @@
 
 Exit codes: 0 done; 2 bad input (policy, option, environment), nothing changed; 3 approval
 needed (a run would delete more than the allowed share), nothing changed; 4 the store could not
-be reached (retry later); 1 anything else.
+be reached (retry later); 5 not proved yet (a purge held back); 6 another run holds the store;
+7 a partial run (a rule failed after others committed); 1 anything else.
 """
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +25,7 @@ from retention_jobs.apply import RunOptions, run_policies
 from retention_jobs.errors import (
     ApprovalRequired,
     ConfigError,
+    PartialRun,
     PolicyError,
     RetentionError,
     RunInProgress,
@@ -40,6 +41,10 @@ out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_POLICIES = "policies"
+
+EXIT_PARTIAL = 7
+"""A rule failed after the run had started changing rows: the rules before it committed, the
+rest did not; the report says which and why. The next run picks up the rest."""
 
 EXIT_PURGE_PENDING = 5
 """Nothing failed, but something is not proved yet: a purge held back by an older
@@ -65,6 +70,9 @@ def _fail(exc: BaseException) -> None:
     if isinstance(exc, RunInProgress):
         err.print(mask_url(str(exc)), markup=False, highlight=False)
         sys.exit(6)
+    if isinstance(exc, PartialRun):
+        _print_partial(exc.report)
+        sys.exit(EXIT_PARTIAL)
     if isinstance(exc, StoreUnavailable):
         err.print(mask_url(str(exc)), markup=False, highlight=False)
         sys.exit(4)
@@ -78,6 +86,28 @@ def _fail(exc: BaseException) -> None:
         sys.exit(2)
     err.print(f"unexpected error: {safe_message(exc)}", markup=False, highlight=False)
     sys.exit(1)
+
+
+def _print_partial(report) -> None:
+    """Which rules of a stopped run committed, which did not, and why (safe parts only)."""
+    failed = report.failed
+    done = [r.plan.rule_id for r in report.rules]
+    lines = [
+        f"run {report.run_id} stopped: rule {failed.rule_id} failed: {failed.error}: "
+        f"{failed.message}",
+        f"committed: {', '.join(done) or 'no rule'}",
+        f"not committed: {failed.rule_id} (failed"
+        + (
+            f"; {failed.committed_rows} row(s) of its earlier batches stand, in the ledger)"
+            if failed.committed_rows
+            else ")"
+        )
+        + (f"; not started: {', '.join(report.not_run)}" if report.not_run else ""),
+        "recorded as 'partial' in retention_control.runs; fix the cause, then run again: the "
+        "next run picks up the rest",
+    ]
+    for line in lines:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 class _Group(click.Group):
@@ -214,19 +244,25 @@ def _execute(
     s = open_store(store)
     key = None if options.dry_run else key_from_env(allow_demo=allow_demo_key)
     bar, update = _progress() if fmt == "table" and not options.dry_run else (None, None)
-    if workers > 1:
-        from retention_jobs.parallel import run_parallel
+    partial: PartialRun | None = None
+    try:
+        if workers > 1:
+            from retention_jobs.parallel import run_parallel
 
-        report = run_parallel(store_location(store), policies, day, key, options, workers)
-    elif bar:
-        with bar:
+            report = run_parallel(store_location(store), policies, day, key, options, workers)
+        elif bar:
+            with bar:
+                report = run_policies(s, policies, day, key, options, update)
+        else:
             report = run_policies(s, policies, day, key, options, update)
-    else:
-        report = run_policies(s, policies, day, key, options, update)
+    except PartialRun as exc:
+        partial, report = exc, exc.report
     if fmt == "json":
         click.echo(to_json(report))
     else:
         render(report, out)
+    if partial is not None:
+        _fail(partial)
     return report
 
 
@@ -551,36 +587,39 @@ def holds() -> None:
 @click.option("--placed-by", default=None)
 @click.option("--review", default=None, help="Review date YYYY-MM-DD.")
 def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, review) -> None:
-    """Place a hold on a subject, a table or a purpose."""
-    given = [x for x in (subject, table, purpose) if x]
-    if len(given) != 1:
-        raise ConfigError(
-            "give exactly one of --subject KIND:ID, --table SCHEMA.TABLE, --purpose NAME"
-        )
-    scope = "subject" if subject else "table" if table else "purpose"
-    if table and not re.match(r"^\w+\.\w+$", table):
-        raise ConfigError(f"--table {table!r}: write schema.table")
-    review_at = None
-    if review:
-        try:
-            review_at = date.fromisoformat(review)
-        except ValueError:
-            raise ConfigError(f"--review {review!r} is not a date; write YYYY-MM-DD") from None
+    """Place a hold on a subject, a table or a purpose. On a DuckDB store that a run has open,
+    the hold is queued and takes effect before the run's next batch."""
+    from retention_jobs import hold_queue
+
+    spec = control.hold_spec(
+        subject=subject,
+        table=table,
+        purpose=purpose,
+        case_ref=case_ref,
+        reason=reason,
+        placed_by=placed_by,
+        review=review,
+    )
     s = open_store(store)
-    with s.connect() as session:
-        control.ensure_control_schema(s, session)
-        hold_id = control.add_hold(
-            session,
-            scope=scope,
-            subject=subject,
-            table=table,
-            purpose=purpose,
-            case_ref=case_ref,
-            reason=reason,
-            placed_by=placed_by,
-            review_at=review_at,
+    try:
+        with s.connect() as session:
+            control.ensure_control_schema(s, session)
+            hold_id = control.new_hold_id()
+            with session.transaction():
+                control.insert_hold(session, spec, hold_id, control.now())
+    except RunInProgress:
+        if hold_queue.queue_path(s) is None:
+            raise
+        # a run has the DuckDB file: a hold must not wait for it to finish
+        hold_id = hold_queue.enqueue(s, spec)
+        out.print(
+            f"hold {hold_id} queued ({spec.scope}, case {case_ref}): takes effect before the "
+            "run's next batch; the store was busy",
+            markup=False,
+            soft_wrap=True,
         )
-    out.print(f"hold {hold_id} placed ({scope}, case {case_ref})", markup=False)
+        return
+    out.print(f"hold {hold_id} placed ({spec.scope}, case {case_ref})", markup=False)
 
 
 @holds.command("import")
@@ -624,10 +663,19 @@ def holds_release(store, policy_dir, hold_id, released_by, as_of) -> None:
 
     policies = load_policies([policy_dir])
     s = open_store(store)
-    with s.connect() as session:
+    try:
+        session = s.session()
+    except RunInProgress as e:
+        raise RunInProgress(
+            f"{e}. A release is not queued: it takes effect only when no run has the store "
+            "(a release that arrives late only keeps rows longer; a hold is queued instead)"
+        ) from None
+    try:
         effect = hold_effect(s, session, policies, _as_of(as_of, policies), hold_id)
         if not control.release_hold(session, hold_id, released_by):
             raise ConfigError(f"no active hold {hold_id!r}; see `retention-jobs holds list`")
+    finally:
+        session.close()
     out.print(
         f"hold {hold_id} released: it protected {effect.protected} rows past their period; the next run "
         f"acts on {effect.freed} of them (+{effect.cascade_rows} cascade rows)",

@@ -4,6 +4,7 @@ ledger never holds an identifier or a value of a data subject."""
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -289,6 +290,104 @@ class Hold:
         return f"purpose {self.purpose}"
 
 
+@dataclass(frozen=True)
+class HoldSpec:
+    """A hold as asked for, checked (`hold_spec`), before it has an id or a row."""
+
+    scope: str
+    subject_kind: str | None
+    subject_id: str | None
+    table_name: str | None
+    purpose: str | None
+    case_ref: str
+    reason: str
+    placed_by: str | None
+    review_at: date | None
+
+
+_TABLE_NAME = re.compile(r"^\w+\.\w+$")
+
+
+def hold_spec(
+    *,
+    subject: str | None = None,
+    table: str | None = None,
+    purpose: str | None = None,
+    case_ref: str | None = None,
+    reason: str | None = None,
+    placed_by: str | None = None,
+    review: str | date | None = None,
+) -> HoldSpec:
+    """Check a hold's fields: the one check of `holds add`, of a hold queued while a DuckDB
+    store was busy (`hold_queue`) and of `add_hold`. Raises `ConfigError` saying what to fix;
+    the message names no subject id."""
+    given = [x for x in (subject, table, purpose) if x]
+    if len(given) != 1:
+        raise ConfigError(
+            "give exactly one of --subject KIND:ID, --table SCHEMA.TABLE, --purpose NAME"
+        )
+    kind = sid = None
+    if subject:
+        kind, _, sid = subject.partition(":")
+        if not kind or not sid:
+            raise ConfigError("--subject takes KIND:ID, e.g. customer:1042")
+    if table and not _TABLE_NAME.match(table):
+        raise ConfigError(f"--table {table!r}: write schema.table")
+    if not case_ref or not case_ref.strip():
+        raise ConfigError("--case is required: the case reference, e.g. LIT-2026-17")
+    if not reason or not reason.strip():
+        raise ConfigError("--reason is required: why the data must stay as it is")
+    review_at = review if isinstance(review, date) else None
+    if isinstance(review, str) and review:
+        try:
+            review_at = date.fromisoformat(review)
+        except ValueError:
+            raise ConfigError(f"--review {review!r} is not a date; write YYYY-MM-DD") from None
+    return HoldSpec(
+        scope="subject" if subject else "table" if table else "purpose",
+        subject_kind=kind,
+        subject_id=sid,
+        table_name=table or None,
+        purpose=purpose or None,
+        case_ref=case_ref,
+        reason=reason,
+        placed_by=placed_by or None,
+        review_at=review_at,
+    )
+
+
+def new_hold_id() -> str:
+    return "H-" + uuid.uuid4().hex[:10]
+
+
+def insert_hold(session: Session, spec: HoldSpec, hold_id: str, placed_at: datetime) -> int:
+    """Insert the hold unless a hold with this id exists (placed before, or released since: a
+    hold imported twice from the queue is one hold); returns the rows inserted (0 or 1). Call
+    inside a transaction."""
+    if session.scalar(
+        sa.select(sa.func.count()).select_from(holds).where(holds.c.hold_id == hold_id)
+    ):
+        return 0
+    session.execute(
+        sa.insert(holds).values(
+            hold_id=hold_id,
+            scope=spec.scope,
+            subject_kind=spec.subject_kind,
+            subject_id=spec.subject_id,
+            table_name=spec.table_name,
+            purpose=spec.purpose,
+            case_ref=spec.case_ref,
+            reason=spec.reason,
+            placed_by=spec.placed_by,
+            placed_at=placed_at,
+            review_at=spec.review_at,
+            released_at=None,
+            released_by=None,
+        )
+    )
+    return 1
+
+
 def add_hold(
     session: Session,
     *,
@@ -301,30 +400,18 @@ def add_hold(
     purpose: str | None = None,
     review_at: date | None = None,
 ) -> str:
-    kind = sid = None
-    if scope == "subject":
-        if not subject or ":" not in subject:
-            raise ConfigError("--subject takes KIND:ID, e.g. customer:1042")
-        kind, sid = subject.split(":", 1)
-    hold_id = "H-" + uuid.uuid4().hex[:10]
+    spec = hold_spec(
+        subject=subject if scope == "subject" else None,
+        table=table if scope == "table" else None,
+        purpose=purpose if scope == "purpose" else None,
+        case_ref=case_ref,
+        reason=reason,
+        placed_by=placed_by,
+        review=review_at,
+    )
+    hold_id = new_hold_id()
     with session.transaction():
-        session.execute(
-            sa.insert(holds).values(
-                hold_id=hold_id,
-                scope=scope,
-                subject_kind=kind,
-                subject_id=sid,
-                table_name=table,
-                purpose=purpose,
-                case_ref=case_ref,
-                reason=reason,
-                placed_by=placed_by,
-                placed_at=now(),
-                review_at=review_at,
-                released_at=None,
-                released_by=None,
-            )
-        )
+        insert_hold(session, spec, hold_id, now())
     return hold_id
 
 

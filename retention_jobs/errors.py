@@ -3,6 +3,7 @@
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 
 class RetentionError(Exception):
@@ -57,6 +58,43 @@ class RunInProgress(RetentionError):
     after that run has finished may help."""
 
     terminal = False
+
+
+class PartialRun(RetentionError):
+    """A rule failed after the run had started applying: the rules before it committed, the
+    failing rule's transaction rolled back (its earlier batches stay committed), the rules
+    after it did not start. `report` is the run's report with `failed` and `not_run` set; the
+    run is recorded as `partial` (or `failed` if nothing committed) and the next run picks up
+    the rest. Terminal or not as the error that stopped it."""
+
+    def __init__(self, report: Any, cause: BaseException | bool):
+        self.report = report
+        self.terminal = cause if isinstance(cause, bool) else getattr(cause, "terminal", True)
+        failed = report.failed
+        done = [r.plan.rule_id for r in report.rules]
+        super().__init__(
+            f"run {report.run_id} stopped at rule {failed.rule_id}: {failed.error}: "
+            f"{failed.message}. Committed: {', '.join(done) or 'no rule'}; not started: "
+            f"{', '.join(report.not_run) or 'no rule'}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a parallel run's worker raises it in another process: it must travel by pickle
+        return (PartialRun, (self.report, self.terminal))
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """An error's class and a message safe to show and store: an engine error's own message
+    (built without personal values), anything else through `safe_message` (a database's text
+    never passes)."""
+    from retention_jobs.store import mask_url
+
+    if isinstance(exc, RetentionError):
+        return type(exc).__name__, mask_url(str(exc))
+    db = database_error(exc)
+    if db is not None:
+        return type(db).__name__, mask_url(str(db))
+    return type(exc).__name__, safe_message(exc).removeprefix(f"{type(exc).__name__}: ")
 
 
 class StoreRejected(RetentionError):

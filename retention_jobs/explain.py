@@ -67,6 +67,9 @@ def report_dict(report: RunReport) -> dict[str, Any]:
         "audit_head": report.audit_head,
         "purge": report.purge,
         "rules": rules,
+        "status": "succeeded" if report.failed is None else "partial",
+        "failed": report.failed.model_dump() if report.failed else None,
+        "not_run": list(report.not_run),
     }
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from retention_jobs import control
 from retention_jobs.anonymise import PseudonymKey
 from retention_jobs.apply import Applier, RunOptions, run_policies
-from retention_jobs.errors import ApprovalRequired
+from retention_jobs.errors import ApprovalRequired, PartialRun
 from retention_jobs.load import PolicySet, load_text
 from retention_jobs.plan import build_plan
 from retention_jobs.store.duckdb_store import DuckDBStore
@@ -303,7 +303,8 @@ def test_crash_between_children_and_parent_is_finished_by_next_run(world, monkey
         return real(session, **row)
 
     monkeypatch.setattr(control, "append_audit", crash_on_parent)
-    with pytest.raises(RuntimeError):
+    # the children committed before the parent failed: a partial run
+    with pytest.raises(PartialRun, match="simulated crash"):
         run(world, policies(NEWSLETTER), batch_size=1000)
     monkeypatch.setattr(control, "append_audit", real)
     assert rows(world, "SELECT count(*) FROM s.subscribers")[0][0] == 100  # parent rolled back
@@ -416,15 +417,18 @@ def test_a_failure_while_preparing_the_next_batch_leaves_whole_batches_and_a_rer
 
     monkeypatch.setattr(Applier, "_prepare_rows", failing)
     opts = RunOptions(max_delete_fraction=None, batch_size=100)
-    with pytest.raises(RuntimeError, match="boom in the prepare thread"):
+    with pytest.raises(PartialRun) as stopped:
         run_policies(store, policies, AS_OF, KEY, opts)
+    failed = stopped.value.report.failed
+    assert failed.error == "RuntimeError" and "boom in the prepare thread" in failed.message
+    assert failed.committed_rows == 200
     with store.connect(read_only=True) as s:
         marked = s.scalar(
             sa.text("SELECT count(DISTINCT id) FROM retention_control.anonymised__s__customers")
         )
         status = s.scalar(sa.text("SELECT status FROM retention_control.runs WHERE mode = 'run'"))
     assert (
-        marked == 200 and status == "failed"
+        marked == 200 and status == "partial"
     )  # batches 1 and 2 committed whole, batch 3 not at all
     monkeypatch.setattr(Applier, "_prepare_rows", real)
     again = run_policies(store, policies, AS_OF, KEY, opts)

@@ -273,7 +273,18 @@ class DuckDBStore(Store):
             con.close()
             lock.close()
             raise
-        return DuckDBSession(con, lock)
+        session = DuckDBSession(con, lock)
+        if not read_only:
+            # holds queued while another process had the file (`hold_queue`) take effect at the
+            # first writable open, before anything else can change a row
+            from retention_jobs.hold_queue import import_queued
+
+            try:
+                import_queued(self, session)
+            except BaseException:
+                session.close()
+                raise
+        return session
 
     def _apply_settings(
         self, con: duckdb.DuckDBPyConnection, only: tuple[str, ...] | None = None
