@@ -436,6 +436,7 @@ def holds() -> None:
 
 @holds.command("add")
 @store_option
+@policies_option
 @click.option("--subject", default=None, help="KIND:ID, e.g. customer:1042")
 @click.option("--table", default=None, help="schema.table")
 @click.option("--purpose", default=None)
@@ -443,8 +444,13 @@ def holds() -> None:
 @click.option("--reason", required=True)
 @click.option("--placed-by", default=None)
 @click.option("--review", default=None, help="Review date YYYY-MM-DD.")
-def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, review) -> None:
-    """Place a hold on a subject, a table or a purpose."""
+def holds_add(
+    store, policy_dir, subject, table, purpose, case_ref, reason, placed_by, review
+) -> None:
+    """Place a hold on a subject, a table or a purpose that the policies reach (checked first:
+    a typo is refused with the closest names, exit 2, nothing written)."""
+    from retention_jobs.hold_targets import check_target
+
     given = [x for x in (subject, table, purpose) if x]
     if len(given) != 1:
         raise ConfigError(
@@ -459,8 +465,10 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
             review_at = date.fromisoformat(review)
         except ValueError:
             raise ConfigError(f"--review {review!r} is not a date; write YYYY-MM-DD") from None
+    policies = load_policies([policy_dir])
     s = open_store(store)
     with s.connect() as session:
+        warnings = check_target(s, session, policies, subject=subject, table=table, purpose=purpose)
         control.ensure_control_schema(s, session)
         hold_id = control.add_hold(
             session,
@@ -473,6 +481,8 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
             placed_by=placed_by,
             review_at=review_at,
         )
+    for w in warnings:
+        err.print(f"warning: {w}", markup=False, soft_wrap=True)
     out.print(f"hold {hold_id} placed ({scope}, case {case_ref})", markup=False)
 
 
