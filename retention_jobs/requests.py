@@ -588,7 +588,9 @@ def suppress_subject(session: Session, planner: Planner, key: PseudonymKey) -> i
         seen |= {(b.table.name, c) for c in cols}
         t = alias(b.table)
         data = pl.from_arrow(
-            session.arrow(sa.select(*(t.c[c] for c in cols)).where(pred.belongs(b, t)))
+            # the rows the request acts on: not a client's (processor) rows, nor rows the
+            # rule's filters leave out
+            session.arrow(sa.select(*(t.c[c] for c in cols)).where(pred.expired(b, t)))
         )
         if isinstance(data, pl.DataFrame) and not data.is_empty():
             by_purpose.setdefault(b.policy.purpose, []).extend(

@@ -321,6 +321,31 @@ def test_objection_acts_on_legitimate_interests_only(duck):
     assert customer_rows(duck, cid) == before
 
 
+def test_erasure_of_a_client_tenants_contact_is_forwarded_not_erased(store):
+    """The demo's CRM service: a contact of a client whose contract runs is the client's
+    (crm-processor, role: processor); an erasure changes nothing and names what to forward."""
+    contact = q(
+        store,
+        "SELECT c.contact_id FROM crm.contacts c JOIN crm.tenants t ON t.tenant_id = c.tenant_id "
+        "WHERE NOT t.own_use AND t.contract_ended_at IS NULL AND EXISTS "
+        "(SELECT 1 FROM crm.activities a WHERE a.contact_id = c.contact_id) ORDER BY 1",
+    )[0][0]
+    crm = ("crm.tenants", "crm.contacts", "crm.activities")
+    before = {t: q(store, f"SELECT * FROM {t} ORDER BY 1") for t in crm}
+    p = process(store, add(store, "erasure", f"contact:{contact}").request_id)
+
+    assert {t: q(store, f"SELECT * FROM {t} ORDER BY 1") for t in crm} == before
+    assert p.status == "partially_done" and p.receipt["tables"] == []
+    forward = {f["table"]: f["rows"] for f in p.receipt["forward_to_controller"]}
+    assert forward == {
+        "crm.contacts": 1,
+        "crm.activities": q(
+            store, f"SELECT count(*) FROM crm.activities WHERE contact_id = {contact}"
+        )[0][0],
+    }
+    assert p.receipt["suppression_entries_added"] == 0
+
+
 def test_requests_are_checked_against_the_policies():
     with pytest.raises(ConfigError, match="rests on contract, not consent"):
         rq.check_request(POLICIES, "consent_withdrawal", "customer", "customers")
