@@ -171,7 +171,11 @@ def _count(
     names: dict[str, set[str]] = {
         "purposes": {b.policy.purpose for b in planner.bound if _names(b, name)},
         "forward_to_controller": {b.id for b in processor if _names(b, name)},
-        "retention_period": {b.id for b in pred.retain_rules(name)},
+        # the retain rules of the tables a kept row's cascades reach; narrowed below to the
+        # rules of this table that keep one of the rows, where any does
+        "retention_period": {
+            r.id for b in on_table for link in b.links() for r in pred.retain_rules(link.table.name)
+        },
         "kept_with_parent": {
             b.id for b in own if any(link.table.name == name for link in b.links())
         },
@@ -204,11 +208,26 @@ def _count(
         *((sa.or_(*conds), label) for label, conds in whens if conds),
         else_=sa.literal("not_covered" if names["not_covered"] else "no_rule"),
     ).label("reason")
-    inner = sa.select(reason).where(rows_of(place, t, subject_id)).subquery()
+    keeping = pred.retain_rules(name)
+    flags = [
+        sa.case((sa.func.coalesce(pred.inside_retain(r, t), sa.false()), 1), else_=0).label(f"k{i}")
+        for i, r in enumerate(keeping)
+    ]
+    inner = sa.select(reason, *flags).where(rows_of(place, t, subject_id)).subquery()
     rows = planner.session.fetchall(
-        sa.select(inner.c.reason, sa.func.count()).group_by(inner.c.reason)
+        sa.select(
+            inner.c.reason,
+            sa.func.count(),
+            *(sa.func.sum(inner.c[f"k{i}"]) for i in range(len(keeping))),
+        ).group_by(inner.c.reason)
     )
-    return {r: int(n) for r, n in rows}, names
+    counts = {}
+    for reason_, n, *kept in rows:
+        counts[reason_] = int(n)
+        if reason_ == "retention_period":
+            here = {r.id for r, k in zip(keeping, kept, strict=True) if k}
+            names["retention_period"] = here or names["retention_period"]
+    return counts, names
 
 
 def _names(b: BoundRule, table: str) -> bool:

@@ -208,6 +208,13 @@ def test_erasure_keeps_bookkeeping_invoices_until_their_date_then_completes(stor
     assert deferred["billing.invoices"]["rules"] == ["bookkeeping/retain-invoices-no-dk"]
     assert deferred["billing.invoices"]["until"] == free_on.isoformat()
     assert deferred["billing.customers"]["reason"] == "retention_period"
+    # every place of the customer is accounted for: the kept invoices by the rule keeping them
+    left = {x["table"]: x for x in r["left"]}
+    assert left["billing.invoices"]["rows"] == len(inside)
+    assert left["billing.invoices"]["reason"] == "retention_period"
+    assert left["billing.invoices"]["rules"] == ["bookkeeping/retain-invoices-no-dk"]
+    assert "billing.customers" not in left  # anonymised on purpose: handled
+    assert set(r["places"]) >= set(BILLING)
     assert r["policies_sha256"] == POLICIES.digest and r["suppression_entries_added"] >= 1
     assert request(store, req.request_id).recheck_on == free_on
 
@@ -220,6 +227,7 @@ def test_erasure_keeps_bookkeeping_invoices_until_their_date_then_completes(stor
     assert done.request_id == req.request_id and done.status == "done"
     assert all(rows == [] for rows in customer_rows(store, cid).values())
     assert done.receipt["deferred"] == [] and done.receipt["deferred_until"] is None
+    assert done.receipt["left"] == []
     closed = request(store, req.request_id)
     assert closed.status == "done" and closed.subject_id is None and closed.completed_at is not None
     if isinstance(store, DuckDBStore):  # purged like a nightly run: not even in freed blocks
