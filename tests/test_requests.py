@@ -252,6 +252,11 @@ def test_held_subject_is_deferred_with_the_case_until_the_hold_is_released(store
         for d in p.receipt["deferred"]
     )
     assert request(store, req.request_id).recheck_on is None  # looked at on every run
+    # every place of the customer with rows is named, held under the case
+    assert {x["table"] for x in p.receipt["left"]} == {t for t, rows in before.items() if rows}
+    assert all(
+        x["reason"] == "legal_hold" and x["case_refs"] == [hold.case_ref] for x in p.receipt["left"]
+    )
 
     with store.connect(read_only=True) as s:
         effect = rq.hold_effect(store, s, POLICIES, AS_OF, hold.hold_id)
