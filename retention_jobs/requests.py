@@ -681,6 +681,7 @@ def process_request(
         if (
             not (held or to_act)
             and left.waiting_only()
+            and dated  # rows kept only by a table's own retain rule carry no date here
             and len(dated) == sum(1 for o in outcomes.values() if o.retained)
         ):
             # only retain periods with known end dates: look again on the first, done on the last

@@ -287,3 +287,40 @@ def test_the_subject_map_is_every_table_that_references_the_subject(store):
     assert {p.table.name for p in places} == {"shop.customers"} | referencing
     assert referencing == {"shop.phones", "shop.national_ids"}
     assert subject_map(policies(CUSTOMERS), catalog, "nobody") == []
+
+
+RETAIN_IDS = """
+purpose: id-register
+title: National ids kept by law
+legal_basis: legal_obligation
+owner: ops
+rules:
+  - name: keep-ids
+    table: shop.national_ids
+    key: customer_id
+    subject: {kind: customer, column: customer_id}
+    clock: created_on
+    keep_for: P10Y
+    action: retain
+"""
+
+
+def test_rows_kept_only_by_a_retain_rule_are_named_and_keep_the_request_open(store):
+    sql(store, *SHOP_DDL)
+    phones_only = ALL_PHONES_AND_IDS.split("  - name: ids")[0]
+    p = erase(store, policies(CUSTOMERS, phones_only, RETAIN_IDS), "customer:1")
+    # the retain rule's clock is not set: the minimum cannot be shown to have passed
+    assert p.status == "partially_done"
+    assert p.receipt["left"] == [
+        {
+            "table": "shop.national_ids",
+            "rows": count(store, "SELECT count(*) FROM shop.national_ids WHERE customer_id = 1"),
+            "reason": "retention_period",
+            "rules": ["id-register/keep-ids"],
+            "case_refs": [],
+            "note": p.receipt["left"][0]["note"],
+        }
+    ]
+    assert count(store, "SELECT count(*) FROM shop.phones WHERE customer_id = 1") == 0
+    with store.connect(read_only=True) as s:
+        assert rq.get_request(s, p.request_id).recheck_on is None  # looked at every run
