@@ -579,6 +579,7 @@ def holds() -> None:
 
 @holds.command("add")
 @store_option
+@policies_option
 @click.option("--subject", default=None, help="KIND:ID, e.g. customer:1042")
 @click.option("--table", default=None, help="schema.table")
 @click.option("--purpose", default=None)
@@ -586,10 +587,14 @@ def holds() -> None:
 @click.option("--reason", required=True)
 @click.option("--placed-by", default=None)
 @click.option("--review", default=None, help="Review date YYYY-MM-DD.")
-def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, review) -> None:
-    """Place a hold on a subject, a table or a purpose. On a DuckDB store that a run has open,
-    the hold is queued and takes effect before the run's next batch."""
+def holds_add(
+    store, policy_dir, subject, table, purpose, case_ref, reason, placed_by, review
+) -> None:
+    """Place a hold on a subject, a table or a purpose that the policies reach (checked first:
+    a typo is refused with the closest names, exit 2, nothing written). On a DuckDB store that
+    a run has open, the hold is queued and takes effect before the run's next batch."""
     from retention_jobs import hold_queue
+    from retention_jobs.hold_targets import check_target
 
     spec = control.hold_spec(
         subject=subject,
@@ -600,9 +605,13 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
         placed_by=placed_by,
         review=review,
     )
+    policies = load_policies([policy_dir])
     s = open_store(store)
     try:
         with s.connect() as session:
+            warnings = check_target(
+                s, session, policies, subject=subject, table=table, purpose=purpose
+            )
             control.ensure_control_schema(s, session)
             hold_id = control.new_hold_id()
             with session.transaction():
@@ -610,7 +619,9 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
     except RunInProgress:
         if hold_queue.queue_path(s) is None:
             raise
-        # a run has the DuckDB file: a hold must not wait for it to finish
+        # a run has the DuckDB file: a hold must not wait for it to finish. The store cannot
+        # be read now, so the target is checked against the policies alone
+        check_target(None, None, policies, subject=subject, table=table, purpose=purpose)
         hold_id = hold_queue.enqueue(s, spec)
         out.print(
             f"hold {hold_id} queued ({spec.scope}, case {case_ref}): takes effect before the "
@@ -619,6 +630,8 @@ def holds_add(store, subject, table, purpose, case_ref, reason, placed_by, revie
             soft_wrap=True,
         )
         return
+    for w in warnings:
+        err.print(f"warning: {w}", markup=False, soft_wrap=True)
     out.print(f"hold {hold_id} placed ({spec.scope}, case {case_ref})", markup=False)
 
 

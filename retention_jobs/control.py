@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from retention_jobs.errors import ConfigError
+from retention_jobs.errors import ConfigError, StoreRejected
 from retention_jobs.store.base import CONTROL_SCHEMA, ColumnInfo, Session, Store, TableInfo, sa_type
 
 C = CONTROL_SCHEMA
@@ -206,12 +206,26 @@ def _ledger_hashes_as_integers(store: Store, session: Session) -> None:
             )
 
 
+MISSING = ("42P01", "3F000")
+"""SQLSTATEs (and DuckDB's catalog errors, mapped alike) of "no such table" and "no such schema"."""
+
+
 def control_exists(session: Session) -> bool:
+    """Whether the control schema is there (its holds table answers). Only "the table or schema
+    does not exist" means no (run `init`); every other refusal (a privilege the role lacks, a
+    lost connection, a lock) propagates with its own message: telling an operator to run `init`
+    over a permission problem would hide it, and `init` would fail or, worse, succeed elsewhere."""
     try:
         session.fetchall(sa.select(sa.func.count()).select_from(holds))
         return True
-    except Exception:
-        return False
+    except StoreRejected as e:
+        if e.sqlstate in MISSING:
+            return False
+        raise StoreRejected(
+            f"cannot read the control schema {C} (this is not a reason to run `init`): {e}",
+            e.sqlstate,
+            e.terminal,
+        ) from None
 
 
 # --- anonymisation markers -----------------------------------------------------------------

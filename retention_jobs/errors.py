@@ -220,6 +220,8 @@ def rejected_by_duckdb(exc: BaseException, where: str = "") -> StoreRejected:
             "TransactionException": "40",
             "InterruptException": "57014",
             "ConstraintException": "23",
+            # a table, schema or column named in the statement does not exist
+            "CatalogException": "42P01",
         }.get(cls, "")
     parts = [cls]
     if what:

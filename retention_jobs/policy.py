@@ -416,6 +416,11 @@ class Rule(_Model):
     """Foreign-key children handled before the parent (deletes only)."""
     suppress: list[Identifier] = Field(default_factory=list)
     """Columns whose keyed hashes go to the suppression list before the row is erased."""
+    filters_in_requests: bool = True
+    """Whether a data-subject request honours `where` and `related` (default): they say which
+    rows the rule covers (our own tenant, a country), and a request acts only on those. false:
+    they only say when the rows expire (every list subscription unsubscribed), so a request
+    takes every row of the subject. The clock never applies to a request."""
 
     _where = field_validator("where", mode="before")(classmethod(lambda cls, v: parse_where(v)))
 
@@ -489,6 +494,10 @@ class Policy(_Model):
     """One line for people: what this processing is."""
     legal_basis: LegalBasis
     """GDPR Art. 6(1) basis of the processing."""
+    role: Literal["controller", "processor"] = "controller"
+    """controller (default): we decide why and how. processor: we hold the data for a client
+    (GDPR Art. 28); a data-subject request never changes it, it reports the rows as to be
+    forwarded to the controller. The nightly rules still run: they carry out the contract."""
     owner: str = Field(min_length=1)
     """The team answerable for this purpose (shown in Dagster as the asset owner)."""
     description: str | None = None

@@ -457,11 +457,13 @@ def subject_equals(col: sa.ColumnElement, info_type: str, subject_id: str) -> sa
 
 
 class SubjectPredicates(Predicates):
-    """A data-subject request: a rule's *expired* rows are the rows of one subject, whatever
-    the clock and the `where`/`related` filters say, for rules whose subject kind matches and
-    whose purpose is in scope. Holds and `retain` periods keep their meaning (as of the date),
-    so planning and applying with this class erase what may be erased and count the rest as
-    held or retained."""
+    """A data-subject request: a rule's *expired* rows are the rows of one subject that the
+    rule covers, whatever the clock says, for rules whose subject kind matches, whose purpose is
+    in scope and that we hold as controller. The rule's `where`/`related` filters still apply
+    (they say which rows are the rule's: our own tenant, not a client's), unless the rule says
+    they only time the expiry (`filters_in_requests: false`). Holds and `retain` periods keep
+    their meaning (as of the date), so planning and applying with this class erase what may be
+    erased and count the rest as held or retained."""
 
     def __init__(
         self,
@@ -484,6 +486,8 @@ class SubjectPredicates(Predicates):
         return (
             s is not None
             and s.kind == self.subject_kind
+            # data we process for a client is the client's to erase (GDPR Art. 28(3)(e))
+            and b.policy.role == "controller"
             and (self.purposes is None or b.policy.purpose in self.purposes)
         )
 
@@ -495,7 +499,49 @@ class SubjectPredicates(Predicates):
         return subject_equals(t.c[column], b.table.columns[column].type, self.subject_id)
 
     def expired(self, b: BoundRule, t: sa.FromClause) -> sa.ColumnElement:
-        return self.belongs(b, t)
+        parts = [self.belongs(b, t), ~self.processor_data(b.table.name, t)]
+        if b.rule.filters_in_requests:
+            parts.append(sa.func.coalesce(self.matches(b, t), sa.false()))
+        return sa.and_(*parts)
+
+    def processor_data(self, table: str, t: sa.FromClause) -> sa.ColumnElement:
+        """The row of `table` (in `t`) is one a `role: processor` policy covers: its rule's
+        filters match the row, or the row a cascade reaches it from (the clock does not
+        matter: a client's running contract is the client's data too). A request never acts
+        on it, whatever a rule of ours would say (GDPR Art. 28(3)(e))."""
+        parts: list[sa.ColumnElement] = []
+        for b in self.bound:
+            if b.policy.role != "processor":
+                continue
+            if b.table.name == table:
+                parts.append(sa.func.coalesce(self.matches(b, t), sa.false()))
+            parts += [self._under(b, chain, t) for chain in _chains(b.cascades, table)]
+        return sa.or_(sa.false(), *parts)
+
+    def _under(self, b: BoundRule, chain: tuple[Link, ...], t: sa.FromClause) -> sa.ColumnElement:
+        """A row of the last link's table (in `t`) hangs, over `chain`, off a row of `b`'s
+        table that `b`'s filters match."""
+        link = chain[-1]
+        parent = alias(chain[-2].table if len(chain) > 1 else b.table)
+        above = (
+            self._under(b, chain[:-1], parent)
+            if len(chain) > 1
+            else sa.func.coalesce(self.matches(b, parent), sa.false())
+        )
+        return sa.exists().where(parent.c[link.references] == t.c[link.on], above)
+
+
+def _chains(
+    links: Iterable[Link], table: str, above: tuple[Link, ...] = ()
+) -> list[tuple[Link, ...]]:
+    """Every chain of cascade links from a rule's table down to a link into `table`."""
+    out = []
+    for link in links:
+        here = (*above, link)
+        if link.table.name == table:
+            out.append(here)
+        out += _chains(link.children, table, here)
+    return out
 
 
 class KeyRangePredicates(Predicates):

@@ -7,7 +7,9 @@ become the subject's rows, so every rule whose subject kind matches deletes or a
 as its action says, while legal holds and `retain` periods keep their meaning. What they keep
 is deferred, with the reason and the day it becomes free; the nightly run processes deferred
 requests again when that day comes. A request is `done` when a fresh plan for the subject finds
-nothing left to do and nothing held or retained.
+nothing left to do and nothing held or retained, and every place the subject's data lives (the
+subject map, `subjects.py`) was handled; what is left is named with its reason
+(`request_outcome.py`), data we hold as a processor among it, to forward to the controller.
 
 The request row holds the subject's id while the request is open and forgets it when it is
 closed. Outcomes, receipts, exports records, the audit ledger and everything printed hold
@@ -34,6 +36,7 @@ from retention_jobs.load import PolicySet
 from retention_jobs.periods import Period, add_period
 from retention_jobs.plan import Plan, Planner
 from retention_jobs.predicates import HoldsReleased, SubjectPredicates, alias
+from retention_jobs.request_outcome import account, request_places
 from retention_jobs.resolve import BoundRule
 from retention_jobs.store.base import Session, Store
 
@@ -585,7 +588,9 @@ def suppress_subject(session: Session, planner: Planner, key: PseudonymKey) -> i
         seen |= {(b.table.name, c) for c in cols}
         t = alias(b.table)
         data = pl.from_arrow(
-            session.arrow(sa.select(*(t.c[c] for c in cols)).where(pred.belongs(b, t)))
+            # the rows the request acts on: not a client's (processor) rows, nor rows the
+            # rule's filters leave out
+            session.arrow(sa.select(*(t.c[c] for c in cols)).where(pred.expired(b, t)))
         )
         if isinstance(data, pl.DataFrame) and not data.is_empty():
             by_purpose.setdefault(b.policy.purpose, []).extend(
@@ -637,8 +642,8 @@ def process_request(
     suppressed = 0
     run_id = None
     to_act = 0
+    options = req.options(purposes)
     if purposes:
-        options = req.options(purposes)
         if req.status == "pending":
             planner = Planner(store, session, policies, as_of, SubjectPredicates, **options)
             suppressed = suppress_subject(session, planner, key)
@@ -654,20 +659,31 @@ def process_request(
         ).run()
         run_id = report.run_id
         _count_changes(report, outcomes)
-        check = Planner(store, session, policies, as_of, SubjectPredicates, **options)
+    check = Planner(store, session, policies, as_of, SubjectPredicates, **options)
+    if purposes:
         holds = control.list_holds(session, subject=req.subject())
         to_act = _count_left(check.plan(purposes), check, holds, req, outcomes)
+    # `done` only when every place the subject lives in was handled (an erasure: every table
+    # that holds the kind; a withdrawal or objection: the tables its purposes' rules reach)
+    places = request_places(check, req.subject_kind, None if req.kind == "erasure" else purposes)
+    left = account(check, places, purposes, req.subject()[1])
     held = sum(o.held for o in outcomes.values())
     retained = sum(o.retained for o in outcomes.values())
     status, recheck, deferred_until = "done", None, None
-    if to_act or held or retained:
-        status = "partially_done" if any(o.changed for o in outcomes.values()) else "deferred"
+    if to_act or held or retained or not left.complete:
+        changed = any(o.changed for o in outcomes.values())
+        status = "deferred" if not changed and left.waiting_only() else "partially_done"
         dated = [
             o.free_from
             for o in outcomes.values()
             if o.retained and not o.free_unknown and o.free_from
         ]
-        if not (held or to_act) and len(dated) == sum(1 for o in outcomes.values() if o.retained):
+        if (
+            not (held or to_act)
+            and left.waiting_only()
+            and dated  # rows kept only by a table's own retain rule carry no date here
+            and len(dated) == sum(1 for o in outcomes.values() if o.retained)
+        ):
             # only retain periods with known end dates: look again on the first, done on the last
             recheck, deferred_until = min(dated), max(dated)
     note = (
@@ -687,6 +703,9 @@ def process_request(
         deferred=_deferred_entries(outcomes),
         deferred_until=deferred_until.isoformat() if deferred_until else None,
         suppression_entries_added=suppressed,
+        places=left.places,
+        left=[x.entry() for x in left.left],
+        forward_to_controller=left.forward(),
         note=note,
     )
     with session.transaction():
@@ -989,6 +1008,9 @@ def summary_line(p: Processed) -> str:
             parts.append(
                 f"{d['rows']} in {d['table']} retained by {', '.join(d['rules'])} until {d['until'] or 'unknown'}"
             )
+    for x in r.get("left") or []:
+        if x["reason"] not in ("legal_hold", "retention_period"):  # said above, as deferred
+            parts.append(f"{x['rows']} in {x['table']} left: {x['reason']}")
     if r.get("suppression_entries_added"):
         parts.append(f"{r['suppression_entries_added']} suppression entries added")
     if r.get("note"):

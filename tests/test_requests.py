@@ -208,6 +208,13 @@ def test_erasure_keeps_bookkeeping_invoices_until_their_date_then_completes(stor
     assert deferred["billing.invoices"]["rules"] == ["bookkeeping/retain-invoices-no-dk"]
     assert deferred["billing.invoices"]["until"] == free_on.isoformat()
     assert deferred["billing.customers"]["reason"] == "retention_period"
+    # every place of the customer is accounted for: the kept invoices by the rule keeping them
+    left = {x["table"]: x for x in r["left"]}
+    assert left["billing.invoices"]["rows"] == len(inside)
+    assert left["billing.invoices"]["reason"] == "retention_period"
+    assert left["billing.invoices"]["rules"] == ["bookkeeping/retain-invoices-no-dk"]
+    assert "billing.customers" not in left  # anonymised on purpose: handled
+    assert set(r["places"]) >= set(BILLING)
     assert r["policies_sha256"] == POLICIES.digest and r["suppression_entries_added"] >= 1
     assert request(store, req.request_id).recheck_on == free_on
 
@@ -220,6 +227,7 @@ def test_erasure_keeps_bookkeeping_invoices_until_their_date_then_completes(stor
     assert done.request_id == req.request_id and done.status == "done"
     assert all(rows == [] for rows in customer_rows(store, cid).values())
     assert done.receipt["deferred"] == [] and done.receipt["deferred_until"] is None
+    assert done.receipt["left"] == []
     closed = request(store, req.request_id)
     assert closed.status == "done" and closed.subject_id is None and closed.completed_at is not None
     if isinstance(store, DuckDBStore):  # purged like a nightly run: not even in freed blocks
@@ -244,6 +252,11 @@ def test_held_subject_is_deferred_with_the_case_until_the_hold_is_released(store
         for d in p.receipt["deferred"]
     )
     assert request(store, req.request_id).recheck_on is None  # looked at on every run
+    # every place of the customer with rows is named, held under the case
+    assert {x["table"] for x in p.receipt["left"]} == {t for t, rows in before.items() if rows}
+    assert all(
+        x["reason"] == "legal_hold" and x["case_refs"] == [hold.case_ref] for x in p.receipt["left"]
+    )
 
     with store.connect(read_only=True) as s:
         effect = rq.hold_effect(store, s, POLICIES, AS_OF, hold.hold_id)
@@ -319,6 +332,31 @@ def test_objection_acts_on_legitimate_interests_only(duck):
     other = process(duck, add(duck, "objection", f"customer:{cid}").request_id)
     assert other.status == "done" and other.receipt["purposes"] == [] and other.receipt["note"]
     assert customer_rows(duck, cid) == before
+
+
+def test_erasure_of_a_client_tenants_contact_is_forwarded_not_erased(store):
+    """The demo's CRM service: a contact of a client whose contract runs is the client's
+    (crm-processor, role: processor); an erasure changes nothing and names what to forward."""
+    contact = q(
+        store,
+        "SELECT c.contact_id FROM crm.contacts c JOIN crm.tenants t ON t.tenant_id = c.tenant_id "
+        "WHERE NOT t.own_use AND t.contract_ended_at IS NULL AND EXISTS "
+        "(SELECT 1 FROM crm.activities a WHERE a.contact_id = c.contact_id) ORDER BY 1",
+    )[0][0]
+    crm = ("crm.tenants", "crm.contacts", "crm.activities")
+    before = {t: q(store, f"SELECT * FROM {t} ORDER BY 1") for t in crm}
+    p = process(store, add(store, "erasure", f"contact:{contact}").request_id)
+
+    assert {t: q(store, f"SELECT * FROM {t} ORDER BY 1") for t in crm} == before
+    assert p.status == "partially_done" and p.receipt["tables"] == []
+    forward = {f["table"]: f["rows"] for f in p.receipt["forward_to_controller"]}
+    assert forward == {
+        "crm.contacts": 1,
+        "crm.activities": q(
+            store, f"SELECT count(*) FROM crm.activities WHERE contact_id = {contact}"
+        )[0][0],
+    }
+    assert p.receipt["suppression_entries_added"] == 0
 
 
 def test_requests_are_checked_against_the_policies():
