@@ -82,12 +82,25 @@ def location(store: Store) -> str:
     return store.engine.url.render_as_string(hide_password=False)  # type: ignore[attr-defined]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _policy_dir(tmp_path_factory):
+    """The policies the CLI checks a hold's target against (`holds add --policies`)."""
+    global POLICY_DIR
+    POLICY_DIR = tmp_path_factory.mktemp("policies")
+    (POLICY_DIR / "shop.yaml").write_text(SHOP)
+    (POLICY_DIR / "leads.yaml").write_text(LEADS)
+
+
+POLICY_DIR: Path | None = None
+
+
 def clis(store: Store, *commands: list[str]) -> list[subprocess.CompletedProcess]:
     """Run CLI commands on `store`, each in a process of its own, all at once (starting the CLI
     takes seconds on a busy machine)."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "retention_jobs.cli", *args, "--store", location(store)],
+            [sys.executable, "-m", "retention_jobs.cli", *args, "--store", location(store)]
+            + ["--policies", str(POLICY_DIR)],
             env={**os.environ, "RETENTION_STORE": ""},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
