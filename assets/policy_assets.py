@@ -23,6 +23,7 @@ from retention_jobs.check import run_checks
 from retention_jobs.errors import RetentionError, StoreRejected, database_error, safe_message
 from retention_jobs.load import PolicyFile, PolicySet
 from retention_jobs.policy import Cascade, Policy, RelatedClock, RelatedFilter
+from retention_jobs.purge import LEAVES_BYTES
 from retention_jobs.store import mask_url
 
 GROUP = "retention"
@@ -274,6 +275,8 @@ def report_metadata(f: PolicyFile, report: RunReport, store: str) -> dict[str, A
             }
         )
         md["purge_complete"] = bool(report.purge.get("complete", True))
+        # False on PostgreSQL without `purge: full`: the erased values stay in the files
+        md["purge_removes_old_bytes"] = bool(report.purge.get("removes_old_bytes", True))
         if report.purge.get("held_back_by"):
             md["purge_held_back_by"] = len(report.purge["held_back_by"])
     for rule, counts in rule_counts(report).items():
@@ -369,6 +372,8 @@ def policy_asset(
         context.log.info(
             f"{purpose} as of {as_of}: {rows_changed(report)} rows changed (run {report.run_id})"
         )
+        if report.purge and report.purge.get("removes_old_bytes") is False:
+            context.log.warning(LEAVES_BYTES)
         assert key_ is not None  # read for every run but a dry run, which returned above
         with engine_errors():
             results = run_checks(

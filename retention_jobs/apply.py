@@ -472,7 +472,8 @@ class Applier:
             as_of=self.as_of,
             policy_sha256=b.file.sha256,
             batch=batch,
-            key_id=self.key.key_id if self.key and action in ("anonymise", "suppress") else None,
+            # a change records the keyed hashes of what it erased (erasure.py): name the key
+            key_id=self.key.key_id if self.key and action != "plan" else None,
             seconds=round(seconds, 4),
             **counts,
         )

@@ -35,6 +35,7 @@ from retention_jobs.errors import (
 )
 from retention_jobs.explain import render, to_json
 from retention_jobs.load import PolicySet, load_policies
+from retention_jobs.purge import LEAVES_BYTES
 from retention_jobs.store import mask_url, open_store, store_location
 
 out = Console(width=None if sys.stdout.isatty() else 150)
@@ -341,6 +342,8 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
             markup=False,
             highlight=False,
         )
+    if report.purge and report.purge.get("removes_old_bytes") is False:
+        err.print(LEAVES_BYTES, markup=False, highlight=False)
     if not purposes:  # then the data-subject requests that are due
         _process_requests_after_run(store, policy_dir, as_of, fmt)
     if report.purge and not report.purge.get("complete", True):
@@ -495,13 +498,17 @@ def scan(store, policy_dir, fmt, sample, fail_on_uncovered) -> None:
 )
 @format_option
 def verify_erasure(store, run_id, demo_key, fmt) -> None:
-    """Look for erased values (known only as keyed hashes) in the store's raw bytes; exit 1 if any."""
+    """Look for erased values (known only as keyed hashes) in the store's raw bytes: exit 1 if
+    any is found, 5 if some could not be seen by the scan and nothing proves them gone, 2 if
+    the key cannot have made the recorded hashes."""
     from retention_jobs.erasure import verify
 
     key = PseudonymKey.from_text(DEMO_KEY_TEXT) if demo_key else key_from_env()
-    result = verify(open_store(store), key, run_id)
+    result = verify(open_store(store), key, run_id)  # WrongKey: exit 2, through _fail
     if fmt == "json":
-        click.echo(json.dumps(result.__dict__, indent=2))
+        click.echo(
+            json.dumps({**result.__dict__, "verified": result.verified}, indent=2, default=str)
+        )
     else:
         where = ", ".join(f"{w}: {n}" for w, n in sorted(result.found.items())) or "none"
         out.print(
@@ -509,8 +516,19 @@ def verify_erasure(store, run_id, demo_key, fmt) -> None:
             f"({', '.join(result.sources) or 'nothing'}) in {result.seconds:.2f} s; found again: {where}",
             markup=False,
         )
+        out.print(result.describe(), markup=False)
     if not result.clean:
         sys.exit(1)
+    if not result.verified:
+        err.print(
+            f"NOT VERIFIED: {result.blind} erased values could not have been seen by a byte scan "
+            "(stored compressed, no live value to measure the scan by, or recorded without a "
+            "key id) and nothing proves them gone: on DuckDB, `retention-jobs purge` compacts "
+            "the file; on PostgreSQL see `purge: full` in docs/erasure.md",
+            markup=False,
+            highlight=False,
+        )
+        sys.exit(EXIT_PURGE_PENDING)
 
 
 @main.command()

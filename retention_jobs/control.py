@@ -80,6 +80,10 @@ erased_values = _control_table(
         ("value_hash", sa.BigInteger()),
         ("value_length", sa.BigInteger()),
         ("erased_at", sa.DateTime()),
+        # the id of the pseudonym key the hashes were made with (`PseudonymKey.key_id`): a
+        # verifier with another key would find nothing and pass; NULL on rows written before
+        # key ids were kept whose run left no key id in the audit ledger (key unknown)
+        ("key_id", sa.String()),
     ],
 )
 
@@ -116,7 +120,7 @@ _DDL = {
     "batch {int}, expired {int}, held {int}, retained {int}, deleted {int}, anonymised {int}, "
     "unlinked {int}, key_id {text}, seconds {float}, prev_hash {text}, row_hash {text}",
     "erased_values": "run_id {text}, table_name {text}, column_name {text}, anchor_hash {int}, "
-    "value_hash {int}, value_length {int}, erased_at {ts}",
+    "value_hash {int}, value_length {int}, erased_at {ts}, key_id {text}",
     "runs": "run_id {text} PRIMARY KEY, started_at {ts} NOT NULL, finished_at {ts}, as_of {date}, "
     "mode {text}, status {text}, policies_sha256 {text}, summary {text}",
     "suppression": "identifier_hash {text} PRIMARY KEY, key_id {text} NOT NULL, purpose {text}, added_at {ts}",
@@ -131,10 +135,18 @@ _DDL = {
     "status {text} NOT NULL, body {text} NOT NULL, PRIMARY KEY (request_id, receipt_no)",
     "request_exports": "request_id {text} NOT NULL, produced_at {ts} NOT NULL, table_count {int}, row_count {int}, "
     "byte_count {int}, sha256 {text} NOT NULL",
+    # runs whose erased values a check proved gone (erasure.py): a later check covers every
+    # run not in here, so a retry that erased nothing cannot hide an earlier run's residue
+    "erasure_proofs": "run_id {text} PRIMARY KEY, verified_at {ts} NOT NULL, how {text}",
     # tables whose purge did not complete (purge.py): purged again by every run until one does
     "purge_pending": "table_name {text} PRIMARY KEY, run_id {text} NOT NULL, method {text}, since {ts} NOT NULL",
 }
 
+
+erasure_proofs = _control_table(
+    "erasure_proofs",
+    [("run_id", sa.String()), ("verified_at", sa.DateTime()), ("how", sa.String())],
+)
 
 purge_pending = _control_table(
     "purge_pending",
@@ -170,6 +182,35 @@ def ensure_control_schema(store: Store, session: Session) -> None:
         if col not in have:
             session.execute(f"ALTER TABLE {C}.audit ADD COLUMN {col} {types['text']}")
     _ledger_hashes_as_integers(store, session)
+    _erased_values_key_id(session, types["text"])
+
+
+def has_column(session: Session, table: str, column: str) -> bool:
+    """Whether control table `table` has `column` (a store of an earlier version may not)."""
+    return bool(
+        session.fetchall(
+            sa.text(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = :s "
+                "AND table_name = :t AND column_name = :c"
+            ).bindparams(s=C, t=table, c=column)
+        )
+    )
+
+
+def _erased_values_key_id(session: Session, text: str) -> None:
+    """Stores of an earlier version kept no key id with the erased values. A run hashes with one
+    key and records that key's id on its audit rows, so the id of an older row's run is its key
+    id; rows of a run whose ledger names no key id (or two) keep NULL: key unknown."""
+    if has_column(session, "erased_values", "key_id"):
+        return
+    with session.transaction():
+        session.execute(f"ALTER TABLE {C}.erased_values ADD COLUMN key_id {text}")
+        session.execute(
+            f"UPDATE {C}.erased_values SET key_id = k.key_id FROM ("
+            f"SELECT run_id, min(key_id) AS key_id FROM {C}.audit WHERE key_id IS NOT NULL "
+            "GROUP BY run_id HAVING count(DISTINCT key_id) = 1) AS k "
+            f"WHERE {C}.erased_values.run_id = k.run_id"
+        )
 
 
 # The erased-value ledger kept its hashes as 32 hex digits before 0.2; now as the signed 64-bit

@@ -43,6 +43,11 @@ class ConfigError(RetentionError):
     """Bad command-line input or environment (missing key, bad date, unknown store)."""
 
 
+class WrongKey(ConfigError):
+    """The pseudonym key given cannot have made the hashes to compare with (its key id differs
+    from the one recorded with them): a comparison would find nothing and pass vacuously."""
+
+
 class ApprovalRequired(RetentionError):
     """A run would delete more than the allowed share of a table; nothing was changed."""
 

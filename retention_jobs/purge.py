@@ -17,6 +17,22 @@ from retention_jobs import control
 from retention_jobs.load import PolicySet
 from retention_jobs.store.base import Store
 
+LEAVES_BYTES = (
+    # said by the run report and the Dagster log after every such purge
+    "purge: a plain VACUUM does not remove erased values from the table files: deleted and "
+    "overwritten values stay readable in heap and index pages until PostgreSQL reuses the "
+    "space. Set `purge: full` in a policy for VACUUM FULL (it locks each table while it "
+    "rewrites it; docs/erasure.md), or accept the trade-off knowingly"
+)
+
+
+def removes_old_bytes(store: Store, policies: PolicySet) -> bool:
+    """Whether the configured purge leaves no erased value in the store's files: a DuckDB
+    compaction always; on PostgreSQL only `purge: full` (VACUUM FULL). A plain VACUUM leaves
+    the old tuples' bytes in heap and index pages until they are overwritten (measured: about
+    half of the deleted e-mails of a table were still in its heap and its index after one)."""
+    return store.kind == "duckdb" or any(f.policy.purge == "full" for f in policies.files)
+
 
 def purge_tables(
     store: Store,
@@ -34,6 +50,7 @@ def purge_tables(
         return None
     full = any(f.policy.purge == "full" for f in policies.files)
     method = "full" if full else "default"
+    clears = removes_old_bytes(store, policies)
     # written ahead: a purge killed half-way (a crash, a lost connection) leaves these rows,
     # and the next run finds the work still to do
     with store.connect() as session:
@@ -43,6 +60,9 @@ def purge_tables(
     result = store.purge(tables, full=full)
     if pending:
         result["retried_pending"] = len(pending)
+    if not clears:
+        # said every time, not once: the run's erased values stay readable in the files
+        result["removes_old_bytes"] = False
     with store.connect() as session, session.transaction():
         control.append_audit(
             session,
@@ -52,6 +72,14 @@ def purge_tables(
             policy_sha256=policies.digest,
             seconds=result.get("seconds"),
         )
+        if not clears:
+            control.append_audit(
+                session,
+                run_id=run_id,
+                action="purge-leaves-bytes",
+                as_of=as_of,
+                policy_sha256=policies.digest,
+            )
         if result.get("complete", True):
             control.clear_pending_purges(session, tables)
         else:

@@ -370,6 +370,32 @@ def test_each_check_fails_on_a_tampered_store(store, monkeypatch, check, sql):
     assert len(result.get_asset_materialization_events()) == 1
 
 
+def test_a_rerun_of_the_partition_does_not_hide_the_residue_an_earlier_attempt_left(
+    store, monkeypatch
+):
+    """Attempt 1 erases and leaves an erased value in the file; the re-run of the same
+    partition (a retry, or a re-execution from the UI) changes nothing. Its check covers
+    every erasure no check has proved yet, not only its own run's "0 erased values"."""
+    db, defs = store
+    # attempt 1's purge does not happen (say, an outside tool held the file): DuckDB keeps
+    # the deleted values in the file; recorded under a method that proves nothing
+    monkeypatch.setattr(
+        DuckDBStore, "purge", lambda self, tables, full=False: {"method": "skipped-in-test"}
+    )
+    first = run(db, defs["customers"], "2026-03-10", raise_on_error=False)
+    assert checks(first)["erasure_verified"] is False
+    monkeypatch.undo()
+    again = run(db, defs["customers"], "2026-03-10", raise_on_error=False)
+    md = materialization(again).metadata
+    assert md["dagster/row_count"].value == 0
+    assert email(10).encode() in db.read_bytes()  # the oracle: the residue is still there
+    (evaluation,) = [
+        e for e in again.get_asset_check_evaluations() if e.check_name == "erasure_verified"
+    ]
+    assert evaluation.passed is False and not again.success
+    assert evaluation.metadata["runs"].value == 2
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
