@@ -25,7 +25,7 @@ import polars as pl
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from retention_jobs import control, erasure, markers
+from retention_jobs import control, erasure, guard, markers
 from retention_jobs.anonymise import (
     MARKER_HASHES_V2,
     PseudonymKey,
@@ -35,7 +35,6 @@ from retention_jobs.anonymise import (
     original_token,
 )
 from retention_jobs.claims import run_rank
-from retention_jobs.errors import ApprovalRequired
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
 from retention_jobs.predicates import KeyRangePredicates, Predicates, alias, in_stage
@@ -197,33 +196,10 @@ class Applier:
     # -- guard ----------------------------------------------------------------------------
 
     def check_delete_share(self, plan: Plan) -> None:
-        limit = self.options.max_delete_fraction
-        if limit is None:
-            return
-        deleting: dict[str, int] = {}
-        totals: dict[str, int] = {}
-        for rp in plan.rules:
-            if rp.action == "delete":
-                deleting[rp.table] = deleting.get(rp.table, 0) + rp.to_act
-                totals[rp.table] = rp.total
-            for c in rp.cascades:
-                if c.action == "delete":
-                    deleting[c.table] = deleting.get(c.table, 0) + c.rows
-        over = []
-        for table, n in deleting.items():
-            total = totals.get(table)
-            if total is None:
-                info = self.planner.catalog.tables[table]
-                total = self.session.scalar(sa.select(sa.func.count()).select_from(sa_table(info)))
-            if total and n / total > limit:
-                over.append(f"{table}: {n} of {total} rows ({n / total:.0%})")
-        if over:
-            raise ApprovalRequired(
-                f"this run would delete more than {limit:.0%} of a table, so nothing was changed: "
-                + "; ".join(over)
-                + ". Check the plan (`retention-jobs plan`), then approve with --max-delete-fraction "
-                "(Dagster: config max_delete_fraction) set to the share you accept"
-            )
+        """The night's delete share of every table this run deletes from (`guard`)."""
+        guard.check_delete_share(
+            self.session, self.planner.catalog, plan, self.options.max_delete_fraction
+        )
 
     # -- run ------------------------------------------------------------------------------
 
