@@ -238,7 +238,8 @@ class Predicates:
         # a cascade changes or deletes the rows it reaches: a parent with a held row anywhere
         # below it (its table held, or its subject, by any subject declaration of that table)
         # is held itself (the database's ON DELETE CASCADE reaches no other rows: `resolve`
-        # requires a cascade for every foreign key into a table a rule deletes from)
+        # requires a cascade for every foreign key into a table a rule deletes from, and turns
+        # the database's own cascades into cascades of the rule)
         for link in b.cascades:
             parts.append(
                 self._link_exists(
