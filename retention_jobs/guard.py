@@ -74,8 +74,10 @@ def check_delete_share(session: Session, catalog: Catalog, plan: Plan, limit: fl
         start = int(now or 0) + before
         share = (before + n) / start if start else 0.0
         if share > limit:
-            earlier = f"{before} deleted earlier tonight + " if before else ""
-            over.append(f"{table}: {earlier}{n} by this run of {start} rows ({share:.0%})")
+            counts = (
+                f"{before} deleted earlier tonight + {n} by this run of" if before else f"{n} of"
+            )
+            over.append(f"{table}: {counts} {start} rows ({share:.0%})")
     if over:
         raise ApprovalRequired(
             f"this run would delete more than {limit:.0%} of a table in the night of "

@@ -84,7 +84,7 @@ def test_a_row_two_rules_reach_counts_once(store):
     ps = policies(EVENTS, CLOSED)
     with pytest.raises(ApprovalRequired) as refused:
         run_policies(store, ps, AS_OF, KEY, RunOptions(max_delete_fraction=0.3, purge=False))
-    assert "s.events: 16 by this run of 40 rows (40%)" in str(refused.value)
+    assert "s.events: 16 of 40 rows (40%)" in str(refused.value)
     assert _count(store, "s.events") == 40, "a refused run changed data"
 
     report = run_policies(store, ps, AS_OF, KEY, RunOptions(max_delete_fraction=0.5, purge=False))
