@@ -48,8 +48,10 @@ class RetentionConfig(dg.Config):
         default=0.25,
         ge=0.0,
         le=1.0,
-        description="Refuse (before changing anything) to delete more than this share of any table. "
-        "To approve a larger deletion after reading the plan, raise it (1.0 = no limit).",
+        description="Refuse (before changing anything) to delete more than this share of any table "
+        "in one night: every run of the partition's as-of date counts, whatever its purpose "
+        "(docs/policies.md). To approve a larger deletion after reading the plan, raise it "
+        "(1.0 = no limit).",
     )
     batch_size: int = Field(
         default=50_000, ge=1, description="Rows per transaction; bounds memory."

@@ -25,7 +25,7 @@ import polars as pl
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from retention_jobs import control, erasure, hold_queue, markers
+from retention_jobs import control, erasure, guard, hold_queue, markers
 from retention_jobs.anonymise import (
     MARKER_HASHES_V2,
     PseudonymKey,
@@ -34,10 +34,11 @@ from retention_jobs.anonymise import (
     needs_digest,
     original_token,
 )
-from retention_jobs.errors import ApprovalRequired, PartialRun, describe
+from retention_jobs.claims import run_rank
+from retention_jobs.errors import PartialRun, describe
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
-from retention_jobs.predicates import KeyRangePredicates, Predicates, alias
+from retention_jobs.predicates import KeyRangePredicates, Predicates, alias, in_stage
 from retention_jobs.purge import purge_tables
 from retention_jobs.resolve import BoundRule, Link
 from retention_jobs.store.base import (
@@ -185,18 +186,6 @@ class RunOptions:
     for the workers of a parallel run, whose coordinator holds the lock for them."""
 
 
-def _in_stage(
-    t: sa.FromClause, keys: list[str], stage: sa.FromClause, span: tuple[Any, Any] | None = None
-) -> sa.ColumnElement:
-    """`t`'s rows whose keys are in `stage`. `span`: the least and greatest first key of the
-    stage; a redundant range test that lets the store skip what cannot match (DuckDB's zone
-    maps, an index range scan) instead of scanning the whole table for every batch."""
-    prune = [t.c[keys[0]].between(*span)] if span is not None else []
-    if len(keys) == 1:
-        return sa.and_(*prune, t.c[keys[0]].in_(sa.select(stage.c[keys[0]])))
-    return sa.and_(*prune, sa.exists().where(*(stage.c[k] == t.c[k] for k in keys)))
-
-
 def _span(session: Session, stage: sa.FromClause, key: str) -> tuple[Any, Any] | None:
     lo, hi = session.fetchall(sa.select(sa.func.min(stage.c[key]), sa.func.max(stage.c[key])))[0]
     return None if lo is None else (lo, hi)
@@ -236,7 +225,7 @@ class Applier:
         self.planner.pred.instant = options.as_of_instant
         self.run_id = ("dry-run-" if options.dry_run else "") + control.new_run_id()
         self._span: tuple[Any, Any] | None = None
-        """The current batch's least and greatest first key (see `_in_stage`)."""
+        """The current batch's least and greatest first key (see `in_stage`)."""
         self._concurrent = store.kind != "duckdb"
         """Other writers (the application) may change rows between a batch's read and its write:
         writes re-check the rule's predicate and the rows' versions (PostgreSQL's `xmin`)."""
@@ -256,33 +245,10 @@ class Applier:
     # -- guard ----------------------------------------------------------------------------
 
     def check_delete_share(self, plan: Plan) -> None:
-        limit = self.options.max_delete_fraction
-        if limit is None:
-            return
-        deleting: dict[str, int] = {}
-        totals: dict[str, int] = {}
-        for rp in plan.rules:
-            if rp.action == "delete":
-                deleting[rp.table] = deleting.get(rp.table, 0) + rp.to_act
-                totals[rp.table] = rp.total
-            for c in rp.cascades:
-                if c.action == "delete":
-                    deleting[c.table] = deleting.get(c.table, 0) + c.rows
-        over = []
-        for table, n in deleting.items():
-            total = totals.get(table)
-            if total is None:
-                info = self.planner.catalog.tables[table]
-                total = self.session.scalar(sa.select(sa.func.count()).select_from(sa_table(info)))
-            if total and n / total > limit:
-                over.append(f"{table}: {n} of {total} rows ({n / total:.0%})")
-        if over:
-            raise ApprovalRequired(
-                f"this run would delete more than {limit:.0%} of a table, so nothing was changed: "
-                + "; ".join(over)
-                + ". Check the plan (`retention-jobs plan`), then approve with --max-delete-fraction "
-                "(Dagster: config max_delete_fraction) set to the share you accept"
-            )
+        """The night's delete share of every table this run deletes from (`guard`)."""
+        guard.check_delete_share(
+            self.session, self.planner.catalog, plan, self.options.max_delete_fraction
+        )
 
     # -- run ------------------------------------------------------------------------------
 
@@ -335,9 +301,8 @@ class Applier:
         results: dict[str, RuleResult] = {}
         failure: tuple[RulePlan, Exception] | None = None
         try:
-            ordered = sorted(
-                plan.rules, key=lambda rp: {"delete": 0, "anonymise": 1, "retain": 2}[rp.action]
-            )
+            # the order the plan counted in (`claims`): each row is counted for the rule that acts on it first
+            ordered = sorted(plan.rules, key=lambda rp: run_rank(rp.action))
             # every rule's rows are chosen before any rule changes anything: a rule must not act
             # on rows that an earlier rule of the same run turned into matches (its plan did not
             # count them); the per-batch re-check can only drop rows
@@ -561,11 +526,11 @@ class Applier:
         stage = self.session.stage_query(
             "rj_confirmed",
             sa.select(*(t.c[k] for k in keys)).where(
-                _in_stage(t, keys, journalled), self.pred.resumed(b, t)
+                in_stage(t, keys, journalled), self.pred.resumed(b, t)
             ),
         )
         with self.session.transaction():
-            self.session.execute(sa.delete(pending).where(mine, ~_in_stage(pending, keys, stage)))
+            self.session.execute(sa.delete(pending).where(mine, ~in_stage(pending, keys, stage)))
         return stage
 
     def _confirm(
@@ -583,7 +548,7 @@ class Applier:
         confirmed = self.session.stage_query(
             name,
             sa.select(*(t.c[k] for k in b.rule.keys)).where(
-                _in_stage(t, b.rule.keys, batch.subquery(), span), self.pred.actionable(b, t, span)
+                in_stage(t, b.rule.keys, batch.subquery(), span), self.pred.actionable(b, t, span)
             ),
         )
         return confirmed, span
@@ -691,7 +656,7 @@ class Applier:
         span = self._span
         recheck = self._concurrent and not b.cascades
         victims = sa.select(*(t.c[k] for k in keys)).where(
-            _in_stage(t, keys, confirmed, span),
+            in_stage(t, keys, confirmed, span),
             # another writer may have changed a row since the batch began: the whole predicate
             # again (a journalled batch's children are gone, and with them maybe its clock)
             self.pred.actionable(b, t, span) if recheck else ~self.pred.held(b, t),
@@ -702,7 +667,7 @@ class Applier:
                 # for this transaction; a row it changed first no longer matches and stays
                 lt = alias(b.table)
                 locked = sa.select(lt.c[keys[0]]).where(
-                    _in_stage(lt, keys, confirmed, span), self.pred.actionable(b, lt, span)
+                    in_stage(lt, keys, confirmed, span), self.pred.actionable(b, lt, span)
                 )
                 n_locked = self.session.scalar(
                     sa.select(sa.func.count()).select_from(locked.with_for_update(of=lt).subquery())
@@ -717,17 +682,17 @@ class Applier:
                 self.run_id,
                 b.table,
                 erasure.tracked_columns(b.table, b.rule.suppress),
-                lambda r: _in_stage(r, keys, victims.subquery(), span),
+                lambda r: in_stage(r, keys, victims.subquery(), span),
                 lambda r, c: self.pred.marked(b.table, keys, r, c),
             )
             self._drop_markers(b.table, keys, victims, span)
             n = self.session.execute(
-                sa.delete(target).where(_in_stage(target, keys, victims.subquery(), span))
+                sa.delete(target).where(in_stage(target, keys, victims.subquery(), span))
             )
             if b.cascades:
                 self.session.execute(
                     sa.delete(pending).where(
-                        pending.c.rule == b.id, _in_stage(pending, keys, confirmed)
+                        pending.c.rule == b.id, in_stage(pending, keys, confirmed)
                     )
                 )
             self._audit(b, b.table.name, "delete", batch_no, time.perf_counter() - t0, deleted=n)
@@ -746,7 +711,7 @@ class Applier:
         root = alias(b.table)
         root_col = path[0].references if path else link.references
         roots = sa.select(root.c[root_col]).where(
-            _in_stage(root, b.rule.keys, confirmed, self._span)
+            in_stage(root, b.rule.keys, confirmed, self._span)
         )
         values = parent_values(link, path, roots)
         child = sa_table(link.table)
@@ -799,7 +764,7 @@ class Applier:
         if control.marker_name(info.name) not in self.pred.marker_tables:
             return
         m = control.marker_table(info, keys)
-        self.session.execute(sa.delete(m).where(_in_stage(m, keys, rows.subquery(), span)))
+        self.session.execute(sa.delete(m).where(in_stage(m, keys, rows.subquery(), span)))
 
     def _suppress(self, b: BoundRule, victims: sa.Select) -> None:
         t = alias(b.table)
@@ -807,7 +772,7 @@ class Applier:
         data = pl.from_arrow(
             self.session.arrow(
                 sa.select(*(t.c[c] for c in cols)).where(
-                    _in_stage(t, b.rule.keys, victims.subquery(), self._span)
+                    in_stage(t, b.rule.keys, victims.subquery(), self._span)
                 )
             )
         )
@@ -919,7 +884,7 @@ class Applier:
                 *(m.c[k] for k in keys),
                 sa.func.string_agg(m.c.columns, sa.literal("")).label("cols"),
             )
-            .where(_in_stage(m, keys, rows.subquery(), span))
+            .where(in_stage(m, keys, rows.subquery(), span))
             .group_by(*(m.c[k] for k in keys))
             .subquery()
         )
@@ -935,7 +900,7 @@ class Applier:
                 *([_row_version(t).label("rj_xmin")] if versioned else []),
             )
             .select_from(t.outerjoin(marks, sa.and_(*(marks.c[k] == t.c[k] for k in keys))))
-            .where(_in_stage(t, keys, rows.subquery(), span))
+            .where(in_stage(t, keys, rows.subquery(), span))
         )
         if lock:
             q = q.with_for_update(of=t)

@@ -302,7 +302,8 @@ def plan(store, policy_dir, purposes, fmt, as_of) -> None:
     default=0.25,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Refuse to delete more than this share of any table (exit 3, nothing changed).",
+    help="Refuse to delete more than this share of any table in one night, counting every "
+    "run with the same --as-of date whatever its purpose (exit 3, nothing changed).",
 )
 @click.option(
     "--workers",

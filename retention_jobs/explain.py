@@ -103,9 +103,12 @@ def render(report: RunReport, console: Console) -> None:
             done = f"{r.deleted or r.anonymised}"
         extra = []
         if rp.superseded:
-            extra.append(f"{rp.superseded} deleted by another rule")
+            extra.append(f"{rp.superseded} deleted first by another rule or cascade")
         if rp.already_done:
-            extra.append(f"{rp.already_done} anonymised before")
+            extra.append(f"{rp.already_done} anonymised before (an earlier run or rule)")
+        for c in rp.cascades:
+            if c.superseded:
+                extra.append(f"{c.superseded} linked {c.table} rows deleted first by another step")
         table.add_row(
             rp.rule_id,
             rp.table,

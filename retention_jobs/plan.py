@@ -3,6 +3,7 @@ periods. Pure: it only reads (the DuckDB file's bytes are unchanged after a plan
 holds counts and dates only; the keys to act on are staged inside the store when a run applies
 it, never carried here, never printed."""
 
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
 from retention_jobs import control
+from retention_jobs.claims import Claims, run_rank, shared_tables
 from retention_jobs.load import PolicySet
 from retention_jobs.periods import expires_on
 from retention_jobs.predicates import Predicates, alias
@@ -26,7 +28,10 @@ class CascadePlan(_Frozen):
     table: str
     action: str
     rows: int
-    """Child rows linked to the parent rows the rule acts on."""
+    """Child rows linked to the parent rows the rule acts on that this cascade changes: a row
+    an earlier step of the run deletes (`superseded`) is not counted again."""
+    superseded: int = 0
+    """Linked rows that an earlier rule, or an earlier cascade, of the run deletes first."""
 
 
 class RetainNote(_Frozen):
@@ -52,9 +57,10 @@ class RulePlan(_Frozen):
     held: int
     retained: int
     superseded: int = 0
-    """Expired rows that a delete rule on the same table removes (deletion wins)."""
+    """Expired rows that another rule deletes: a delete rule on the same table (deletion wins
+    over anonymisation), or a rule or cascade before this rule in run order (`claims`)."""
     already_done: int = 0
-    """Rows an earlier run already anonymised."""
+    """Rows whose columns an earlier run, or an earlier rule of this run, already anonymised."""
     to_act: int
     cascades: tuple[CascadePlan, ...] = ()
     retained_by: tuple[RetainNote, ...] = ()
@@ -79,14 +85,21 @@ def _sum(cond: sa.ColumnElement) -> sa.ColumnElement:
     return sa.func.coalesce(sa.func.sum(sa.case((cond, 1), else_=0)), 0)
 
 
-def parent_values(link: Link, path: list[Link], root_values: sa.Select) -> sa.Select:
+def parent_values(
+    link: Link,
+    path: list[Link],
+    root_values: sa.Select,
+    gone: Callable[[str, sa.FromClause], sa.ColumnElement] | None = None,
+) -> sa.Select:
     """Values of the column of `link`'s parent that `link.on` refers to, for the rows reached from
-    the root's acted-on rows along `path` (the links above `link`)."""
+    the root's acted-on rows along `path` (the links above `link`). `gone` (planning): rows an
+    earlier step of the run deletes, which the walk cannot pass through."""
     values = root_values
     for i, step in enumerate(path):
         c = alias(step.table)
         nxt = path[i + 1] if i + 1 < len(path) else link
-        values = sa.select(c.c[nxt.references]).where(c.c[step.on].in_(values))
+        there = [~gone(step.table.name, c)] if gone is not None else []
+        values = sa.select(c.c[nxt.references]).where(c.c[step.on].in_(values), *there)
     return values
 
 
@@ -132,15 +145,29 @@ class Planner:
         return [b for b in self.bound if purposes is None or b.policy.purpose in purposes]
 
     def plan(self, purposes: list[str] | None = None) -> Plan:
+        """Every rule's counts, planned in run order: a row two steps reach is counted for the
+        first (see `claims`), so the counts are what the run does, and a table's deletes
+        summed over rules and cascades are distinct rows."""
+        rules = self.rules(purposes)
+        claims = Claims(self.session, shared_tables(rules))
+        try:
+            plans = {
+                b.id: self.rule_plan(b, claims)
+                for b in sorted(rules, key=lambda b: run_rank(b.rule.action))
+            }
+        finally:
+            claims.drop()
         return Plan(
             as_of=self.as_of,
             store=self.store.describe(),
             policies_sha256=self.policies.digest,
             created_at=control.now(),
-            rules=tuple(self.rule_plan(b) for b in self.rules(purposes)),
+            rules=tuple(plans[b.id] for b in rules),
         )
 
-    def rule_plan(self, b: BoundRule) -> RulePlan:
+    def rule_plan(self, b: BoundRule, claims: Claims | None = None) -> RulePlan:
+        """`claims`: what the rules before `b` in run order take (none: `b` alone)."""
+        claims = claims or Claims(self.session, set())
         p = self.pred
         t = alias(b.table)
         common: dict[str, Any] = dict(
@@ -162,13 +189,16 @@ class Planner:
         # each predicate once per row, as a flag; DuckDB re-evaluates a predicate repeated in
         # several sums, which made planning an anonymise rule many times slower
         anon = b.rule.action == "anonymise"
+        gone = sa.or_(claims.is_gone(b.table.name, t), ~self.expired_then(b, t, claims))
         flags = (
             sa.select(
                 p.expired(b, t).label("e"),
                 p.held(b, t).label("h"),
                 p.retained(b, t).label("r"),
-                (p.superseded(b, t) if anon else sa.false()).label("s"),
-                (p.done(b, t) if anon else sa.false()).label("d"),
+                sa.or_(p.superseded(b, t) if anon else sa.false(), gone).label("s"),
+                (sa.or_(p.done(b, t), claims.done_in_run(b, t, p)) if anon else sa.false()).label(
+                    "d"
+                ),
             )
             .select_from(t)
             .where(p.expired(b, t))
@@ -180,17 +210,23 @@ class Planner:
         e, h, r, s, d = (flags.c[n] for n in "ehrsd")
         free = sa.and_(e, ~h, ~r)
         cols = [sa.func.count(), _sum(e), _sum(sa.and_(e, h)), _sum(sa.and_(e, ~h, r))]
-        if anon:
-            cols += [_sum(sa.and_(free, s)), _sum(sa.and_(free, ~s, d))]
+        cols += [_sum(sa.and_(free, s)), _sum(sa.and_(free, ~s, d))]
         cols.append(_sum(sa.and_(free, ~s, ~d)))
-        row = self.session.fetchall(sa.select(*cols).select_from(flags))[0]
-        if b.rule.action == "anonymise":
-            _, exp, hld, ret, sup, done, act = row
-        else:
-            (_, exp, hld, ret, act), sup, done = row, 0, 0
+        _, exp, hld, ret, sup, done, act = self.session.fetchall(
+            sa.select(*cols).select_from(flags)
+        )[0]
         # the flags cover the expired rows only: the hold, retain and marker subqueries join
         # those (one row for a data-subject request), not the whole table
         total = self.session.scalar(sa.select(sa.func.count()).select_from(alias(b.table)))
+        # what `b` takes, fixed before its own cascades and rows are recorded as taken
+        acted = self.acted(b, claims)
+        cascades = self.cascade_plans(b, claims, acted)
+        claims.take_rows(
+            b.table.name,
+            b.rule.keys,
+            sa.select(*(acted[0].c[k] for k in b.rule.keys)).where(acted[1]),
+            b.rule.columns if anon else None,
+        )
         return RulePlan(
             **common,
             total=total,
@@ -200,24 +236,61 @@ class Planner:
             superseded=sup,
             already_done=done,
             to_act=act,
-            cascades=self.cascade_plans(b),
+            cascades=cascades,
             retained_by=self.retain_notes(b) if ret else (),
         )
 
     def acted_keys(self, b: BoundRule, column: str) -> sa.Select:
+        """`column` of every row `b` may act on, whatever other rules do (for `diff`)."""
         t = alias(b.table)
         return sa.select(t.c[column]).where(self.pred.actionable(b, t))
 
-    def cascade_plans(self, b: BoundRule) -> tuple[CascadePlan, ...]:
+    def expired_then(self, b: BoundRule, t: sa.FromClause, claims: Claims) -> sa.ColumnElement:
+        """`b`'s expiry when the run reaches it: the run re-checks each batch, and a related
+        clock or filter no longer sees the rows earlier rules deleted (a contact whose
+        activities went first may have no last activity left)."""
+        if not claims.reads_gone(b):
+            return sa.true()
+        self.pred.hidden = claims.is_gone
+        try:
+            return self.pred.expired(b, t)
+        finally:
+            self.pred.hidden = None
+
+    def acted(self, b: BoundRule, claims: Claims) -> tuple[sa.FromClause, sa.ColumnElement]:
+        """The rows of `b` (in the alias returned) that the run will act on: actionable, and
+        not taken by an earlier step of the run (`claims`)."""
+        t = alias(b.table)
+        where = sa.and_(
+            self.pred.actionable(b, t),
+            self.expired_then(b, t, claims),
+            ~claims.is_gone(b.table.name, t),
+            ~claims.done_in_run(b, t, self.pred) if b.rule.action == "anonymise" else sa.true(),
+        )
+        return t, where
+
+    def cascade_plans(
+        self, b: BoundRule, claims: Claims, acted: tuple[sa.FromClause, sa.ColumnElement]
+    ) -> tuple[CascadePlan, ...]:
+        """Per link, deepest first (the run's order), the linked rows the cascade changes;
+        each recorded in `claims` as taken."""
+        t, acted_rows = acted
         out = []
         for link, path in link_paths(b):
             root_col = path[0].references if path else link.references
-            values = parent_values(link, path, self.acted_keys(b, root_col))
+            roots = sa.select(t.c[root_col]).where(acted_rows)
+            values = parent_values(link, path, roots, claims.is_gone)
             c = alias(link.table)
-            n = self.session.scalar(
-                sa.select(sa.func.count()).select_from(c).where(c.c[link.on].in_(values))
+            gone = claims.is_gone(link.table.name, c)
+            n, sup = self.session.fetchall(
+                sa.select(_sum(~gone), _sum(gone)).select_from(c).where(c.c[link.on].in_(values))
+            )[0]
+            out.append(
+                CascadePlan(table=link.table.name, action=link.spec.action, rows=n, superseded=sup)
             )
-            out.append(CascadePlan(table=link.table.name, action=link.spec.action, rows=n))
+            if link.spec.action in ("delete", "anonymise"):
+                columns = link.spec.columns if link.spec.action == "anonymise" else None
+                claims.take_linked(link.table.name, link.on, values, columns)
         return tuple(out)
 
     def retain_notes(self, b: BoundRule) -> tuple[RetainNote, ...]:

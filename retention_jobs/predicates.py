@@ -17,8 +17,9 @@ Semantics (the property test's oracle implements the same in plain Python):
 
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -35,6 +36,21 @@ _alias_counter = itertools.count()
 
 def alias(info: TableInfo) -> sa.FromClause:
     return sa_table(info, f"t{next(_alias_counter)}")
+
+
+def in_stage(
+    t: sa.FromClause,
+    keys: Sequence[str],
+    stage: sa.FromClause,
+    span: tuple[Any, Any] | None = None,
+) -> sa.ColumnElement:
+    """`t`'s rows whose keys are in `stage`. `span`: the least and greatest first key of the
+    stage; a redundant range test that lets the store skip what cannot match (DuckDB's zone
+    maps, an index range scan) instead of scanning the whole table for every batch."""
+    prune = [t.c[keys[0]].between(*span)] if span is not None else []
+    if len(keys) == 1:
+        return sa.and_(*prune, t.c[keys[0]].in_(sa.select(stage.c[keys[0]])))
+    return sa.and_(*prune, sa.exists().where(*(stage.c[k] == t.c[k] for k in keys)))
 
 
 def condition(
@@ -116,6 +132,12 @@ class Predicates:
         """The run's moment, when it was given as one (`--as-of 2026-12-02T02:00:00+01:00`):
         then timestamp clocks compare exactly (strictly older than `keep_for` at this
         moment) and date clocks use its date in each policy's zone."""
+        self.hidden: Callable[[str, sa.FromClause], sa.ColumnElement] | None = None
+        """Planning only (`claims`): rows of a table that an earlier rule of the run deletes,
+        which a related clock or filter must no longer see."""
+
+    def _visible(self, table: str, r: sa.FromClause) -> list[sa.ColumnElement]:
+        return [] if self.hidden is None else [~self.hidden(table, r)]
 
     # -- clocks ---------------------------------------------------------------------------
 
@@ -126,7 +148,7 @@ class Predicates:
             agg = sa.func.max if clock.aggregate == "max" else sa.func.min
             return (
                 sa.select(agg(r.c[clock.column]))
-                .where(r.c[clock.on] == t.c[clock.parent_column])
+                .where(r.c[clock.on] == t.c[clock.parent_column], *self._visible(clock.table, r))
                 .scalar_subquery()
             )
         return t.c[clock]
@@ -181,7 +203,7 @@ class Predicates:
     def _related(self, rel: RelatedFilter, t: sa.FromClause, tz: str) -> sa.ColumnElement:
         rinfo = self.catalog.tables[rel.table]
         r = alias(rinfo)
-        linked = r.c[rel.on] == t.c[rel.parent_column]
+        linked = sa.and_(r.c[rel.on] == t.c[rel.parent_column], *self._visible(rel.table, r))
         conds = sa.and_(
             all_of(r, rel.conditions, rinfo, tz), *(self._related(n, r, tz) for n in rel.related)
         )
@@ -252,7 +274,8 @@ class Predicates:
         # a cascade changes or deletes the rows it reaches: a parent with a held row anywhere
         # below it (its table held, or its subject, by any subject declaration of that table)
         # is held itself (the database's ON DELETE CASCADE reaches no other rows: `resolve`
-        # requires a cascade for every foreign key into a table a rule deletes from)
+        # requires a cascade for every foreign key into a table a rule deletes from, and turns
+        # the database's own cascades into cascades of the rule)
         for link in b.cascades:
             parts.append(
                 self._link_exists(

@@ -5,6 +5,8 @@ import difflib
 from dataclasses import dataclass, field
 from datetime import date
 
+from pydantic import ValidationError
+
 from retention_jobs.errors import PolicyError, Problem
 from retention_jobs.fakes import check_provider
 from retention_jobs.literals import LiteralError, to_column_type
@@ -25,7 +27,7 @@ from retention_jobs.policy import (
     Rule,
     Strategy,
 )
-from retention_jobs.store.base import Catalog, ColumnInfo, TableInfo
+from retention_jobs.store.base import Catalog, ColumnInfo, ForeignKey, TableInfo
 
 DATE_TYPES = ("date", "timestamp", "timestamptz")
 NUMERIC_TYPES = ("integer", "float", "decimal")
@@ -298,7 +300,7 @@ class _Resolver:
             )
         if r.action == "delete" and not r.unreferenced:
             # (an unreferenced row has no child a delete could break)
-            self.fk_coverage(f, base, info, links)
+            links += self.fk_coverage(f, base, info, links, (info.name,))
         inferred = (
             self.infer(f, base, info, r) if r.subject is None and r.action != "retain" else ()
         )
@@ -438,7 +440,9 @@ class _Resolver:
         parent: TableInfo,
         parent_key: list[str] | tuple[str, ...],
         c: Cascade,
+        above: tuple[str, ...] = (),
     ) -> Link | None:
+        """`above`: the tables of the cascade's ancestors (the rule's first)."""
         info = self.table(f, (*loc, "table"), c.table)
         if info is None:
             return None
@@ -477,22 +481,33 @@ class _Resolver:
         children = tuple(
             link
             for j, cc in enumerate(c.cascade)
-            if (link := self.cascade(f, (*loc, "cascade", j), info, key, cc)) is not None
+            if (link := self.cascade(f, (*loc, "cascade", j), info, key, cc, (*above, info.name)))
+            is not None
         )
+        if c.action == "delete":
+            children += self.fk_coverage(f, loc, info, children, (*above, info.name))
         inferred = (
             ()
             if info.name in self.declared_tables
             else infer_subjects(self.catalog, self.identities, info)
         )
-        link = Link(c, info, c.on, references, key, children, inferred)
-        if c.action == "delete":
-            self.fk_coverage(f, loc, info, children)
-        return link
+        return Link(c, info, c.on, references, key, children, inferred)
 
     def fk_coverage(
-        self, f: PolicyFile, loc: Loc, info: TableInfo, links: tuple[Link, ...]
-    ) -> None:
-        """A delete must not break a foreign key: every referencing table needs a cascade."""
+        self,
+        f: PolicyFile,
+        loc: Loc,
+        info: TableInfo,
+        links: tuple[Link, ...],
+        above: tuple[str, ...],
+    ) -> tuple[Link, ...]:
+        """A delete must not break a foreign key: every referencing table needs a cascade. A
+        foreign key the database itself cascades (PostgreSQL's ON DELETE CASCADE / SET NULL)
+        needs none: it becomes a cascade of the policy (`database_cascade`), so the plan
+        counts its rows, holds on them stop the parent, and the ledger records them; the
+        engine deletes or unlinks them first, and the database finds nothing left to do.
+        Returns those cascades."""
+        implied: list[Link] = []
         for fk in self.catalog.referencing(info.name):
             covered = any(
                 link.table.name == fk.table
@@ -503,7 +518,9 @@ class _Resolver:
                 )
                 for link in links
             )
-            if not covered:
+            if not covered and (link := self.database_cascade(f, loc, info, fk, above)):
+                implied.append(link)
+            elif not covered:
                 self.err(
                     f,
                     (*loc, "cascade"),
@@ -511,6 +528,28 @@ class _Resolver:
                     f"({', '.join(fk.columns)})",
                     f"add a cascade: {{table: {fk.table}, on: {fk.columns[0]}, action: delete | unlink}}",
                 )
+        return tuple(implied)
+
+    def database_cascade(
+        self, f: PolicyFile, loc: Loc, info: TableInfo, fk: ForeignKey, above: tuple[str, ...]
+    ) -> Link | None:
+        """The cascade the database itself would do for `fk`, as a policy cascade; None where
+        it has none (or one the engine cannot follow: several columns, a cycle back to a
+        table above, names a policy cannot spell)."""
+        if fk.on_delete is None or len(fk.columns) != 1 or fk.table in above:
+            return None
+        if fk.table == info.name:
+            return None
+        try:
+            spec = Cascade(
+                table=fk.table,
+                on=fk.columns[0],
+                references=fk.ref_columns[0],
+                action="delete" if fk.on_delete == "CASCADE" else "unlink",
+            )
+        except ValidationError:
+            return None
+        return self.cascade(f, loc, info, [fk.ref_columns[0]], spec, above)
 
 
 def strategy_problem(s: Strategy, col: ColumnInfo) -> tuple[str, str] | None:

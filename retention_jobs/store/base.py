@@ -39,6 +39,9 @@ class ForeignKey:
     columns: tuple[str, ...]
     ref_table: str
     ref_columns: tuple[str, ...]
+    on_delete: str | None = None
+    """The database's own action when a referenced row is deleted: CASCADE or SET NULL (None:
+    no action, the delete fails). DuckDB has none."""
 
 
 @dataclass(frozen=True)

@@ -844,6 +844,7 @@ class SqlStore(Store):
                             tuple(fk["constrained_columns"]),
                             f"{fk['referred_schema'] or default_schema}.{fk['referred_table']}",
                             tuple(fk["referred_columns"]),
+                            _on_delete(fk),
                         )
                         for fk in fks.get(key, [])
                     )
@@ -918,3 +919,9 @@ def _wait_for_horizon(session: "SqlSession", horizon: str, limit: float) -> floa
         time.sleep(min(delay, max(0.0, limit - (time.monotonic() - t0))))
         delay = min(delay * 2, 1.0)
     return time.monotonic() - t0
+
+
+def _on_delete(fk: Any) -> str | None:
+    """CASCADE or SET NULL where the database itself acts on a deleted parent, else None."""
+    action = str((fk.get("options") or {}).get("ondelete") or "").upper()
+    return action if action in ("CASCADE", "SET NULL") else None
