@@ -25,6 +25,7 @@ from retention_jobs.errors import (
     ApprovalRequired,
     ConfigError,
     PolicyError,
+    PurgeFailed,
     RetentionError,
     RunInProgress,
     StoreRejected,
@@ -33,6 +34,7 @@ from retention_jobs.errors import (
 )
 from retention_jobs.explain import render, to_json
 from retention_jobs.load import PolicySet, load_policies
+from retention_jobs.purge import failure_message
 from retention_jobs.store import mask_url, open_store, store_location
 
 out = Console(width=None if sys.stdout.isatty() else 150)
@@ -67,6 +69,10 @@ def _fail(exc: BaseException) -> None:
     if isinstance(exc, StoreUnavailable):
         err.print(mask_url(str(exc)), markup=False, highlight=False)
         sys.exit(4)
+    if isinstance(exc, PurgeFailed):
+        # the changes are committed, the erasure is not done: a failure, not bad input
+        err.print(f"error: {mask_url(str(exc))}", markup=False, highlight=False)
+        sys.exit(1)
     if isinstance(exc, StoreRejected):
         # the database refused a statement: not bad input, not retryable by waiting; the
         # message is built from the error's structured parts only (no row, no key value)
@@ -272,6 +278,9 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
             markup=False,
             highlight=False,
         )
+    if report.purge and report.purge.get("failed"):
+        err.print(failure_message(report.purge), markup=False, highlight=False)
+        sys.exit(1)
     if not purposes:  # then the data-subject requests that are due
         _process_requests_after_run(store, policy_dir, as_of, fmt)
     if report.purge and not report.purge.get("complete", True):
@@ -383,6 +392,9 @@ def purge(store, policy_dir) -> None:
         tables = list(s.catalog(session).tables)
     result = purge_tables(s, policies, "manual-purge", tables) or {"method": "none", "tables": 0}
     out.print(json.dumps(result), markup=False)
+    if result.get("failed"):
+        err.print(failure_message(result), markup=False, highlight=False)
+        sys.exit(1)
     if not result.get("complete", True):
         err.print(
             "purge incomplete: older transactions still see the deleted rows "

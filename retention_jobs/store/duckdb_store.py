@@ -30,6 +30,7 @@ from retention_jobs.store.base import (
     TableInfo,
     safe_ident,
 )
+from retention_jobs.store.duckdb_copy import copy_live_data, referenced_schema
 
 _DIALECT = postgresql.dialect(paramstyle="numeric_dollar")
 CATALOG = "rj_store"
@@ -347,7 +348,10 @@ class DuckDBStore(Store):
                 )  # the copy stays within the same memory
                 con.execute("ATTACH ? AS rj_src (READ_ONLY)", [str(self.path)])
                 con.execute("ATTACH ? AS rj_dst", [str(tmp)])
-                con.execute("COPY FROM DATABASE rj_src TO rj_dst")
+                # not DuckDB's `COPY FROM DATABASE` alone: its row order can break a
+                # self-referencing foreign key (duckdb_copy.py)
+                with _refusals():
+                    copy_live_data(con, "rj_src", "rj_dst")
                 con.execute("DETACH rj_dst")
                 con.execute("DETACH rj_src")
             finally:
@@ -412,8 +416,7 @@ class DuckDBStore(Store):
             if ctype == "PRIMARY KEY":
                 pks[name] = tuple(ccols)
             elif ctype == "FOREIGN KEY":
-                m = re.search(r'REFERENCES\s+(?:"?(\w+)"?\.)?"?(\w+)"?', ctext or "")
-                ref_schema = m.group(1) if m and m.group(1) else schema
+                ref_schema = referenced_schema(ctext, schema)
                 fks.setdefault(name, []).append(
                     ForeignKey(cname, name, tuple(ccols), f"{ref_schema}.{rtable}", tuple(rcols))
                 )
