@@ -18,7 +18,11 @@ from stores import reset_pg_database
 from retention_jobs import control
 from retention_jobs.anonymise import PseudonymKey
 from retention_jobs.apply import RunOptions, run_policies
+from retention_jobs.check import run_checks
+from retention_jobs.errors import PolicyError
 from retention_jobs.load import PolicySet
+from retention_jobs.plan import build_plan
+from retention_jobs.resolve import resolve
 from retention_jobs.store.base import Store
 from retention_jobs.store.duckdb_store import DuckDBStore
 from retention_jobs.store.sql_store import SqlStore
@@ -265,3 +269,116 @@ def test_the_duckdb_copy_keeps_every_row_key_sequence_and_view(tmp_path):
             s.execute(
                 'INSERT INTO "People Ops"."Staff" ("Id", "Code", mentor_code) VALUES (99, \'c99\', \'nobody\')'
             )
+
+
+# --- a ticketing app: ENUM states, a DOMAIN over citext, a citext handle -----------------------
+
+N_TICKETS = 60
+STATES = ("open", "pending", "closed", "spam")
+
+
+def _ticket(i: int) -> tuple[int, str, str, str, str]:
+    state = STATES[i % 4]
+    # a handle written in the case the requester typed it: citext compares without case
+    handle = "SupportBot" if i % 5 == 0 else "supportbot" if i % 5 == 1 else f"user{i}"
+    closed_on = "2021-06-01" if i % 2 == 0 else "2026-11-01"
+    return i, state, f"Requester{i}@Tickets.example", handle, closed_on
+
+
+def ticket_ddl(store: Store) -> list[str]:
+    """PostgreSQL: an ENUM, a DOMAIN over citext and a citext column; DuckDB has ENUM but no
+    domains and no citext (plain VARCHAR there, compared with case: the oracle knows)."""
+    pg = isinstance(store, SqlStore)
+    ddl = ["CREATE EXTENSION IF NOT EXISTS citext"] if pg else []
+    ddl += [
+        "CREATE SCHEMA desk",
+        "CREATE TYPE desk.ticket_state AS ENUM ('open', 'pending', 'closed', 'spam')"
+        if pg
+        else "CREATE TYPE ticket_state AS ENUM ('open', 'pending', 'closed', 'spam')",
+    ]
+    if pg:
+        ddl.append("CREATE DOMAIN desk.email_address AS citext CHECK (VALUE LIKE '%@%')")
+    ddl.append(
+        "CREATE TABLE desk.tickets (id BIGINT PRIMARY KEY, "
+        + ("state desk.ticket_state NOT NULL, " if pg else "state ticket_state NOT NULL, ")
+        + ("requester desk.email_address NOT NULL, " if pg else "requester VARCHAR NOT NULL, ")
+        + ("handle citext, " if pg else "handle VARCHAR, ")
+        + "closed_on DATE, body VARCHAR)"
+    )
+    ddl.append(
+        "INSERT INTO desk.tickets VALUES "
+        + ", ".join(
+            f"({i}, '{s}', '{r}', '{h}', DATE '{c}', 'ticket text {i}')"
+            for i, s, r, h, c in map(_ticket, range(1, N_TICKETS + 1))
+        )
+    )
+    return ddl
+
+
+TICKETS = """
+purpose: support
+title: Support tickets
+legal_basis: legitimate_interests
+owner: support
+rules:
+  - name: closed
+    table: desk.tickets
+    key: id
+    subject: {kind: requester, column: requester}
+    clock: closed_on
+    keep_for: P1Y
+    where:
+      state: {in: [closed, spam]}
+      handle: {ne: supportbot}
+      requester: {ne: requester8@tickets.example}
+    action: anonymise
+    columns: {body: redact}
+"""
+
+
+def _expected_tickets(pg: bool) -> set[int]:
+    """Oracle in Python: closed before 2025-11-22, state closed or spam, the handle not
+    'supportbot' (without case on PostgreSQL's citext), the requester not requester 8."""
+    out = set()
+    for i, state, requester, handle, closed_on in map(_ticket, range(1, N_TICKETS + 1)):
+        same = (lambda a, b: a.lower() == b.lower()) if pg else (lambda a, b: a == b)
+        if (
+            closed_on < "2025-11-22"
+            and state in ("closed", "spam")
+            and not same(handle, "supportbot")
+            and not same(requester, "requester8@tickets.example")
+        ):
+            out.add(i)
+    return out
+
+
+def test_where_on_enum_domain_and_citext_columns_compares_in_the_columns_own_type(store):
+    pg = isinstance(store, SqlStore)
+    sql(store, *ticket_ddl(store))
+    ps = policies(TICKETS)
+    expected = _expected_tickets(pg)
+    assert expected and len(expected) < N_TICKETS  # the scenario selects some, not all
+
+    plan = {r.rule_id: r for r in build_plan(store, ps, AS_OF).rules}["support/closed"]
+    assert plan.to_act == len(expected)
+    report = run(store, ps, purge=False)
+    assert {r.plan.rule_id: r.anonymised for r in report.rules}["support/closed"] == len(expected)
+    changed = {i for (i,) in rows(store, "SELECT id FROM desk.tickets WHERE body IS NULL")}
+    assert changed == expected
+    # the checks build the same predicates: they run, and find nothing expired left
+    results = {r.name: r for r in run_checks(store, ps, AS_OF, KEY, run_id=report.run_id)}
+    assert results["nothing_expired_left"].passed, results["nothing_expired_left"].summary
+
+
+def test_validate_refuses_a_value_that_is_not_a_label_of_the_enum(store):
+    sql(store, *ticket_ddl(store))
+    text = TICKETS.replace("{in: [closed, spam]}", "{in: [closed, Spam]}")
+    with store.connect(read_only=True) as s:
+        catalog = store.catalog(s)
+    with pytest.raises(PolicyError) as e:
+        resolve(policies(text), catalog, store.kind)
+    [problem] = e.value.problems
+    line = text.splitlines().index("      state: {in: [closed, Spam]}") + 1
+    assert str(problem).startswith(f"p0.yaml:{line}:")
+    assert "'Spam' is not a label of the ENUM" in str(problem)
+    assert "did you mean 'spam'?" in str(problem)

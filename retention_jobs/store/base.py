@@ -29,6 +29,17 @@ class ColumnInfo:
     max_length: int | None = None
     unique: bool = False
     """Part of a single-column PRIMARY KEY or UNIQUE constraint."""
+    labels: tuple[str, ...] | None = None
+    """An ENUM column's labels in their order; None for any other type."""
+
+
+def is_nested(col: ColumnInfo) -> bool:
+    """An array, struct, map or JSON column (by the catalog's type name): it can hold personal
+    text, but not as a string, and no `where` value or text strategy applies to it."""
+    raw = col.raw_type.strip().upper()
+    return col.type == "other" and (
+        raw.endswith("]") or raw.startswith(("JSON", "STRUCT", "MAP", "LIST", "UNION"))
+    )
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,13 @@ def normalise_type(raw: str) -> str:
     return "other"
 
 
+def enum_labels(raw: str) -> tuple[str, ...] | None:
+    """The labels of DuckDB's `ENUM('a', 'b''c')` type name, None for any other type."""
+    if not raw.startswith("ENUM("):
+        return None
+    return tuple(m.replace("''", "'") for m in re.findall(r"'((?:[^']|'')*)'", raw))
+
+
 def _quote(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
@@ -432,6 +439,7 @@ class DuckDBStore(Store):
                 nullable=bool(nullable),
                 max_length=maxlen,
                 unique=(schema, table, column) in unique,
+                labels=enum_labels(dtype),
             )
         for name, columns in by_table.items():
             tables[name] = TableInfo(name, columns, pks.get(name, ()), tuple(fks.get(name, [])))
