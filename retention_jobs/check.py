@@ -221,8 +221,13 @@ def erasure_verified(store: Store, key: PseudonymKey, run_id: str | Sequence[str
         return CheckResult(
             "erasure_verified",
             True,
-            f"none of {result.tracked} erased values found in {result.scanned_bytes:,} bytes",
-            counts,
+            f"none of {result.tracked} erased values found in {result.scanned_bytes:,} bytes"
+            + (
+                f"; not tracked (nested columns, values not proved): {', '.join(result.untracked)}"
+                if result.untracked
+                else ""
+            ),
+            {**counts, "untracked_nested_columns": len(result.untracked)},
         )
     return CheckResult(
         "erasure_verified",

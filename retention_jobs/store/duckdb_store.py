@@ -48,6 +48,10 @@ def compile_for_duckdb(stmt: sa.Executable) -> tuple[str, list[Any]]:
 
 def normalise_type(raw: str) -> str:
     t = raw.upper()
+    if t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION", "LIST")):
+        # nested (VARCHAR[], BIGINT[3], STRUCT(...)): not a string because it starts with
+        # VARCHAR; no text strategy, `where` value or LIKE applies to it
+        return "other"
     if t.startswith(
         (
             "TINYINT",
