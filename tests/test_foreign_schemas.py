@@ -519,3 +519,79 @@ def test_validate_refuses_a_where_value_on_an_array_column(store):
     line = text.splitlines().index("    where: {tags: all}") + 1
     assert str(problem).startswith(f"p0.yaml:{line}:")
     assert "cannot be filtered by value" in str(problem)
+
+
+# --- a CRM: indexed personal columns of customers that invoices reference ----------------------
+
+CRM_DDL = [
+    "CREATE SCHEMA crm",
+    "CREATE TABLE crm.customers (id BIGINT PRIMARY KEY, email VARCHAR, phone VARCHAR, "
+    "nick VARCHAR, closed_on DATE)",
+    "CREATE INDEX customers_email_idx ON crm.customers (email)",
+    "CREATE INDEX customers_nick_lower ON crm.customers (lower(nick))",
+    "CREATE TABLE crm.invoices (id BIGINT PRIMARY KEY, "
+    "customer_id BIGINT REFERENCES crm.customers (id), total DECIMAL(10, 2))",
+    "INSERT INTO crm.customers VALUES "
+    + ", ".join(
+        f"({i}, 'cust{i}@crm.example', '+47 400{i:05d}', 'Nick{i}', "
+        f"{'DATE ' + repr('2022-05-01') if i % 2 else 'NULL'})"
+        for i in range(1, 21)
+    ),
+    # every customer has an invoice: every row is referenced
+    "INSERT INTO crm.invoices VALUES "
+    + ", ".join(f"({100 + i}, {i}, {i}.50)" for i in range(1, 21)),
+]
+
+CUSTOMERS = """
+purpose: crm
+title: Closed customer accounts
+legal_basis: contract
+owner: sales
+rules:
+  - name: closed
+    table: crm.customers
+    key: id
+    subject: {kind: customer, column: id}
+    clock: closed_on
+    keep_for: P2Y
+    action: anonymise
+    columns:
+      phone: redact
+      email: hash
+      nick: redact
+"""
+
+
+def test_indexed_columns_of_referenced_rows_are_refused_on_duckdb_and_work_on_postgresql(store):
+    sql(store, *CRM_DDL)
+    before = rows(store, "SELECT * FROM crm.customers ORDER BY id")
+    ps = policies(CUSTOMERS)
+    closed = {i for i in range(1, 21) if i % 2}
+    if isinstance(store, SqlStore):
+        report = run(store, ps, purge=False)
+        assert {r.plan.rule_id: r.anonymised for r in report.rules}["crm/closed"] == len(closed)
+        after = {r[0]: r for r in rows(store, "SELECT * FROM crm.customers ORDER BY id")}
+        assert {i for i, r in after.items() if r[2] is None and r[3] is None} == closed
+        assert rows(store, "SELECT count(*) FROM crm.invoices") == [(20,)]
+        return
+    with store.connect(read_only=True) as s:
+        catalog = store.catalog(s)
+    with pytest.raises(PolicyError) as e:
+        resolve(ps, catalog, store.kind)
+    lines = CUSTOMERS.splitlines()
+    problems = sorted(str(p) for p in e.value.problems)
+    assert len(problems) == 2  # phone has no index: it is not refused
+    email, nick = problems
+    assert email.startswith(f"p0.yaml:{lines.index('      email: hash') + 1}:7:")
+    assert "crm.customers.email" in email and "customers_email_idx" in email
+    assert "crm.invoices" in email and "DROP INDEX" in email
+    assert nick.startswith(f"p0.yaml:{lines.index('      nick: redact') + 1}:7:")
+    assert "customers_nick_lower" in nick
+    # and a run refuses before it changes anything
+    with pytest.raises(PolicyError):
+        run(store, ps, purge=False)
+    assert rows(store, "SELECT * FROM crm.customers ORDER BY id") == before
+    # without the two indexed columns the same rule runs
+    ok = policies(CUSTOMERS.replace("      email: hash\n", "").replace("      nick: redact\n", ""))
+    report = run(store, ok, purge=False)
+    assert {r.plan.rule_id: r.anonymised for r in report.rules}["crm/closed"] == len(closed)

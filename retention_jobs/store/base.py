@@ -58,6 +58,14 @@ class TableInfo:
     columns: dict[str, ColumnInfo]
     primary_key: tuple[str, ...] = ()
     foreign_keys: tuple[ForeignKey, ...] = ()
+    indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """DuckDB only: (index or constraint name, columns it covers) for every index, PRIMARY
+    KEY, UNIQUE and FOREIGN KEY constraint (DuckDB indexes each of them): DuckDB cannot update
+    an indexed column of a row that a foreign key references (see `indexes_on`)."""
+
+    def indexes_on(self, column: str) -> list[str]:
+        """Names of the indexes and key constraints that cover `column`."""
+        return [name for name, cols in self.indexes if column in cols]
 
     @property
     def schema(self) -> str:

@@ -93,6 +93,15 @@ def enum_labels(raw: str) -> tuple[str, ...] | None:
     return tuple(m.replace("''", "'") for m in re.findall(r"'((?:[^']|'')*)'", raw))
 
 
+def _index_words(expressions: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Every word of an index's expressions (`[email]`, `['(lower(Note))', a]`) and its
+    lower-case form: DuckDB gives them as text without quoting, so a column counts as covered
+    when its name is one of the words (a function named like a column only refuses more)."""
+    text = expressions if isinstance(expressions, str) else " ".join(expressions)
+    words = re.findall(r"[^\W\d][\w$]*", text)
+    return tuple(words) + tuple(w.lower() for w in words)
+
+
 def _quote(ident: str) -> str:
     return '"' + ident.replace('"', '""') + '"'
 
@@ -417,11 +426,20 @@ class DuckDBStore(Store):
                 "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = current_database()"
             ).fetchall()
         }
+        indexed: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for schema, table, iname, exprs in con.execute(
+            "SELECT schema_name, table_name, index_name, expressions FROM duckdb_indexes() "
+            "WHERE database_name = current_database()"
+        ).fetchall():
+            indexed.setdefault(f"{schema}.{table}", []).append((iname, _index_words(exprs)))
         unique: set[tuple[str, str, str]] = set()
         pks: dict[str, tuple[str, ...]] = {}
         fks: dict[str, list[ForeignKey]] = {}
         for schema, table, ctype, ccols, cname, ctext, rtable, rcols in cons:
             name = f"{schema}.{table}"
+            if ctype in ("PRIMARY KEY", "UNIQUE", "FOREIGN KEY"):
+                label = cname or f"{ctype} ({', '.join(ccols)})"
+                indexed.setdefault(name, []).append((label, tuple(ccols)))
             if ctype in ("PRIMARY KEY", "UNIQUE") and len(ccols) == 1:
                 unique.add((schema, table, ccols[0]))
             if ctype == "PRIMARY KEY":
@@ -446,5 +464,11 @@ class DuckDBStore(Store):
                 labels=enum_labels(dtype),
             )
         for name, columns in by_table.items():
-            tables[name] = TableInfo(name, columns, pks.get(name, ()), tuple(fks.get(name, [])))
+            covered = tuple(
+                (iname, tuple(c for c in columns if c in words or c.lower() in words))
+                for iname, words in indexed.get(name, [])
+            )
+            tables[name] = TableInfo(
+                name, columns, pks.get(name, ()), tuple(fks.get(name, [])), covered
+            )
         return Catalog(tables)
