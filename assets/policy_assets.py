@@ -23,7 +23,7 @@ from retention_jobs.check import run_checks
 from retention_jobs.errors import RetentionError, StoreRejected, database_error, safe_message
 from retention_jobs.load import PolicyFile, PolicySet
 from retention_jobs.policy import Cascade, Policy, RelatedClock, RelatedFilter
-from retention_jobs.purge import LEAVES_BYTES
+from retention_jobs.purge import LEAVES_BYTES, failure_message
 from retention_jobs.store import mask_url
 
 GROUP = "retention"
@@ -362,6 +362,14 @@ def policy_asset(
             else:
                 report = run_policies(target, policies, as_of, key_, options)
         metadata = report_metadata(f, report, store.describe())
+        if report.purge and report.purge.get("failed"):
+            # the rows changed but their old bytes are still in the store: not a success;
+            # the tables stay pending and the next run purges them again
+            raise dg.Failure(
+                description=failure_message(report.purge),
+                allow_retries=False,
+                metadata=metadata,
+            )
         if config.dry_run:
             # a plan changes nothing, so it is an observation, not a materialisation
             context.log.info(f"dry run of {purpose} as of {as_of}: nothing was changed")

@@ -13,6 +13,7 @@ its children.
 """
 
 import hashlib
+import json
 import re
 import time
 from collections.abc import Callable
@@ -200,7 +201,34 @@ def held_fingerprint(session: Session, planner: Planner, b: BoundRule) -> str:
         .order_by(*(t.c[k] for k in b.rule.keys))
     )
     data = cast(pl.DataFrame, pl.from_arrow(session.arrow(q)))
-    return hashlib.sha256(data.write_csv().encode()).hexdigest()
+    return hashlib.sha256(canonical_csv(data).encode()).hexdigest()
+
+
+def canonical_csv(data: pl.DataFrame) -> str:
+    """The frame as CSV, nested columns (arrays, structs, maps) as JSON with sorted keys and
+    binary as hex: Polars' CSV writer refuses nested data, and a fingerprint must not depend on
+    the order a store returns a struct's or a JSON document's keys in. Flat frames give the
+    CSV they always gave, so fingerprints recorded before stay comparable."""
+    nested = [
+        n
+        for n, t in data.schema.items()
+        if isinstance(t, (pl.List, pl.Array, pl.Struct, pl.Object)) or t == pl.Binary
+    ]
+    if not nested:
+        return data.write_csv()
+    return data.with_columns(
+        pl.col(n).map_elements(_canonical, return_dtype=pl.String, skip_nulls=False) for n in nested
+    ).write_csv()
+
+
+def _canonical(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if isinstance(v, pl.Series):
+        v = v.to_list()
+    return json.dumps(v, sort_keys=True, default=str, ensure_ascii=False)
 
 
 class Applier:

@@ -292,12 +292,17 @@ def erasure_verified(
             counts,
         )
     erasure.record_proofs(store, runs, result.describe())
+    untracked = (
+        f"; not tracked (nested columns, values not proved): {', '.join(result.untracked)}"
+        if result.untracked
+        else ""
+    )
     return CheckResult(
         name,
         True,
         f"none of {result.tracked} erased values of {len(runs)} run(s) found in "
-        f"{result.scanned_bytes:,} bytes; {result.describe()}",
-        counts,
+        f"{result.scanned_bytes:,} bytes; {result.describe()}{untracked}",
+        {**counts, "untracked_nested_columns": len(result.untracked)},
     )
 
 

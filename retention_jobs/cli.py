@@ -6,6 +6,9 @@ be reached (retry later); 5 not proved yet (a purge held back); 6 another run ho
 7 a partial run (a rule failed after others committed); 1 anything else.
 """
 
+from __future__ import annotations
+
+import importlib
 import json
 import sys
 import time
@@ -13,30 +16,50 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from retention_jobs import control
-from retention_jobs.anonymise import DEMO_KEY_TEXT, PseudonymKey, key_from_env
-from retention_jobs.apply import RunOptions, run_policies
 from retention_jobs.errors import (
     ApprovalRequired,
     ConfigError,
     PartialRun,
     PolicyError,
+    PurgeFailed,
     RetentionError,
     RunInProgress,
     StoreRejected,
     StoreUnavailable,
     safe_message,
 )
-from retention_jobs.explain import render, to_json
-from retention_jobs.load import PolicySet, load_policies
-from retention_jobs.purge import LEAVES_BYTES
-from retention_jobs.store import mask_url, open_store, store_location
+
+if TYPE_CHECKING:
+    from retention_jobs.apply import RunOptions
+    from retention_jobs.load import PolicySet
+
+
+class _Module:
+    """A module imported on first use. The engine's modules pull in SQLAlchemy, Polars, PyArrow
+    and pydantic (seconds of imports); `--help` and `validate` without a store need none of
+    them, so each command imports only what it touches."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+control = _Module("retention_jobs.control")
+_anonymise = _Module("retention_jobs.anonymise")
+_apply = _Module("retention_jobs.apply")
+_explain = _Module("retention_jobs.explain")
+_load = _Module("retention_jobs.load")
+_purge = _Module("retention_jobs.purge")
+_store = _Module("retention_jobs.store")
 
 out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, soft_wrap=True)
@@ -69,21 +92,25 @@ def _fail(exc: BaseException) -> None:
         err.print(str(exc), markup=False, highlight=False)
         sys.exit(3)
     if isinstance(exc, RunInProgress):
-        err.print(mask_url(str(exc)), markup=False, highlight=False)
+        err.print(_store.mask_url(str(exc)), markup=False, highlight=False)
         sys.exit(6)
     if isinstance(exc, PartialRun):
         _print_partial(exc.report)
         sys.exit(EXIT_PARTIAL)
     if isinstance(exc, StoreUnavailable):
-        err.print(mask_url(str(exc)), markup=False, highlight=False)
+        err.print(_store.mask_url(str(exc)), markup=False, highlight=False)
         sys.exit(4)
+    if isinstance(exc, PurgeFailed):
+        # the changes are committed, the erasure is not done: a failure, not bad input
+        err.print(f"error: {_store.mask_url(str(exc))}", markup=False, highlight=False)
+        sys.exit(1)
     if isinstance(exc, StoreRejected):
         # the database refused a statement: not bad input, not retryable by waiting; the
         # message is built from the error's structured parts only (no row, no key value)
-        err.print(f"error: {mask_url(str(exc))}", markup=False, highlight=False)
+        err.print(f"error: {_store.mask_url(str(exc))}", markup=False, highlight=False)
         sys.exit(1)
     if isinstance(exc, (ConfigError, RetentionError)):
-        err.print(f"error: {mask_url(str(exc))}", markup=False, highlight=False)
+        err.print(f"error: {_store.mask_url(str(exc))}", markup=False, highlight=False)
         sys.exit(2)
     err.print(f"unexpected error: {safe_message(exc)}", markup=False, highlight=False)
     sys.exit(1)
@@ -190,14 +217,15 @@ def main() -> None:
 @store_option
 def validate(paths: tuple[str, ...], store: str | None) -> None:
     """Check policy files; with a store, check them against its real schema too."""
-    policies = load_policies(paths or [DEFAULT_POLICIES])
-    location = store_location(store)
-    s = open_store(store)
-    if s.kind == "duckdb" and not Path(location).exists():
+    policies = _load.load_policies(paths or [DEFAULT_POLICIES])
+    path = _store.duckdb_path(store)
+    if path is not None and not path.exists():  # decided before a store module is imported
         out.print(
-            f"{len(policies.files)} policy files are well-formed (no store at {location}: schema not checked)"
+            f"{len(policies.files)} policy files are well-formed "
+            f"(no store at {_store.store_location(store)}: schema not checked)"
         )
         return
+    s = _store.open_store(store)
     from retention_jobs.resolve import resolve
 
     with s.connect(read_only=True) as session:
@@ -239,29 +267,31 @@ def _progress() -> tuple[Progress | None, Callable[[str, int, int], None] | None
 def _execute(
     store, policy_dir, as_of, purposes, fmt, options: RunOptions, allow_demo_key=False, workers=1
 ):
-    policies = load_policies([policy_dir])
+    policies = _load.load_policies([policy_dir])
     day, moment = _as_of_moment(as_of, policies)
     options = replace(options, as_of_instant=moment)
-    s = open_store(store)
-    key = None if options.dry_run else key_from_env(allow_demo=allow_demo_key)
+    s = _store.open_store(store)
+    key = None if options.dry_run else _anonymise.key_from_env(allow_demo=allow_demo_key)
     bar, update = _progress() if fmt == "table" and not options.dry_run else (None, None)
     partial: PartialRun | None = None
     try:
         if workers > 1:
             from retention_jobs.parallel import run_parallel
 
-            report = run_parallel(store_location(store), policies, day, key, options, workers)
+            report = run_parallel(
+                _store.store_location(store), policies, day, key, options, workers
+            )
         elif bar:
             with bar:
-                report = run_policies(s, policies, day, key, options, update)
+                report = _apply.run_policies(s, policies, day, key, options, update)
         else:
-            report = run_policies(s, policies, day, key, options, update)
+            report = _apply.run_policies(s, policies, day, key, options, update)
     except PartialRun as exc:
         partial, report = exc, exc.report
     if fmt == "json":
-        click.echo(to_json(report))
+        click.echo(_explain.to_json(report))
     else:
-        render(report, out)
+        _explain.render(report, out)
     if partial is not None:
         _fail(partial)
     return report
@@ -281,7 +311,12 @@ def _execute(
 def plan(store, policy_dir, purposes, fmt, as_of) -> None:
     """Show what a run would do (changes nothing)."""
     _execute(
-        store, policy_dir, as_of, purposes, fmt, RunOptions(dry_run=True, purposes=purposes or None)
+        store,
+        policy_dir,
+        as_of,
+        purposes,
+        fmt,
+        _apply.RunOptions(dry_run=True, purposes=purposes or None),
     )
 
 
@@ -321,7 +356,7 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
         as_of,
         purposes,
         fmt,
-        RunOptions(
+        _apply.RunOptions(
             batch_size=batch_size,
             max_delete_fraction=max_delete_fraction,
             purposes=purposes or None,
@@ -344,7 +379,10 @@ def run(store, policy_dir, purposes, fmt, as_of, batch_size, max_delete_fraction
             highlight=False,
         )
     if report.purge and report.purge.get("removes_old_bytes") is False:
-        err.print(LEAVES_BYTES, markup=False, highlight=False)
+        err.print(_purge.LEAVES_BYTES, markup=False, highlight=False)
+    if report.purge and report.purge.get("failed"):
+        err.print(_purge.failure_message(report.purge), markup=False, highlight=False)
+        sys.exit(1)
     if not purposes:  # then the data-subject requests that are due
         _process_requests_after_run(store, policy_dir, as_of, fmt)
     if report.purge and not report.purge.get("complete", True):
@@ -380,11 +418,15 @@ def check(store, policy_dir, purposes, as_of, run_ids, demo_key) -> None:
     """Check the store: nothing expired left, no original value in anonymised columns."""
     from retention_jobs.check import run_checks
 
-    policies = load_policies([policy_dir])
-    key = PseudonymKey.from_text(DEMO_KEY_TEXT) if demo_key else key_from_env()
+    policies = _load.load_policies([policy_dir])
+    key = (
+        _anonymise.PseudonymKey.from_text(_anonymise.DEMO_KEY_TEXT)
+        if demo_key
+        else _anonymise.key_from_env()
+    )
     day, moment = _as_of_moment(as_of, policies)
     results = run_checks(
-        open_store(store),
+        _store.open_store(store),
         policies,
         day,
         key,
@@ -405,7 +447,7 @@ def check(store, policy_dir, purposes, as_of, run_ids, demo_key) -> None:
 @store_option
 def init(store) -> None:
     """Create the control schema (holds, audit ledger, runs) in the store."""
-    s = open_store(store)
+    s = _store.open_store(store)
     with s.connect() as session:
         control.ensure_control_schema(s, session)
     out.print(f"control schema ready in {s.describe()}")
@@ -415,7 +457,7 @@ def init(store) -> None:
 @store_option
 def tables(store) -> None:
     """List the store's tables and columns (to write policies against)."""
-    s = open_store(store)
+    s = _store.open_store(store)
     with s.connect(read_only=True) as session:
         catalog = s.catalog(session)
     for t in catalog.tables.values():
@@ -467,9 +509,9 @@ def scan(store, policy_dir, fmt, sample, fail_on_uncovered) -> None:
     covers. Prints classes and counts, never a value."""
     from retention_jobs.scan import ALLOW_LIST, load_allow_list, scan_store
 
-    policies = load_policies([policy_dir])
+    policies = _load.load_policies([policy_dir])
     allow = load_allow_list(Path(policy_dir) / ALLOW_LIST)
-    result = scan_store(open_store(store), policies, allow, sample)
+    result = scan_store(_store.open_store(store), policies, allow, sample)
     if fmt == "json":
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif fmt == "markdown":
@@ -500,12 +542,36 @@ def scan(store, policy_dir, fmt, sample, fail_on_uncovered) -> None:
 @format_option
 def verify_erasure(store, run_id, demo_key, fmt) -> None:
     """Look for erased values (known only as keyed hashes) in the store's raw bytes: exit 1 if
-    any is found, 5 if some could not be seen by the scan and nothing proves them gone, 2 if
-    the key cannot have made the recorded hashes."""
+    any is found, 5 if some could not be seen by the scan and nothing proves them gone or the
+    search could not run, 2 if the key cannot have made the recorded hashes."""
     from retention_jobs.erasure import verify
+    from retention_jobs.errors import WrongKey
 
-    key = PseudonymKey.from_text(DEMO_KEY_TEXT) if demo_key else key_from_env()
-    result = verify(open_store(store), key, run_id)  # WrongKey: exit 2, through _fail
+    key = (
+        _anonymise.PseudonymKey.from_text(_anonymise.DEMO_KEY_TEXT)
+        if demo_key
+        else _anonymise.key_from_env()
+    )
+    s = _store.open_store(store)
+    try:
+        result = verify(s, key, run_id)
+    except Exception as exc:  # noqa: BLE001 - a search that crashed proved nothing
+        if isinstance(exc, (RetentionError, WrongKey)) and not isinstance(exc, StoreRejected):
+            raise  # bad input and a wrong key 2, store unreachable 4, ...: their own codes
+        # not exit 1: that means "erased values found", and a crash found nothing
+        err.print(
+            f"could not verify: {safe_message(exc)}; nothing was found or proved (exit 5)",
+            markup=False,
+            highlight=False,
+        )
+        sys.exit(EXIT_PURGE_PENDING)
+    if result.untracked:
+        err.print(
+            "not tracked (nested columns: what a rule erased inside them is not proved here): "
+            + ", ".join(result.untracked),
+            markup=False,
+            highlight=False,
+        )
     if fmt == "json":
         click.echo(
             json.dumps({**result.__dict__, "verified": result.verified}, indent=2, default=str)
@@ -539,12 +605,15 @@ def purge(store, policy_dir) -> None:
     """Make deleted bytes unrecoverable now (runs also do this after changing rows)."""
     from retention_jobs.purge import purge_tables
 
-    policies = load_policies([policy_dir])
-    s = open_store(store)
+    policies = _load.load_policies([policy_dir])
+    s = _store.open_store(store)
     with s.connect(read_only=True) as session:
         tables = list(s.catalog(session).tables)
     result = purge_tables(s, policies, "manual-purge", tables) or {"method": "none", "tables": 0}
     out.print(json.dumps(result), markup=False)
+    if result.get("failed"):
+        err.print(_purge.failure_message(result), markup=False, highlight=False)
+        sys.exit(1)
     if not result.get("complete", True):
         err.print(
             "purge incomplete: older transactions still see the deleted rows "
@@ -569,7 +638,7 @@ def audit() -> None:
 )
 def audit_verify(store, head) -> None:
     """Recompute the hash chain; name the first row that was changed, removed or reordered."""
-    s = open_store(store)
+    s = _store.open_store(store)
     with s.connect(read_only=True) as session:
         n, broken = control.verify_audit_chain(session)
         hashes = {r["row_hash"] for r in control.audit_rows(session)} if head else set()
@@ -624,8 +693,8 @@ def holds_add(
         placed_by=placed_by,
         review=review,
     )
-    policies = load_policies([policy_dir])
-    s = open_store(store)
+    policies = _load.load_policies([policy_dir])
+    s = _store.open_store(store)
     try:
         with s.connect() as session:
             warnings = check_target(
@@ -666,7 +735,7 @@ def holds_import(store, csv_file) -> None:
     if not csv_file.is_file():
         raise ConfigError(f"{csv_file}: no such file")
     holds = imp.parse(csv_file)
-    s = open_store(store)
+    s = _store.open_store(store)
     with s.connect() as session:
         control.ensure_control_schema(s, session)
         result = imp.apply(session, str(csv_file), holds)
@@ -693,8 +762,8 @@ def holds_release(store, policy_dir, hold_id, released_by, as_of) -> None:
     """Release a hold; its rows become eligible at the next run (prints how many, counts only)."""
     from retention_jobs.requests import hold_effect
 
-    policies = load_policies([policy_dir])
-    s = open_store(store)
+    policies = _load.load_policies([policy_dir])
+    s = _store.open_store(store)
     try:
         session = s.session()
     except RunInProgress as e:
@@ -722,7 +791,7 @@ def holds_release(store, policy_dir, hold_id, released_by, as_of) -> None:
 @format_option
 def holds_list(store, include_released, fmt) -> None:
     """List holds (they name people: the output is for authorised operators)."""
-    s = open_store(store)
+    s = _store.open_store(store)
     with s.connect(read_only=True) as session:
         rows = control.list_holds(session, include_released)
     if fmt == "json":
@@ -756,9 +825,9 @@ def demo(store, policy_dir, rows, as_of, fmt) -> None:
     """Build the demo warehouse (deterministic, Faker), place demo holds, run the nightly retention."""
     from retention_jobs import demo as demo_mod
 
-    policies = load_policies([policy_dir])
+    policies = _load.load_policies([policy_dir])
     day = _as_of(as_of, policies)
-    s = open_store(store)
+    s = _store.open_store(store)
     t0 = time.perf_counter()
     counts = demo_mod.build(s, rows, day)
     built = time.perf_counter() - t0
@@ -777,7 +846,7 @@ def demo(store, policy_dir, rows, as_of, fmt) -> None:
         day.isoformat(),
         (),
         fmt,
-        RunOptions(max_delete_fraction=None),
+        _apply.RunOptions(max_delete_fraction=None),
         allow_demo_key=True,
     )
     if fmt == "table":
@@ -851,7 +920,7 @@ def diff_command(
     approvals = diff_mod.load_approvals(head_ref, approvals_dir)
     day = _as_of(as_of, sides["head"] if sides["head"].files else sides["base"])
     result = diff_mod.compute_diff(
-        open_store(store),
+        _store.open_store(store),
         sides["base"],
         sides["head"],
         day,
@@ -887,8 +956,10 @@ def lint_command(paths: tuple[str, ...], store: str | None) -> None:
     from retention_jobs import lint as lint_mod
 
     targets = list(paths) or [DEFAULT_POLICIES]
-    policies = load_policies(targets)
-    problems = lint_mod.lint(policies, open_store(store) if store else None, location=targets[0])
+    policies = _load.load_policies(targets)
+    problems = lint_mod.lint(
+        policies, _store.open_store(store) if store else None, location=targets[0]
+    )
     for p in problems:
         click.echo(str(p))
     notices = sum(1 for p in problems if lint_mod.is_notice(p))
@@ -970,9 +1041,9 @@ def requests_add(
 
     if (subject is None) == (email is None):
         raise ConfigError("give exactly one of --subject KIND:ID or --email ADDRESS")
-    policies = load_policies([policy_dir])
+    policies = _load.load_policies([policy_dir])
     received_on = _date(received, "--received", policies)
-    s = open_store(store)
+    s = _store.open_store(store)
     with s.connect() as session:
         control.ensure_control_schema(s, session)
         if subject:
@@ -1044,7 +1115,7 @@ def requests_list(store, statuses, as_of, fmt) -> None:
     from retention_jobs import requests as rq
 
     today = date.fromisoformat(as_of) if as_of else date.today()
-    s = open_store(store)
+    s = _store.open_store(store)
     with s.connect(read_only=True) as session:
         rows = (
             rq.list_requests(session, statuses or None) if control.control_exists(session) else []
@@ -1083,7 +1154,7 @@ def requests_show(store, request_id, receipt, show_subject) -> None:
     """Show a request: status, per-table outcome, deferrals, export records."""
     from retention_jobs import requests as rq
 
-    s = open_store(store)
+    s = _store.open_store(store)
     with s.connect(read_only=True) as session:
         r = rq.get_request(session, request_id)
         if receipt:
@@ -1149,12 +1220,12 @@ def requests_process(store, policy_dir, request_ids, as_of, out_path, fmt) -> No
 
     if out_path and len(request_ids) != 1:
         raise ConfigError("--out writes one access request's export: give exactly one request id")
-    policies = load_policies([policy_dir])
+    policies = _load.load_policies([policy_dir])
     results = rq.process_requests(
-        open_store(store),
+        _store.open_store(store),
         policies,
         _as_of(as_of, policies),
-        key_from_env(),
+        _anonymise.key_from_env(),
         list(request_ids) or None,
         out_path,
     )
@@ -1192,9 +1263,12 @@ def _process_requests_after_run(store, policy_dir, as_of, fmt) -> None:
     when the run's report is JSON on stdout)."""
     from retention_jobs import requests as rq
 
-    policies = load_policies([policy_dir])
+    policies = _load.load_policies([policy_dir])
     results = rq.process_requests(
-        open_store(store), policies, _as_of_moment(as_of, policies)[0], key_from_env()
+        _store.open_store(store),
+        policies,
+        _as_of_moment(as_of, policies)[0],
+        _anonymise.key_from_env(),
     )
     if results:
         _print_processed(results, "table", err if fmt == "json" else out)
@@ -1215,8 +1289,8 @@ def requests_reject(store, policy_dir, request_id, reason) -> None:
     """Close a request without acting on it, with the reason (a receipt records it)."""
     from retention_jobs import requests as rq
 
-    policies = load_policies([policy_dir])
-    s = open_store(store)
+    policies = _load.load_policies([policy_dir])
+    s = _store.open_store(store)
     with s.connect() as session:
         rq.reject_request(session, policies, request_id, reason, _as_of(None, policies))
     out.print(f"request {request_id} rejected ({reason})", markup=False, soft_wrap=True)
@@ -1234,8 +1308,12 @@ def suppressed(store, check_file, purpose, demo_key) -> None:
     prints row numbers and columns, never a value. Exit 1 when any row matches."""
     from retention_jobs import requests as rq
 
-    key = PseudonymKey.from_text(DEMO_KEY_TEXT) if demo_key else key_from_env()
-    s = open_store(store)
+    key = (
+        _anonymise.PseudonymKey.from_text(_anonymise.DEMO_KEY_TEXT)
+        if demo_key
+        else _anonymise.key_from_env()
+    )
+    s = _store.open_store(store)
     with s.connect(read_only=True) as session:
         result = rq.check_suppressed(session, key, check_file, purpose)
     for row, column in result.matches:
@@ -1274,9 +1352,9 @@ def holds_review(store, policy_dir, as_of, counts) -> None:
     """Holds past their review date, with how many rows each protects: decide to keep or release."""
     from retention_jobs import requests as rq
 
-    policies = load_policies([policy_dir])
+    policies = _load.load_policies([policy_dir])
     day = _as_of(as_of, policies)
-    s = open_store(store)
+    s = _store.open_store(store)
     with s.connect(read_only=True) as session:
         due, undated = rq.holds_for_review(session, day)
         for h in due:

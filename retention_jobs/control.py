@@ -531,6 +531,11 @@ def finish_run(session: Session, run_id: str, status: str, summary: dict[str, An
         )
 
 
+def fail_run(session: Session, run_id: str) -> None:
+    """Mark a finished run `failed` (its purge failed), keeping its summary (held fingerprints)."""
+    session.execute(sa.update(runs).where(runs.c.run_id == run_id).values(status="failed"))
+
+
 def interrupt_stale_runs(session: Session) -> int:
     """Mark every run still `running` as `interrupted` (finished now); returns how many. Call
     only while holding the store's run lock: no other run can then be alive, so such a row is

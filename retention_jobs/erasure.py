@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from retention_jobs import control
 from retention_jobs.anonymise import PseudonymKey, hex_digests, keyed_hashes
 from retention_jobs.errors import WrongKey
-from retention_jobs.store.base import Session, Store, TableInfo, sa_table
+from retention_jobs.store.base import Session, Store, TableInfo, is_nested, sa_table
 
 ANCHOR = 6
 """Bytes hashed as the anchor; values shorter than this are not tracked (too common to prove)."""
@@ -214,6 +214,10 @@ class VerifyResult:
     """Erased values recorded before key ids were kept whose run names no key id: key unknown."""
     visibility: dict[str, float] = field(default_factory=dict)
     """table.column -> share of its live control sample found in the scanned bytes."""
+    untracked: list[str] = field(default_factory=list)
+    """table.column of personal-looking nested columns (arrays, structs, JSON) in the tables
+    searched: the ledger tracks erased strings only, so what a rule erased inside them is not
+    proved here (reported, never skipped silently)."""
 
     @property
     def clean(self) -> bool:
@@ -283,12 +287,22 @@ def _explained(session: Session, store: Store, found: dict["_Where", dict[int, b
     explained: set[int] = set()
     for info in store.catalog(session).tables.values():
         t = sa_table(info)
-        for c in (c.name for c in info.columns.values() if c.type == "string"):
+        for c in info.columns.values():
+            if c.type == "string":
+                text: sa.ColumnElement = t.c[c.name]
+            elif is_nested(c):
+                # an array, a struct or a JSON document holds text too: searched in its text
+                # form (LIKE on the array itself fails). Where that form escapes a value
+                # (quotes, backslashes in a PostgreSQL array) it is not found there and stays
+                # reported: a false alarm, never a value wrongly explained away.
+                text = sa.cast(t.c[c.name], sa.Text)
+            else:
+                continue
             q = (
                 sa.select(staged.c.h)
                 .distinct()
                 .where(~staged.c.h.in_(list(explained)) if explained else sa.true())
-                .where(sa.exists().where(t.c[c].contains(staged.c.v, autoescape=False)))
+                .where(sa.exists().where(text.contains(staged.c.v, autoescape=False)))
             )
             explained.update(r[0] for r in session.fetchall(q))
             if len(explained) == len(values):
@@ -404,6 +418,14 @@ def verify(
             for a, v, n in fp.select("anchor_hash", "value_hash", "value_length").iter_rows():
                 anchors.setdefault(a, []).append((n, v, (False, where)))
         tables = sorted({t for t, *_ in erased})
+        catalog = store.catalog(session).tables
+        result.untracked = [
+            f"{t}.{c.name}"
+            for t in tables
+            if t in catalog
+            for c in catalog[t].columns.values()
+            if is_nested(c) and PERSONAL.search(c.name)
+        ]
         found: dict[_Where, dict[int, bytes]] = {}
         for source, blob in store.raw_blobs(session, tables):
             result.sources.append(source)

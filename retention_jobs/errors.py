@@ -102,6 +102,14 @@ def describe(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, safe_message(exc).removeprefix(f"{type(exc).__name__}: ")
 
 
+class PurgeFailed(RetentionError):
+    """A purge could not make the old bytes unrecoverable (the store's copy or vacuum failed).
+    The run's changes are committed; the tables stay pending and the next run or
+    `retention-jobs purge` tries again, so a retry may help once the cause is fixed."""
+
+    terminal = False
+
+
 class StoreRejected(RetentionError):
     """The database refused a statement (a constraint, a privilege, a value that does not fit a
     type): the batch's transaction was rolled back. The message names the error class, the

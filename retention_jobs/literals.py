@@ -8,13 +8,16 @@ resolver calls `to_column_type` for every literal (and refuses, with the policy 
 does not convert) and the predicates bind exactly what it returns.
 """
 
+import difflib
 import math
 import re
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
+import sqlalchemy as sa
+
 from retention_jobs.policy import Scalar
-from retention_jobs.store.base import ColumnInfo
+from retention_jobs.store.base import ColumnInfo, is_nested
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TIMESTAMP = re.compile(
@@ -34,6 +37,42 @@ _INT_RANGES: list[tuple[tuple[str, ...], int, int]] = [
     (("INTEGER", "INT4", "INT", "SERIAL", "SIGNED"), -(2**31), 2**31 - 1),
 ]
 _INT64 = (-(2**63), 2**63 - 1)
+
+
+# A type name as the store's catalog gives it (`desk.ticket_state`, `"Mood"`, `CITEXT`,
+# `NUMERIC(10, 2)`): it goes into SQL as is, so nothing else is let through.
+_PART = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_TYPE_NAME = re.compile(rf"{_PART}(?:\.{_PART})*(?: [A-Za-z]+)*(?:\(\d+(?:,\s*\d+)?\))?")
+# String types SQLAlchemy binds as VARCHAR and the store compares as such; any other string
+# type (citext) compares differently with a VARCHAR (case-sensitively, as text).
+_PLAIN_STRINGS = ("VARCHAR", "TEXT", "CHAR", "CHARACTER", "BPCHAR", "STRING", "NAME")
+
+
+class StoreType(sa.types.UserDefinedType):
+    """A column type by the name the store's catalog gave it (an ENUM, a DOMAIN, UUID, ...)."""
+
+    cache_ok = True
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def get_col_spec(self, **kw) -> str:
+        return self.name
+
+
+def own_type(col: ColumnInfo) -> StoreType | None:
+    """The type a `where` value must be cast to so that the store compares it in the column's
+    own type, or None where the bound value's type already is. PostgreSQL types a bound string
+    VARCHAR: an ENUM or a DOMAIN column has no operator for it (`operator does not exist`), and
+    a citext column would be compared as text, with case. Arrays and other nested types take no
+    `where` values (the resolver refuses them), and DuckDB names its ENUMs by their labels
+    (`ENUM('a', 'b')`), which this leaves alone: DuckDB casts a VARCHAR to an ENUM itself."""
+    raw = col.raw_type.strip()
+    if col.type == "string" and raw.upper().startswith(_PLAIN_STRINGS):
+        return None
+    if col.type not in ("string", "other") or raw.endswith("]"):
+        return None
+    return StoreType(raw) if _TYPE_NAME.fullmatch(raw) else None
 
 
 class LiteralError(ValueError):
@@ -73,6 +112,12 @@ def to_column_type(v: Scalar, col: ColumnInfo, tz: str = "UTC") -> Scalar:
     if v is None:
         return None
     kind = col.type
+    if col.labels is not None:
+        return _label(v, col, col.labels)
+    if is_nested(col):
+        raise _misfit(
+            v, col, "an array, struct or JSON column cannot be filtered by value; only is_null"
+        )
     if kind == "other":
         return v
     if kind == "boolean":
@@ -118,6 +163,20 @@ def to_column_type(v: Scalar, col: ColumnInfo, tz: str = "UTC") -> Scalar:
         return d
     # binary
     raise _misfit(v, col, f"a {col.raw_type} column cannot be filtered by value; only is_null")
+
+
+def _label(v: Scalar, col: ColumnInfo, labels: tuple[str, ...]) -> str:
+    """An ENUM takes only its labels, exactly (the database would refuse any other string at
+    run time, after other rules had already changed rows)."""
+    if isinstance(v, str) and v in labels:
+        return v
+    shown = ", ".join(labels[:12]) + (", ..." if len(labels) > 12 else "")
+    near = difflib.get_close_matches(str(v), labels, n=1)
+    raise LiteralError(
+        f"value {_show(v)} is not a label of the ENUM type {col.raw_type}",
+        (f"did you mean {near[0]!r}? " if near else "")
+        + f"write one of its labels (quoted, same case): {shown}",
+    )
 
 
 def _as_date_or_datetime(v: object, col: ColumnInfo, form: re.Pattern) -> date:

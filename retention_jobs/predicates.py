@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from retention_jobs import control, markers
-from retention_jobs.literals import to_column_type
+from retention_jobs.literals import own_type, to_column_type
 from retention_jobs.periods import cutoff, exact_cutoff
 from retention_jobs.policy import Condition, RelatedClock, RelatedFilter, Scalar
 from retention_jobs.resolve import BoundRule, Hop, Link, SubjectPath
@@ -66,6 +66,10 @@ def condition(
             if isinstance(v, list)
             else to_column_type(v, info, tz)
         )
+        target = own_type(info)
+        if target is not None:
+            # compared in the column's own type (an ENUM, a DOMAIN, citext), not as VARCHAR
+            v = [_cast(x, target) for x in v] if isinstance(v, list) else _cast(v, target)
         c = c.model_copy(update={"value": v})
     match c.op:
         case "eq":
@@ -87,6 +91,10 @@ def condition(
         case "is_null":
             return col.is_(None) if v else col.is_not(None)
     raise ValueError(c.op)
+
+
+def _cast(v: Any, target: sa.types.TypeEngine) -> Any:
+    return None if v is None else sa.cast(sa.literal(v), target)
 
 
 def _values(c: Condition) -> list[Scalar]:

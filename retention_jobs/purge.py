@@ -8,12 +8,18 @@ transaction older than the run's changes kept the old row versions alive), leave
 and every later run, and `retention-jobs purge`, purges them again until a purge completes.
 The erasure check reads the same table to say "not verified yet" instead of failing or
 passing wrongly.
+
+A purge that fails (the store's copy or vacuum raised) changes nothing in the store's data:
+the tables stay pending, the ledger gets a `purge-failed` row, the run that changed the rows
+is marked `failed` (its changes are committed, but its erasure is not done), and the result
+says `failed` so that the CLI exits 1 and Dagster fails the asset.
 """
 
 from datetime import date
 from typing import Any
 
 from retention_jobs import control
+from retention_jobs.errors import RunInProgress, safe_message
 from retention_jobs.load import PolicySet
 from retention_jobs.store.base import Store
 
@@ -57,7 +63,12 @@ def purge_tables(
         control.ensure_control_schema(store, session)
         with session.transaction():
             control.add_pending_purges(session, tables, run_id, method)
-    result = store.purge(tables, full=full)
+    try:
+        result = store.purge(tables, full=full)
+    except RunInProgress:
+        raise  # another process holds the store: nothing was tried, the tables stay pending
+    except Exception as exc:  # noqa: BLE001 - any failure leaves the purge to do again
+        return _failed(store, policies, run_id, tables, as_of, method, safe_message(exc))
     if pending:
         result["retried_pending"] = len(pending)
     if not clears:
@@ -94,3 +105,39 @@ def purge_tables(
                 held=len(result.get("held_back_by") or []),
             )
     return result
+
+
+def _failed(
+    store: Store,
+    policies: PolicySet,
+    run_id: str,
+    tables: list[str],
+    as_of: date | None,
+    method: str,
+    reason: str,
+) -> dict[str, Any]:
+    """Record a purge that failed: the tables stay pending (written ahead), the run is failed."""
+    with store.connect() as session, session.transaction():
+        control.append_audit(
+            session,
+            run_id=run_id,
+            action="purge-failed",
+            as_of=as_of,
+            policy_sha256=policies.digest,
+        )
+        control.fail_run(session, run_id)
+    return {
+        "method": method,
+        "complete": False,
+        "failed": reason,
+        "pending_tables": tables,
+    }
+
+
+def failure_message(result: dict[str, Any]) -> str:
+    """What the CLI and Dagster say when a purge failed."""
+    return (
+        f"purge failed: {result['failed']}; the run's changes are committed but the erased values "
+        "are still in the store's files, so the run is marked failed; the tables stay pending and "
+        "the next run or `retention-jobs purge` purges them again"
+    )

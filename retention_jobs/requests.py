@@ -31,11 +31,12 @@ import sqlalchemy as sa
 from retention_jobs import control
 from retention_jobs.anonymise import PseudonymKey, keyed_hashes
 from retention_jobs.apply import Applier, RunOptions, RunReport
-from retention_jobs.errors import ConfigError
+from retention_jobs.errors import ConfigError, PurgeFailed
 from retention_jobs.load import PolicySet
 from retention_jobs.periods import Period, add_period
 from retention_jobs.plan import Plan, Planner
 from retention_jobs.predicates import HoldsReleased, SubjectPredicates, alias
+from retention_jobs.purge import failure_message, purge_tables
 from retention_jobs.request_outcome import account, request_places
 from retention_jobs.resolve import BoundRule
 from retention_jobs.store.base import Session, Store
@@ -847,20 +848,15 @@ def process_requests(
 
 def _purge(store: Store, policies: PolicySet, as_of: date, done: list[Processed]) -> None:
     """As after a nightly run: make the erased rows' old bytes unrecoverable (after the
-    session closed: a DuckDB compaction needs the file to itself), and record it in the ledger."""
+    session closed: a DuckDB compaction needs the file to itself), recorded in the ledger and
+    left pending for the next run if it fails (purge.py)."""
     tables = sorted({t for p in done for t in p.tables_changed})
     if not tables:
         return
-    result = store.purge(tables, full=any(f.policy.purge == "full" for f in policies.files))
-    with store.connect() as session, session.transaction():
-        control.append_audit(
-            session,
-            run_id=next(p.run_id for p in done if p.tables_changed),
-            action=f"purge-{result['method']}",
-            as_of=as_of,
-            policy_sha256=policies.digest,
-            seconds=result.get("seconds"),
-        )
+    run_id = next((p.run_id for p in done if p.tables_changed and p.run_id), "request-purge")
+    result = purge_tables(store, policies, run_id, tables, as_of)
+    if result is not None and result.get("failed"):
+        raise PurgeFailed(failure_message(result))
 
 
 # --- holds: review and the effect of a release -----------------------------------------------

@@ -424,13 +424,11 @@ class _Resolver:
                 )
             if problem:
                 self.err(f, (*loc, name), problem[0], problem[1])
-            elif self.store_kind == "duckdb" and col.unique and referenced:
+            elif self.store_kind == "duckdb" and referenced and info.indexes_on(name):
                 self.err(
                     f,
                     (*loc, name),
-                    f"DuckDB cannot update the indexed column {info.name}.{name} while other tables "
-                    "reference its rows by foreign key (it rewrites the row and trips the key check)",
-                    "drop the UNIQUE constraint on that column, or delete instead of anonymise",
+                    *_duckdb_indexed(info, name, self.catalog.referencing(info.name)),
                 )
 
     def cascade(
@@ -470,6 +468,18 @@ class _Resolver:
                     f"{info.name} has no primary key in the store",
                     "name its key with `key:`",
                 )
+        if (
+            c.action == "unlink"
+            and self.store_kind == "duckdb"
+            and on is not None
+            and self.catalog.referencing(info.name)
+            and info.indexes_on(on.name)
+        ):
+            self.err(
+                f,
+                (*loc, "action"),
+                *_duckdb_indexed(info, on.name, self.catalog.referencing(info.name)),
+            )
         if c.action == "unlink" and on is not None and not on.nullable:
             self.err(
                 f,
@@ -550,6 +560,22 @@ class _Resolver:
         except ValidationError:
             return None
         return self.cascade(f, loc, info, [fk.ref_columns[0]], spec, above)
+
+
+def _duckdb_indexed(info: TableInfo, column: str, referencing: list[ForeignKey]) -> tuple[str, str]:
+    """DuckDB rewrites an update of an indexed column as a delete and an insert, and the delete
+    trips the foreign-key check of any row another row references ("key ... is still
+    referenced"), whatever the index: found in DuckDB 2.0, also when the index is dropped in
+    the same transaction. Refused here rather than failing mid-run."""
+    names = ", ".join(info.indexes_on(column))
+    by = sorted({fk.table for fk in referencing})
+    return (
+        f"DuckDB cannot update the column {info.name}.{column}: it is covered by {names}, and "
+        f"rows of {info.name} are referenced by foreign keys of {', '.join(by)} (DuckDB rewrites "
+        "such an update as delete + insert and the key check refuses it)",
+        "drop that index if it is not a key (DROP INDEX ...), delete the rows instead of "
+        "anonymising them, or keep the data in PostgreSQL, which has no such limit",
+    )
 
 
 def strategy_problem(s: Strategy, col: ColumnInfo) -> tuple[str, str] | None:

@@ -234,7 +234,8 @@ CASES = [
         doc(
             BODY.replace("action: retain", "action: delete")
             + "suppress: [mail]\n"
-            + "cascade:\n  - {table: shop.orders, on: customer_id, action: unlink}\n"
+            + "cascade:\n  - {table: shop.orders, on: customer_id, action: delete, "
+            + "cascade: [{table: shop.order_lines, on: order_id, action: delete}]}\n"
         ),
         [
             (
@@ -452,11 +453,28 @@ CASES = [
             (
                 "13:7",
                 "rules[0].columns.email",
-                "DuckDB cannot update the indexed column shop.customers.email "
-                "while other tables reference its rows by foreign key",
+                "DuckDB cannot update the column shop.customers.email: it is covered by "
+                "customers_email_key, and rows of shop.customers are referenced by foreign "
+                "keys of shop.orders",
             )
         ],
         id="duckdb-unique-column-of-referenced-table",
+    ),
+    pytest.param(
+        doc(
+            BODY.replace("action: retain", "action: delete")
+            + "cascade:\n  - {table: shop.orders, on: customer_id, action: unlink}\n"
+        ),
+        [
+            (
+                "13:47",
+                "rules[0].cascade[0].action",
+                "DuckDB cannot update the column shop.orders.customer_id: it is covered by "
+                "orders_customer_id_customer_id_fkey, and rows of shop.orders are referenced by "
+                "foreign keys of shop.order_lines",
+            )
+        ],
+        id="duckdb-unlink-of-a-referenced-row",
     ),
     # --- deletes and cascades ------------------------------------------------------------
     pytest.param(
@@ -702,7 +720,6 @@ def test_a_complete_policy_resolves(tmp_path, monkeypatch, warehouse):
             action: anonymise
             columns:
               note: {constant: removed}
-              customer_id: redact
           - name: last-order
             table: shop.customers
             key: customer_id
@@ -751,8 +768,11 @@ def test_delete_covered_by_redacting_the_foreign_key(tmp_path, monkeypatch, ware
         + "cascade:\n  - table: shop.orders\n    on: customer_id\n    action: anonymise\n"
         + "    columns: {customer_id: redact}\n"
     )
-    (b,) = check(tmp_path, monkeypatch, warehouse, {"shop.yaml": text})
+    (b,) = check(tmp_path, monkeypatch, warehouse, {"shop.yaml": text}, store_kind="postgresql")
     assert b.cascades[0].spec.action == "anonymise"
+    # DuckDB cannot update the key column of orders that order lines reference
+    [problem] = problems_of(tmp_path, monkeypatch, warehouse, {"shop.yaml": text})
+    assert "DuckDB cannot update the column shop.orders.customer_id" in str(problem)
 
 
 def test_load_and_resolve_leave_the_store_untouched(tmp_path, monkeypatch, warehouse):

@@ -1,11 +1,16 @@
 """Stores: where the data lives. One place chooses the implementation from a URL or path."""
 
+from __future__ import annotations
+
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retention_jobs.errors import ConfigError
-from retention_jobs.store.base import Store
+
+if TYPE_CHECKING:  # the stores import SQLAlchemy and PyArrow: only when one is opened
+    from retention_jobs.store.base import Store
 
 STORE_ENV = "RETENTION_STORE"
 DEFAULT_STORE = ".retention/warehouse.duckdb"
@@ -88,12 +93,25 @@ def store_location(value: str | None = None) -> str:
     return value or os.environ.get(STORE_ENV) or DEFAULT_STORE
 
 
-def open_store(value: str | None = None) -> Store:
-    """A DuckDB path (or `duckdb:PATH`), or any SQLAlchemy URL such as postgresql+psycopg://..."""
+def duckdb_path(value: str | None = None) -> Path | None:
+    """The DuckDB file a store location names (a path or `duckdb:PATH`); None for a URL."""
     location = store_location(value)
     if location.startswith("duckdb:"):
         location = location.removeprefix("duckdb:").removeprefix("///")
     if "://" in location:
+        return None
+    if location.endswith((".yaml", ".yml")):
+        raise ConfigError(
+            f"--store {location!r} looks like a policy file; pass a DuckDB path or a database URL"
+        )
+    return Path(location)
+
+
+def open_store(value: str | None = None) -> Store:
+    """A DuckDB path (or `duckdb:PATH`), or any SQLAlchemy URL such as postgresql+psycopg://..."""
+    location = store_location(value)
+    path = duckdb_path(value)
+    if path is None:
         try:
             from retention_jobs.store.sql_store import SqlStore
         except ImportError:
@@ -101,10 +119,6 @@ def open_store(value: str | None = None) -> Store:
                 f"SQL stores are not available in this build: {mask_url(location)}"
             ) from None
         return SqlStore(location)
-    if location.endswith((".yaml", ".yml")):
-        raise ConfigError(
-            f"--store {location!r} looks like a policy file; pass a DuckDB path or a database URL"
-        )
     from retention_jobs.store.duckdb_store import DuckDBStore
 
-    return DuckDBStore(Path(location))
+    return DuckDBStore(path)

@@ -29,6 +29,17 @@ class ColumnInfo:
     max_length: int | None = None
     unique: bool = False
     """Part of a single-column PRIMARY KEY or UNIQUE constraint."""
+    labels: tuple[str, ...] | None = None
+    """An ENUM column's labels in their order; None for any other type."""
+
+
+def is_nested(col: ColumnInfo) -> bool:
+    """An array, struct, map or JSON column (by the catalog's type name): it can hold personal
+    text, but not as a string, and no `where` value or text strategy applies to it."""
+    raw = col.raw_type.strip().upper()
+    return col.type == "other" and (
+        raw.endswith("]") or raw.startswith(("JSON", "STRUCT", "MAP", "LIST", "UNION"))
+    )
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,14 @@ class TableInfo:
     columns: dict[str, ColumnInfo]
     primary_key: tuple[str, ...] = ()
     foreign_keys: tuple[ForeignKey, ...] = ()
+    indexes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """DuckDB only: (index or constraint name, columns it covers) for every index, PRIMARY
+    KEY, UNIQUE and FOREIGN KEY constraint (DuckDB indexes each of them): DuckDB cannot update
+    an indexed column of a row that a foreign key references (see `indexes_on`)."""
+
+    def indexes_on(self, column: str) -> list[str]:
+        """Names of the indexes and key constraints that cover `column`."""
+        return [name for name, cols in self.indexes if column in cols]
 
     @property
     def schema(self) -> str:

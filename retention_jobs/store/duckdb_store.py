@@ -30,6 +30,7 @@ from retention_jobs.store.base import (
     TableInfo,
     safe_ident,
 )
+from retention_jobs.store.duckdb_copy import copy_live_data, referenced_schema
 
 _DIALECT = postgresql.dialect(paramstyle="numeric_dollar")
 CATALOG = "rj_store"
@@ -47,6 +48,10 @@ def compile_for_duckdb(stmt: sa.Executable) -> tuple[str, list[Any]]:
 
 def normalise_type(raw: str) -> str:
     t = raw.upper()
+    if t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION", "LIST")):
+        # nested (VARCHAR[], BIGINT[3], STRUCT(...)): not a string because it starts with
+        # VARCHAR; no text strategy, `where` value or LIKE applies to it
+        return "other"
     if t.startswith(
         (
             "TINYINT",
@@ -79,6 +84,22 @@ def normalise_type(raw: str) -> str:
     if t in ("BLOB", "BYTEA"):
         return "binary"
     return "other"
+
+
+def enum_labels(raw: str) -> tuple[str, ...] | None:
+    """The labels of DuckDB's `ENUM('a', 'b''c')` type name, None for any other type."""
+    if not raw.startswith("ENUM("):
+        return None
+    return tuple(m.replace("''", "'") for m in re.findall(r"'((?:[^']|'')*)'", raw))
+
+
+def _index_words(expressions: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Every word of an index's expressions (`[email]`, `['(lower(Note))', a]`) and its
+    lower-case form: DuckDB gives them as text without quoting, so a column counts as covered
+    when its name is one of the words (a function named like a column only refuses more)."""
+    text = expressions if isinstance(expressions, str) else " ".join(expressions)
+    words = re.findall(r"[^\W\d][\w$]*", text)
+    return tuple(words) + tuple(w.lower() for w in words)
 
 
 def _quote(ident: str) -> str:
@@ -358,7 +379,10 @@ class DuckDBStore(Store):
                 )  # the copy stays within the same memory
                 con.execute("ATTACH ? AS rj_src (READ_ONLY)", [str(self.path)])
                 con.execute("ATTACH ? AS rj_dst", [str(tmp)])
-                con.execute("COPY FROM DATABASE rj_src TO rj_dst")
+                # not DuckDB's `COPY FROM DATABASE` alone: its row order can break a
+                # self-referencing foreign key (duckdb_copy.py)
+                with _refusals():
+                    copy_live_data(con, "rj_src", "rj_dst")
                 con.execute("DETACH rj_dst")
                 con.execute("DETACH rj_src")
             finally:
@@ -413,18 +437,26 @@ class DuckDBStore(Store):
                 "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = current_database()"
             ).fetchall()
         }
+        indexed: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for schema, table, iname, exprs in con.execute(
+            "SELECT schema_name, table_name, index_name, expressions FROM duckdb_indexes() "
+            "WHERE database_name = current_database()"
+        ).fetchall():
+            indexed.setdefault(f"{schema}.{table}", []).append((iname, _index_words(exprs)))
         unique: set[tuple[str, str, str]] = set()
         pks: dict[str, tuple[str, ...]] = {}
         fks: dict[str, list[ForeignKey]] = {}
         for schema, table, ctype, ccols, cname, ctext, rtable, rcols in cons:
             name = f"{schema}.{table}"
+            if ctype in ("PRIMARY KEY", "UNIQUE", "FOREIGN KEY"):
+                label = cname or f"{ctype} ({', '.join(ccols)})"
+                indexed.setdefault(name, []).append((label, tuple(ccols)))
             if ctype in ("PRIMARY KEY", "UNIQUE") and len(ccols) == 1:
                 unique.add((schema, table, ccols[0]))
             if ctype == "PRIMARY KEY":
                 pks[name] = tuple(ccols)
             elif ctype == "FOREIGN KEY":
-                m = re.search(r'REFERENCES\s+(?:"?(\w+)"?\.)?"?(\w+)"?', ctext or "")
-                ref_schema = m.group(1) if m and m.group(1) else schema
+                ref_schema = referenced_schema(ctext, schema)
                 fks.setdefault(name, []).append(
                     ForeignKey(cname, name, tuple(ccols), f"{ref_schema}.{rtable}", tuple(rcols))
                 )
@@ -440,7 +472,14 @@ class DuckDBStore(Store):
                 nullable=bool(nullable),
                 max_length=maxlen,
                 unique=(schema, table, column) in unique,
+                labels=enum_labels(dtype),
             )
         for name, columns in by_table.items():
-            tables[name] = TableInfo(name, columns, pks.get(name, ()), tuple(fks.get(name, [])))
+            covered = tuple(
+                (iname, tuple(c for c in columns if c in words or c.lower() in words))
+                for iname, words in indexed.get(name, [])
+            )
+            tables[name] = TableInfo(
+                name, columns, pks.get(name, ()), tuple(fks.get(name, [])), covered
+            )
         return Catalog(tables)

@@ -836,6 +836,7 @@ class SqlStore(Store):
                             if isinstance(t, sa.String)
                             else None,
                             unique=c["name"] in single,
+                            labels=tuple(t.enums) if isinstance(t, sa.Enum) else None,
                         )
                     foreign = tuple(
                         ForeignKey(
