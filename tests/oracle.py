@@ -21,6 +21,8 @@ re-implemented here. The semantics follow the docstring of `retention_jobs.predi
 - to_act: expired, not held, not retained; for anonymise also not superseded by a free delete
   rule on the same table and not already done (every column carries a marker).
 
+`RequestOracle` is the same oracle for an erasure request of one subject (request mode).
+
 `simulate_run` applies a run the way the engine orders it (deletes, then anonymisations, then
 retains; policy order within each), each rule acting on the rows it planned at the start of the
 run that are still actionable when it is applied.
@@ -429,3 +431,33 @@ def anonymised_value(v: Any, strategy: str, secret: bytes) -> Any:
 def key_secret(text: str) -> bytes:
     """The secret of a pseudonym key given as text (SHA-256 of the text)."""
     return hashlib.sha256(text.encode()).digest()
+
+
+class RequestOracle(Oracle):
+    """An erasure request for one subject (`kind:id`), processed as a run in request mode: a
+    non-retain rule whose subject kind is the request's acts on the subject's rows (the subject
+    column, as text, equals the id), whatever its clock says, but only on rows its `where` and
+    `related` filters cover: they say which rows are the rule's (issue 15, processor boundary).
+    Holds, retain periods (with their clocks), cascades, deletion winning over anonymisation and
+    markers keep their meaning, so `plan` and `simulate_run` need nothing else.
+
+    `honour_filters=False` is the engine before the processor-boundary fix (filters ignored),
+    kept to tell that known failure apart from any other."""
+
+    def __init__(self, rules: list[RuleSpec], as_of: date, subject: str, honour_filters=True):
+        super().__init__(rules, as_of)
+        self.kind, self.subject_id = subject.split(":", 1)
+        self.honour_filters = honour_filters
+
+    def belongs(self, rule: RuleSpec, row: dict) -> bool:
+        if rule.subject is None or rule.subject[0] != self.kind:
+            return False
+        value = row[rule.subject[1]]
+        return value is not None and str(value) == self.subject_id
+
+    def expired(self, world: World, rule: RuleSpec, row: dict) -> bool:
+        if rule.action == "retain":
+            return super().expired(world, rule, row)
+        if not self.belongs(rule, row):
+            return False
+        return not self.honour_filters or self.matches(world, rule, row)

@@ -43,6 +43,7 @@ from oracle import (
     Hashed,
     HoldSpec,
     Oracle,
+    RequestOracle,
     RuleSpec,
     World,
     add_ymd,
@@ -55,6 +56,7 @@ from retention_jobs.anonymise import PseudonymKey
 from retention_jobs.apply import RunOptions, run_policies
 from retention_jobs.load import PolicySet, load_text
 from retention_jobs.plan import build_plan
+from retention_jobs.requests import add_request, process_request
 from retention_jobs.store.base import Store
 from retention_jobs.store.duckdb_store import DuckDBStore
 from retention_jobs.store.sql_store import SqlStore
@@ -798,6 +800,118 @@ def test_engine_matches_oracle(stores: Stores):
         check_scenario(stores, rules, as_of, parents, children, holds, batch_size, names)
 
     examples_hold()
+
+
+# --- request mode ---------------------------------------------------------------------------
+
+
+class FiltersIgnoredInRequests(AssertionError):
+    """The request changed what the oracle gives when the rules' filters are ignored: the
+    processor-boundary hole of issue 15, fixed on branch h15req (not merged here)."""
+
+
+def check_request(
+    stores: Stores,
+    rules: list[RuleSpec],
+    as_of: date,
+    parents: list[tuple],
+    children: list[tuple],
+    holds: list[HoldSpec],
+    subject: str,
+    names: Names = PLAIN,
+) -> None:
+    """An erasure request for `subject`, processed on a fresh world, changes exactly what the
+    request oracle says: the subject's rows its rules cover, minus held and retained rows (and
+    their cascades), and nothing else: rows outside a rule's filter, other subjects' rows."""
+    store = build_store(stores, parents, children, holds, names)
+    ps = policy_set(rules, names)
+    before = fetch_world(store, holds, names)
+    oracle = RequestOracle(rules, as_of, subject)
+    want, _ = oracle.simulate_run(before, SECRET)
+    if want != before:
+        note_event("request changes rows")
+    kind, sid = subject.split(":", 1)
+    with store.connect() as s:
+        control.ensure_control_schema(store, s)
+        req = add_request(s, kind="erasure", subject_kind=kind, subject_id=sid, received_on=as_of)
+        process_request(store, s, ps, req, as_of, KEY)
+    after = fetch_world(store, holds, names)
+    if (after.parents, after.children) != (want.parents, want.children):
+        ignoring = RequestOracle(rules, as_of, subject, honour_filters=False)
+        unfiltered, _ = ignoring.simulate_run(before, SECRET)
+        if (after.parents, after.children, after.marked) == (
+            unfiltered.parents,
+            unfiltered.children,
+            unfiltered.marked,
+        ):
+            raise FiltersIgnoredInRequests("the request acted on rows outside its rules' filters")
+    assert_same_world(after, want, f"request {kind}:<id>")
+
+
+REQUEST_EXAMPLES = {
+    "duckdb": ("RJ_ORACLE_REQUEST_EXAMPLES", 12),
+    "postgresql": ("RJ_ORACLE_PG_REQUEST_EXAMPLES", 8),
+}
+
+
+def test_requests_match_oracle(stores: Stores):
+    """Every generated request agrees with the request oracle. Where the only difference is
+    the known hole (the engine ignores the rules' filters: the oracle without them agrees), the
+    example is counted, not failed, and the test ends as xfail with the count: every other
+    example is still checked. The hole itself is the strict xfail test below."""
+    var, default = REQUEST_EXAMPLES[stores.kind]
+    known: list[str] = []
+
+    @settings(
+        max_examples=int(os.environ.get(var, default)),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(
+        scenario=scenarios(),
+        subject=st.sampled_from(["person:s1", "person:s2", "person:1", "person:2", "other:s1"]),
+    )
+    def examples_hold(scenario, subject):
+        rules, as_of, parents, children, holds, _batch_size, names = scenario
+        try:
+            check_request(stores, rules, as_of, parents, children, holds, subject, names)
+        except FiltersIgnoredInRequests as e:
+            note_event("known hole: filters ignored")
+            known.append(str(e))
+
+    examples_hold()
+    if known:
+        pytest.xfail(
+            f"{len(known)} examples hit the known hole: {FiltersIgnoredInRequests.__doc__}"
+        )
+
+
+@pytest.mark.xfail(raises=FiltersIgnoredInRequests, strict=True, reason="issue 15, fixed on h15req")
+def test_a_request_leaves_rows_outside_its_rules_filter(stores: Stores):
+    """The subject's rows are s1's parents 1 (open) and 2 (closed); the rule covers closed rows
+    only, so the request deletes parent 2 and leaves parent 1. Strict: when the fix is merged
+    this passes and the marker must go."""
+    rule = RuleSpec(
+        purpose="pa",
+        tz="UTC",
+        name="r0",
+        table=PARENT,
+        clock="d",
+        keep=(1, 0, 0),
+        action="delete",
+        where=(("status", "eq", "closed"),),
+        cascade="delete",
+        subject=("person", "subject"),
+    )
+    parents = [
+        (1, "s1", "open", None, None, date(2024, 2, 1), None, None),
+        (2, "s1", "closed", None, None, date(2024, 2, 1), None, None),
+        (3, "s2", "closed", None, None, date(2024, 2, 1), None, None),
+    ]
+    check_request(stores, [rule], date(2024, 2, 29), parents, [], [], "person:s1")
 
 
 # --- hand-picked calendar and time-zone edges -----------------------------------------------
