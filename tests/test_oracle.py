@@ -118,6 +118,7 @@ class Names:
 
     schema: str = "w"
     parent: str = "parent"
+    child_schema: str = "w"
     child: str = "child"
     columns: tuple[tuple[str, str], ...] = ()  # (logical, physical) where they differ
     extra: str = "extra"
@@ -127,12 +128,15 @@ class Names:
     def col(self, logical: str) -> str:
         return dict(self.columns).get(logical, logical)
 
+    def parts(self, logical: str) -> tuple[str, str]:
+        return (self.schema, self.parent) if logical == PARENT else (self.child_schema, self.child)
+
     def table(self, logical: str) -> str:
         """`schema.table` as a policy names it."""
-        return f"{self.schema}.{self.parent if logical == PARENT else self.child}"
+        return ".".join(self.parts(logical))
 
     def sql_table(self, logical: str) -> str:
-        return f"{q(self.schema)}.{q(self.parent if logical == PARENT else self.child)}"
+        return ".".join(q(x) for x in self.parts(logical))
 
     def logical_table(self, physical: str) -> str:
         return PARENT if physical == self.table(PARENT) else CHILD
@@ -177,9 +181,16 @@ def names_strategy(draw) -> Names:
     used.clear()
     schema = fresh(st.sampled_from([*POLICY_NAMES, "w"]))
     parent, child = fresh(pool), fresh(pool)
+    child_schema = schema
+    twins = draw(st.sampled_from([None, None, "underscores", "long"]))
+    if twins == "underscores":  # once one marker table: anonymised__<schema>__a__b
+        parent, child_schema, child = "a__b", f"{schema}__a", "b"
+    elif twins == "long":  # once one marker table on PostgreSQL, which cuts names at 63 bytes
+        parent, child = "l" * 52 + "_a", "l" * 52 + "_b"
     return Names(
         schema=schema,
         parent=parent,
+        child_schema=child_schema,
         child=child,
         columns=tuple((c, p) for c, p in columns if c != p),
         extra=draw(st.sampled_from(WILD_NAMES)),
@@ -308,7 +319,7 @@ def ddl(names: Names) -> list[str]:
         return ", ".join(f"{q(c(x))} {TYPES[x]}" for x in logical)
 
     return [
-        f"CREATE SCHEMA {q(names.schema)}",
+        *(f"CREATE SCHEMA {q(x)}" for x in sorted({names.schema, names.child_schema})),
         f"CREATE TABLE {names.sql_table(PARENT)} ({cols(PARENT_COLUMNS)}, "
         f"{q(names.extra)} VARCHAR, PRIMARY KEY ({q(c(PARENT_KEY))}))",
         f"CREATE TABLE {names.sql_table(CHILD)} ({cols(CHILD_COLUMNS)}, "
@@ -344,11 +355,8 @@ def build_store(
             if not rows:
                 continue
             physical = [names.col(x) for x in columns] + [names.extra]
-            target = sa.table(
-                names.parent if logical == PARENT else names.child,
-                *(sa.column(x) for x in physical),
-                schema=names.schema,
-            )
+            schema, short = names.parts(logical)
+            target = sa.table(short, *(sa.column(x) for x in physical), schema=schema)
             values = [dict(zip(physical, (*row, f"e{row[0]}"), strict=True)) for row in rows]
             with s.transaction():  # one statement per table (executemany runs one per row)
                 s.execute(sa.insert(target).values(values))
