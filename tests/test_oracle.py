@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -1351,3 +1354,60 @@ def test_a_run_changes_only_the_rows_its_plan_counted(stores: Stores):
         "r1 changed a row its plan did not count"
     )
     check_scenario(stores, [r0, r1], date(2024, 2, 29), parents, [], [], 3)
+
+
+# --- names a policy cannot use ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wild", ["we%ird", 'qu"ote', "with space"])
+def test_a_policy_naming_a_table_or_column_outside_the_grammar_is_refused(stores: Stores, wild):
+    """By design policies name tables and columns with letters, digits and `_`
+    (policy.Identifier). A rule naming the store's column `wild`, or a table in a schema named
+    `wild`, is refused by `validate --store` with exit 2, the file:line:col of the name and what
+    to do, and the store is left as it was."""
+    names = Names(extra=wild, side_schema=wild)
+    parents = [(1, "s1", "closed", 1, "x", date(2020, 1, 1), None, None)]
+    store = build_store(stores, parents, [(1, 1, None, "a")], [], names)
+    before = fetch_world(store, [], names)
+    rule = rule_yaml(
+        RuleSpec(
+            "pa", "UTC", "r0", PARENT, "d", (1, 0, 0), "anonymise", columns=(("note", "hash"),)
+        ),
+        names,
+    )
+    rule["columns"] = {wild: "hash"}
+    side = {**rule, "name": "r1", "table": f"{wild}.{names.side}"}
+    side.pop("columns")
+    side["action"] = "delete"
+    doc = {
+        "purpose": "pa",
+        "title": "Purpose pa",
+        "legal_basis": "contract",
+        "owner": "qa",
+        "rules": [rule, side],
+    }
+    root = stores.root / f"wild{next(stores._n)}"
+    (root / "policies").mkdir(parents=True)
+    text = yaml.dump(doc, Dumper=_NoAliases, sort_keys=False, width=1000)
+    (root / "policies" / "pa.yaml").write_text(text)
+    lines = [i + 1 for i, line in enumerate(text.splitlines()) if wild in line]
+    assert len(lines) == 2  # the column's key, the table's value
+    location = str(store.path) if isinstance(store, DuckDBStore) else stores.pg_url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", "validate", "--store", location, "policies"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert "Traceback" not in output
+    for line in lines:
+        assert re.search(rf"^policies/pa\.yaml:{line}:\d+: ", output, re.M), (
+            f"line {line}:\n{output}"
+        )
+    assert "letters, digits and _ only; rename the table or column" in output
+    assert fetch_world(store, [], names) == before
