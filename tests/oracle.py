@@ -13,8 +13,8 @@ re-implemented here. The semantics follow the docstring of `retention_jobs.predi
   a table hold on the child table, or a subject hold on a child's subject under any subject a
   rule declares for the child table.
 - inferred subjects: when some rule declares `person` on w.parent's key (parent_id), the
-  key is a person's id. A non-retain rule on w.parent without a subject is then held by a
-  hold on person:<parent_id>, and a child row of a table no rule declares a subject for is
+  key is a person's id. A non-retain rule without a subject, on w.parent or on w.child (whose
+  parent_id references the key), is then held by a hold on person:<parent_id>, and a child row of a table no rule declares a subject for is
   held by person:<its parent_id> (it references that key).
 - retained: inside a retain rule's period (a NULL clock retains) on the row, or on any of the
   row's cascade children.
@@ -43,6 +43,7 @@ PARENT = "w.parent"
 CHILD = "w.child"
 PARENT_KEY = "parent_id"
 CHILD_KEY = "cid"
+CHILD_LINE = "line"  # the second column of the child's key (the oracle needs cid only)
 
 Cond = tuple[str, str, Any]  # (column, op, value)
 
@@ -226,9 +227,9 @@ class Oracle:
             ):
                 return True
         elif (
-            rule.table == PARENT
-            and rule.action != "retain"
+            rule.action != "retain"
             and self.person_is_parent_key()
+            and row[PARENT_KEY] is not None  # a parent's key, or a child's reference to it
             and any(
                 h.scope == "subject" and h.target == f"person:{row[PARENT_KEY]}" for h in active
             )
