@@ -641,7 +641,7 @@ class Applier:
     # -- delete ---------------------------------------------------------------------------
 
     def _pending_table(self, b: BoundRule) -> sa.TableClause:
-        name = "pending__" + b.table.name.replace(".", "__")
+        name = control.per_table_name("pending", b.table.name)
         types = self.store.ddl_types()
         cols = ", ".join(
             f'"{k}" {control.key_column_type(b.table.columns[k], self.store)}' for k in b.rule.keys

@@ -272,8 +272,33 @@ def control_exists(session: Session) -> bool:
 # --- anonymisation markers -----------------------------------------------------------------
 
 
+MAX_NAME_BYTES = 63
+"""PostgreSQL cuts longer identifiers (NAMEDATALEN - 1), silently."""
+
+
+def per_table_name(prefix: str, table: str) -> str:
+    """The name of the control table that belongs to the data table `schema.table`: distinct
+    for distinct tables, and whole on every store.
+
+    `prefix__schema__table` where that names one table only: the schema has no `__` and does
+    not end in `_`, so the first `__` after the prefix ends it (the names earlier versions
+    wrote, kept so that their markers and journals are found), and it fits in 63 bytes.
+    Otherwise `prefix_` and 16 hex digits of the SHA-256 of `schema.table`, then as much of
+    the name as fits, for people reading the schema: `w.a__b` and `w__a.b` once shared
+    `anonymised__w__a__b`, and two long names PostgreSQL's cut, so a rule read rows of one
+    table as done by the markers of the other and skipped them."""
+    schema, short = table.split(".", 1)
+    plain = f"{prefix}__{schema}__{short}"
+    if "__" not in schema and not schema.endswith("_") and len(plain.encode()) <= MAX_NAME_BYTES:
+        return plain
+    digest = hashlib.sha256(table.encode()).hexdigest()[:16]
+    # a hex digit follows `prefix_`, never the `_` of a plain name
+    name = f"{prefix}_{digest}_{schema}__{short}"
+    return name.encode()[:MAX_NAME_BYTES].decode(errors="ignore")
+
+
 def marker_name(table: str) -> str:
-    return "anonymised__" + table.replace(".", "__")
+    return per_table_name("anonymised", table)
 
 
 def marker_table(info: TableInfo, key: list[str]) -> sa.TableClause:

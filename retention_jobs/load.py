@@ -308,6 +308,13 @@ def _hint(err: ErrorDetails) -> str:
         return "add it (see docs/policies.md)"
     if kind == "literal_error":
         return ""
+    if kind == "string_pattern_mismatch" and "[A-Za-z0-9_]" in str(err.get("ctx", {})):
+        # quoting would let a name carry `%`, quotes or `.`; the engine names tables and columns
+        # in control tables, marker lists and messages, so the policy language keeps to these
+        return (
+            "policies name tables (schema.table) and columns with letters, digits and _ only; "
+            "rename the table or column in the store to cover it"
+        )
     return ""
 
 

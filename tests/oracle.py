@@ -13,13 +13,15 @@ re-implemented here. The semantics follow the docstring of `retention_jobs.predi
   a table hold on the child table, or a subject hold on a child's subject under any subject a
   rule declares for the child table.
 - inferred subjects: when some rule declares `person` on w.parent's key (parent_id), the
-  key is a person's id. A non-retain rule on w.parent without a subject is then held by a
-  hold on person:<parent_id>, and a child row of a table no rule declares a subject for is
+  key is a person's id. A non-retain rule without a subject, on w.parent or on w.child (whose
+  parent_id references the key), is then held by a hold on person:<parent_id>, and a child row of a table no rule declares a subject for is
   held by person:<its parent_id> (it references that key).
 - retained: inside a retain rule's period (a NULL clock retains) on the row, or on any of the
   row's cascade children.
 - to_act: expired, not held, not retained; for anonymise also not superseded by a free delete
   rule on the same table and not already done (every column carries a marker).
+
+`RequestOracle` is the same oracle for an erasure request of one subject (request mode).
 
 `simulate_run` applies a run the way the engine orders it (deletes, then anonymisations, then
 retains; policy order within each), each rule acting on the rows it planned at the start of the
@@ -41,6 +43,7 @@ PARENT = "w.parent"
 CHILD = "w.child"
 PARENT_KEY = "parent_id"
 CHILD_KEY = "cid"
+CHILD_LINE = "line"  # the second column of the child's key (the oracle needs cid only)
 
 Cond = tuple[str, str, Any]  # (column, op, value)
 
@@ -224,9 +227,9 @@ class Oracle:
             ):
                 return True
         elif (
-            rule.table == PARENT
-            and rule.action != "retain"
+            rule.action != "retain"
             and self.person_is_parent_key()
+            and row[PARENT_KEY] is not None  # a parent's key, or a child's reference to it
             and any(
                 h.scope == "subject" and h.target == f"person:{row[PARENT_KEY]}" for h in active
             )
@@ -429,3 +432,33 @@ def anonymised_value(v: Any, strategy: str, secret: bytes) -> Any:
 def key_secret(text: str) -> bytes:
     """The secret of a pseudonym key given as text (SHA-256 of the text)."""
     return hashlib.sha256(text.encode()).digest()
+
+
+class RequestOracle(Oracle):
+    """An erasure request for one subject (`kind:id`), processed as a run in request mode: a
+    non-retain rule whose subject kind is the request's acts on the subject's rows (the subject
+    column, as text, equals the id), whatever its clock says, but only on rows its `where` and
+    `related` filters cover: they say which rows are the rule's (issue 15, processor boundary).
+    Holds, retain periods (with their clocks), cascades, deletion winning over anonymisation and
+    markers keep their meaning, so `plan` and `simulate_run` need nothing else.
+
+    `honour_filters=False` is the engine before the processor-boundary fix (filters ignored),
+    kept to tell that known failure apart from any other."""
+
+    def __init__(self, rules: list[RuleSpec], as_of: date, subject: str, honour_filters=True):
+        super().__init__(rules, as_of)
+        self.kind, self.subject_id = subject.split(":", 1)
+        self.honour_filters = honour_filters
+
+    def belongs(self, rule: RuleSpec, row: dict) -> bool:
+        if rule.subject is None or rule.subject[0] != self.kind:
+            return False
+        value = row[rule.subject[1]]
+        return value is not None and str(value) == self.subject_id
+
+    def expired(self, world: World, rule: RuleSpec, row: dict) -> bool:
+        if rule.action == "retain":
+            return super().expired(world, rule, row)
+        if not self.belongs(rule, row):
+            return False
+        return not self.honour_filters or self.matches(world, rule, row)

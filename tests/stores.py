@@ -94,7 +94,8 @@ def reset_pg_database(url: str) -> None:
             ).fetchall()
         ]
         for s in schemas:
-            con.execute(f'DROP SCHEMA "{s}" CASCADE')
+            quoted = '"' + s.replace('"', '""') + '"'  # test schemas may be named anything
+            con.execute(f"DROP SCHEMA {quoted} CASCADE")
         con.execute("CREATE SCHEMA public")
 
 

@@ -1,225 +1,84 @@
-"""Property test: the engine's plans and runs against the brute-force oracle in tests/oracle.py.
+"""Property test: the engine's plans and runs against the brute-force oracle in tests/oracle.py,
+on DuckDB and on PostgreSQL.
 
-Every example builds a small world in a fresh DuckDB file (w.parent and w.child, random NULLs;
-the parent's key is named parent_id like the child's reference, so that related clocks and
-filters can join `on: parent_id`), renders one or two random rules on w.parent (and maybe a
-retain policy on w.parent or w.child) to YAML, places and releases holds, then checks:
+Every example builds a small world in a fresh store (a new DuckDB file, or the module's
+PostgreSQL database emptied): w.parent and w.child, random NULLs; the parent's key is named
+parent_id like the child's reference, so that related clocks and filters can join `on:
+parent_id`. The tables, their schema and their columns get physical names drawn by hypothesis
+(`Names`): mixed case, `_` anywhere, SQL keywords for the names policies use; `%`, quotes,
+spaces for a column and a table that no policy names. The test renders one or two random rules
+on w.parent (and maybe a retain policy on w.parent or w.child, and a delete or anonymise rule
+on w.child, whose key is the two columns (cid, line)) to YAML, places and releases holds, then
+checks:
 - `build_plan` counts (total/expired/held/retained/superseded/already_done/to_act, cascade rows)
   equal the oracle's;
 - a run changes exactly what the oracle's simulation changes (deleted parents and their children,
   unlinked children, anonymised columns, markers), and nothing else: held and retained rows are
-  byte-identical;
+  byte-identical, the unnamed column and table unchanged;
 - a second plan and run agree with the oracle again, and change nothing when no rule's filter
   reads a column that the first run anonymised.
+
+`test_requests_match_oracle` processes an erasure request for one subject on the same worlds
+and compares with `RequestOracle`.
+
+Examples per store: RJ_ORACLE_EXAMPLES (DuckDB) and RJ_ORACLE_PG_EXAMPLES (PostgreSQL);
+requests: RJ_ORACLE_REQUEST_EXAMPLES and RJ_ORACLE_PG_REQUEST_EXAMPLES.
 """
 
 from __future__ import annotations
 
-import itertools
+import os
+import re
+import subprocess
+import sys
 from datetime import UTC, date, datetime, time, timedelta
-from pathlib import Path
-from typing import Any
 
-import duckdb
+import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from oracle import (
     CHILD,
-    CHILD_KEY,
     PARENT,
-    PARENT_KEY,
     Hashed,
     HoldSpec,
     Oracle,
+    RequestOracle,
     RuleSpec,
     World,
     add_ymd,
-    key_secret,
+)
+from oracle_store import (
+    KEY,
+    PARENT_COLUMNS,
+    PLAIN,
+    SECRET,
+    Names,
+    NoAliases,
+    Stores,
+    build_store,
+    fetch_world,
+    names_strategy,
+    policy_set,
+    rule_yaml,
 )
 
 from retention_jobs import control
-from retention_jobs.anonymise import PseudonymKey
 from retention_jobs.apply import RunOptions, run_policies
-from retention_jobs.load import PolicySet, load_text
+from retention_jobs.load import PolicySet
 from retention_jobs.plan import build_plan
+from retention_jobs.requests import add_request, process_request
+from retention_jobs.store.base import Store
 from retention_jobs.store.duckdb_store import DuckDBStore
 
-
-class _NoAliases(yaml.SafeDumper):
-    """Policy files refuse anchors and aliases: a value shared by two rules is written twice."""
-
-    def ignore_aliases(self, data):
-        return True
+STORES = ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
-KEY_TEXT = "oracle-test-key-0123456789"
-KEY = PseudonymKey.from_text(KEY_TEXT)
-SECRET = key_secret(KEY_TEXT)
-
-PARENT_COLUMNS = ("parent_id", "subject", "status", "n", "note", "d", "ts", "tstz")
-CHILD_COLUMNS = ("cid", "parent_id", "c_date", "kind")
-DDL = """
-CREATE SCHEMA w;
-CREATE TABLE w.parent(parent_id BIGINT PRIMARY KEY, subject VARCHAR, status VARCHAR, n INTEGER,
-                      note VARCHAR, d DATE, ts TIMESTAMP, tstz TIMESTAMPTZ);
-CREATE TABLE w.child(cid BIGINT PRIMARY KEY, parent_id BIGINT REFERENCES w.parent(parent_id),
-                     c_date DATE, kind VARCHAR);
-"""
-STRATEGY_YAML: dict[str, Any] = {
-    "redact": "redact",
-    "hash": "hash",
-    "mask1": {"mask": {"keep_last": 1}},
-}
-
-
-# --- rendering ------------------------------------------------------------------------------
-
-
-def period_text(keep: tuple[int, int, int]) -> str:
-    y, m, d = keep
-    days = f"{d // 7}W" if d and d % 7 == 0 else f"{d}D" if d else ""
-    text = (f"{y}Y" if y else "") + (f"{m}M" if m else "") + days
-    return "P" + (text or "0D")
-
-
-def where_yaml(conds: tuple) -> dict:
-    by_column: dict[str, list] = {}
-    for column, op, value in conds:
-        by_column.setdefault(column, []).append((op, value))
-    out: dict[str, Any] = {}
-    for column, ops in by_column.items():
-        if len(ops) == 1 and ops[0][0] == "eq":
-            out[column] = ops[0][1]  # the short form, `status: closed` (or `status: null`)
-        elif len(ops) == 1 and ops[0][0] == "in":
-            out[column] = list(ops[0][1])
-        else:
-            out[column] = {op: list(v) if isinstance(v, tuple) else v for op, v in ops}
-    return out
-
-
-def rule_yaml(r: RuleSpec) -> dict:
-    doc: dict[str, Any] = {"name": r.name, "table": r.table, "key": r.key}
-    if r.subject:
-        doc["subject"] = {"kind": r.subject[0], "column": r.subject[1]}
-    elif r.action != "retain":
-        # without it, validate refuses a rule that reaches no subject; it still honours the
-        # subjects it reaches (the oracle's inferred subjects)
-        doc["subject"] = {"none": "generated rule"}
-    if r.clock.startswith("related:"):
-        doc["clock"] = {
-            "table": CHILD,
-            "on": PARENT_KEY,
-            "column": "c_date",
-            "aggregate": r.clock.split(":")[1],
-        }
-    else:
-        doc["clock"] = r.clock
-    if r.round_to:
-        doc["round_clock_to"] = r.round_to
-    doc["keep_for"] = period_text(r.keep)
-    if r.where:
-        doc["where"] = where_yaml(r.where)
-    if r.related:
-        doc["related"] = [
-            {"table": CHILD, "on": PARENT_KEY, q: where_yaml(conds)} for q, conds in r.related
-        ]
-    doc["action"] = r.action
-    if r.columns:
-        doc["columns"] = {c: STRATEGY_YAML[s] for c, s in r.columns}
-    if r.cascade:
-        link: dict[str, Any] = {"table": CHILD, "on": PARENT_KEY, "action": r.cascade}
-        if r.cascade_columns:
-            link["columns"] = {c: STRATEGY_YAML[s] for c, s in r.cascade_columns}
-        doc["cascade"] = [link]
-    return doc
-
-
-def policy_set(rules: list[RuleSpec]) -> PolicySet:
-    files = []
-    for purpose, group in itertools.groupby(rules, key=lambda r: r.purpose):
-        group = list(group)
-        doc = {
-            "purpose": purpose,
-            "title": f"Purpose {purpose}",
-            "legal_basis": "contract",
-            "owner": "qa",
-            "timezone": group[0].tz,
-            "rules": [rule_yaml(r) for r in group],
-        }
-        files.append(
-            load_text(
-                yaml.dump(doc, Dumper=_NoAliases, sort_keys=False), f"policies/{purpose}.yaml"
-            )
-        )
-    return PolicySet(tuple(files))
-
-
-# --- the store --------------------------------------------------------------------------------
-
-_counter = itertools.count()
-
-
-def build_store(
-    root: Path, parents: list[tuple], children: list[tuple], holds: list[HoldSpec]
-) -> DuckDBStore:
-    store = DuckDBStore(root / f"w{next(_counter)}.duckdb")
-    with store.connect() as s:
-        con = s.con  # the plain duckdb connection, attached to the new file
-        con.execute(DDL)
-        for table, rows in (("w.parent", parents), ("w.child", children)):
-            if rows:  # one statement per table (executemany runs one per row)
-                values = ", ".join("(" + ", ".join("?" * len(rows[0])) + ")" for _ in rows)
-                con.execute(
-                    f"INSERT INTO {table} VALUES {values}", [v for row in rows for v in row]
-                )
-        control.ensure_control_schema(store, s)
-        for h in holds:
-            kw: dict[str, Any] = (
-                {"subject": h.target} if h.scope == "subject" else {h.scope: h.target}
-            )
-            hold_id = control.add_hold(
-                s, scope=h.scope, case_ref="CASE-1", reason="oracle test", placed_by="test", **kw
-            )
-            if h.released:
-                assert control.release_hold(s, hold_id, "test")
-    return store
-
-
-def fetch_world(store: DuckDBStore, holds: list[HoldSpec]) -> World:
-    con = duckdb.connect(str(store.path), read_only=True)
-    try:
-
-        def rows(sql: str) -> list[dict]:
-            cur = con.execute(sql)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-        parents = {r[PARENT_KEY]: r for r in rows("SELECT * FROM w.parent ORDER BY parent_id")}
-        children = {r[CHILD_KEY]: r for r in rows("SELECT * FROM w.child ORDER BY cid")}
-        present = {
-            r["table_name"]
-            for r in rows(
-                "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'retention_control'"
-            )
-        }
-        marked: set[tuple[str, int, str]] = set()
-        for table, key in ((PARENT, PARENT_KEY), (CHILD, CHILD_KEY)):
-            name = control.marker_name(table)
-            if name not in present:
-                continue
-            for r in rows(f'SELECT * FROM retention_control."{name}"'):
-                # one row per column (column_name) or per application (columns: ",a,b,")
-                names = (
-                    [r["column_name"]]
-                    if "column_name" in r
-                    else [c for c in r["columns"].split(",") if c]
-                )
-                marked |= {(table, r[key], c) for c in names}
-    finally:
-        con.close()
-    return World(parents, children, list(holds), marked)
+@pytest.fixture(scope="module", params=STORES)
+def stores(request, tmp_path_factory) -> Stores:
+    pg_url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return Stores(request.param, tmp_path_factory.mktemp(request.param), pg_url)
 
 
 # --- comparing --------------------------------------------------------------------------------
@@ -239,7 +98,7 @@ def plan_counts(rule_plans, rules: list[RuleSpec]) -> dict[str, dict[str, int]]:
 
 
 def engine_plan(
-    store: DuckDBStore, ps: PolicySet, as_of: date, rules: list[RuleSpec]
+    store: Store, ps: PolicySet, as_of: date, rules: list[RuleSpec]
 ) -> dict[str, dict[str, int]]:
     return plan_counts(build_plan(store, ps, as_of).rules, rules)
 
@@ -259,7 +118,13 @@ def assert_same_world(got: World, want: World, context: str) -> None:
 
 
 def run_and_check(
-    store: DuckDBStore, ps: PolicySet, oracle: Oracle, before: World, batch_size: int, context: str
+    store: Store,
+    ps: PolicySet,
+    oracle: Oracle,
+    before: World,
+    batch_size: int,
+    context: str,
+    names: Names = PLAIN,
 ) -> World:
     want, acted = oracle.simulate_run(before, SECRET)
     report = run_policies(
@@ -269,7 +134,7 @@ def run_and_check(
     assert plan_counts([rr.plan for rr in report.rules], oracle.rules) == oracle.plan(before), (
         f"{context}: plan"
     )
-    after = fetch_world(store, before.holds)
+    after = fetch_world(store, before.holds, names)
     assert_same_world(after, want, context)
     by_id = {r.rule_id: r for r in oracle.rules}
     for rr in report.rules:
@@ -303,18 +168,19 @@ def note_event(name: str) -> None:
 
 
 def check_scenario(
-    root: Path,
+    stores: Stores,
     rules: list[RuleSpec],
     as_of: date,
     parents: list[tuple],
     children: list[tuple],
     holds: list[HoldSpec],
     batch_size: int,
+    names: Names = PLAIN,
 ) -> None:
-    store = build_store(root, parents, children, holds)
-    ps = policy_set(rules)
+    store = build_store(stores, parents, children, holds, names)
+    ps = policy_set(rules, names)
     oracle = Oracle(rules, as_of)
-    before = fetch_world(store, holds)
+    before = fetch_world(store, holds, names)
 
     want = oracle.plan(before)
     for counts in want.values():
@@ -322,10 +188,10 @@ def check_scenario(
             if v and k != "total":
                 note_event(f"first plan: {k}")
     assert engine_plan(store, ps, as_of, rules) == want, "first plan"
-    after = run_and_check(store, ps, oracle, before, batch_size, "first run")
+    after = run_and_check(store, ps, oracle, before, batch_size, "first run", names)
 
     want_plan = oracle.plan(after)  # run_and_check compares it with the second run's plan
-    again = run_and_check(store, ps, oracle, after, batch_size, "second run")
+    again = run_and_check(store, ps, oracle, after, batch_size, "second run", names)
     if any(p["to_act"] for p in want_plan.values()):
         note_event("second run acts")
 
@@ -452,6 +318,27 @@ def main_rule(draw, i: int, tz: str) -> RuleSpec:
 
 
 @st.composite
+def child_rule(draw) -> RuleSpec:
+    """A rule on w.child itself: its key is (cid, line)."""
+    action = draw(st.sampled_from(["delete", "anonymise"]))
+    return RuleSpec(
+        purpose="pc",
+        tz=draw(st.sampled_from(TZS)),
+        name="c0",
+        table=CHILD,
+        clock="c_date",
+        keep=draw(keep_for),
+        action=action,
+        round_to=draw(rounding),
+        where=draw(st.lists(child_condition, max_size=1).map(dedupe)),
+        columns=draw(st.sampled_from([(("kind", "redact"),), (("kind", "hash"),)]))
+        if action == "anonymise"
+        else (),
+        subject=draw(st.sampled_from([None, ("person", "kind")])),
+    )
+
+
+@st.composite
 def retain_rule(draw) -> RuleSpec:
     tz = draw(st.sampled_from(TZS))
     if draw(st.booleans()):
@@ -508,12 +395,14 @@ def mostly(s: st.SearchStrategy) -> st.SearchStrategy:
 
 
 @st.composite
-def scenarios(draw):
+def scenarios(draw, kind: str = "duckdb"):
     as_of = draw(st.sampled_from(AS_OF))
     tz = draw(st.sampled_from(TZS))
     rules = [draw(main_rule(i, tz)) for i in range(draw(st.integers(1, 2)))]
     if draw(st.sampled_from([False, False, True])):
         rules.append(draw(retain_rule()))
+    if draw(st.sampled_from([False, False, True])):
+        rules.append(draw(child_rule()))
     # clocks cluster around the rules' boundaries, so that both sides of each get hit
     anchors: set[date] = set()
     for r in rules:
@@ -550,22 +439,175 @@ def scenarios(draw):
     ]
     holds = draw(holds_strategy)
     batch_size = draw(st.integers(3, 50))
-    return rules, as_of, parents, children, holds, batch_size
+    names = draw(st.one_of(st.just(PLAIN), names_strategy(kind)))
+    return rules, as_of, parents, children, holds, batch_size, names
 
 
-# no explain phase: each example costs a DuckDB file and four engine calls (~0.5 s)
-@settings(
-    max_examples=60,
-    deadline=None,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(scenario=scenarios())
-def test_engine_matches_oracle(tmp_path_factory, scenario):
-    rules, as_of, parents, children, holds, batch_size = scenario
-    check_scenario(
-        tmp_path_factory.mktemp("oracle"), rules, as_of, parents, children, holds, batch_size
+EXAMPLES = {"duckdb": ("RJ_ORACLE_EXAMPLES", 20), "postgresql": ("RJ_ORACLE_PG_EXAMPLES", 12)}
+"""Examples per store, from the environment (default: about a minute each on a busy 2-core
+machine: an example costs four engine calls, 1.5 to 5 s on either store depending on load)."""
+
+
+def examples(kind: str) -> int:
+    var, default = EXAMPLES[kind]
+    return int(os.environ.get(var, default))
+
+
+def test_engine_matches_oracle(stores: Stores):
+    # derandomized: the same examples in every run, so CI never flakes on a new draw; more
+    # examples (the environment variables above) explore further. No explain phase: it
+    # re-runs each failing step.
+    @settings(
+        max_examples=examples(stores.kind),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
+    @given(scenario=scenarios(stores.kind))
+    def examples_hold(scenario):
+        rules, as_of, parents, children, holds, batch_size, names = scenario
+        check_scenario(stores, rules, as_of, parents, children, holds, batch_size, names)
+
+    examples_hold()
+
+
+# --- request mode ---------------------------------------------------------------------------
+
+
+class FiltersIgnoredInRequests(AssertionError):
+    """The request changed what the oracle gives when the rules' filters are ignored: the
+    processor-boundary hole of issue 15, fixed on branch h15req (not merged here)."""
+
+
+def check_request(
+    stores: Stores,
+    rules: list[RuleSpec],
+    as_of: date,
+    parents: list[tuple],
+    children: list[tuple],
+    holds: list[HoldSpec],
+    subject: str,
+    names: Names = PLAIN,
+) -> None:
+    """An erasure request for `subject`, processed on a fresh world, changes exactly what the
+    request oracle says: the subject's rows its rules cover, minus held and retained rows (and
+    their cascades), and nothing else: rows outside a rule's filter, other subjects' rows."""
+    store = build_store(stores, parents, children, holds, names)
+    ps = policy_set(rules, names)
+    before = fetch_world(store, holds, names)
+    oracle = RequestOracle(rules, as_of, subject)
+    want, _ = oracle.simulate_run(before, SECRET)
+    if want != before:
+        note_event("request changes rows")
+    kind, sid = subject.split(":", 1)
+    with store.connect() as s:
+        control.ensure_control_schema(store, s)
+        req = add_request(s, kind="erasure", subject_kind=kind, subject_id=sid, received_on=as_of)
+        process_request(store, s, ps, req, as_of, KEY)
+    after = fetch_world(store, holds, names)
+    if (after.parents, after.children) != (want.parents, want.children):
+        ignoring = RequestOracle(rules, as_of, subject, honour_filters=False)
+        unfiltered, _ = ignoring.simulate_run(before, SECRET)
+        if (after.parents, after.children, after.marked) == (
+            unfiltered.parents,
+            unfiltered.children,
+            unfiltered.marked,
+        ):
+            raise FiltersIgnoredInRequests("the request acted on rows outside its rules' filters")
+    assert_same_world(after, want, f"request {kind}:<id>")
+
+
+def mostly_from(values: list[str], rest: st.SearchStrategy) -> st.SearchStrategy:
+    """One of `values` three times in four, else a draw from `rest`."""
+    return st.tuples(st.integers(0, 3), st.sampled_from(values), rest).map(
+        lambda t: t[1] if t[0] else t[2]
+    )
+
+
+@st.composite
+def request_scenarios(draw, kind: str):
+    """A scenario and a subject to erase: mostly one whose id stands in a rule's subject column
+    of some row (so that the request has rows to act on), sometimes an id no row holds."""
+    scenario = draw(scenarios(kind))
+    rules, parents = scenario[0], scenario[2]
+    index = {c: i for i, c in enumerate(PARENT_COLUMNS)}
+    ids = sorted(
+        {
+            f"{r.subject[0]}:{row[index[r.subject[1]]]}"
+            for r in rules
+            if r.subject and r.table == PARENT
+            for row in parents
+            if row[index[r.subject[1]]] is not None
+        }
+    )
+    others = st.sampled_from(["person:s1", "person:2", "other:s1"])
+    subject = draw(mostly_from(ids, others) if ids else others)
+    return scenario, subject
+
+
+REQUEST_EXAMPLES = {
+    "duckdb": ("RJ_ORACLE_REQUEST_EXAMPLES", 12),
+    "postgresql": ("RJ_ORACLE_PG_REQUEST_EXAMPLES", 8),
+}
+
+
+def test_requests_match_oracle(stores: Stores):
+    """Every generated request agrees with the request oracle. Where the only difference is
+    the known hole (the engine ignores the rules' filters: the oracle without them agrees), the
+    example is counted, not failed, and the test ends as xfail with the count: every other
+    example is still checked. The hole itself is the strict xfail test below."""
+    var, default = REQUEST_EXAMPLES[stores.kind]
+    known: list[str] = []
+
+    @settings(
+        max_examples=int(os.environ.get(var, default)),
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(request=request_scenarios(stores.kind))
+    def examples_hold(request):
+        (rules, as_of, parents, children, holds, _batch_size, names), subject = request
+        try:
+            check_request(stores, rules, as_of, parents, children, holds, subject, names)
+        except FiltersIgnoredInRequests as e:
+            note_event("known hole: filters ignored")
+            known.append(str(e))
+
+    examples_hold()
+    if known:
+        pytest.xfail(
+            f"{len(known)} examples hit the known hole: {FiltersIgnoredInRequests.__doc__}"
+        )
+
+
+@pytest.mark.xfail(raises=FiltersIgnoredInRequests, strict=True, reason="issue 15, fixed on h15req")
+def test_a_request_leaves_rows_outside_its_rules_filter(stores: Stores):
+    """The subject's rows are s1's parents 1 (open) and 2 (closed); the rule covers closed rows
+    only, so the request deletes parent 2 and leaves parent 1. Strict: when the fix is merged
+    this passes and the marker must go."""
+    rule = RuleSpec(
+        purpose="pa",
+        tz="UTC",
+        name="r0",
+        table=PARENT,
+        clock="d",
+        keep=(1, 0, 0),
+        action="delete",
+        where=(("status", "eq", "closed"),),
+        cascade="delete",
+        subject=("person", "subject"),
+    )
+    parents = [
+        (1, "s1", "open", None, None, date(2024, 2, 1), None, None),
+        (2, "s1", "closed", None, None, date(2024, 2, 1), None, None),
+        (3, "s2", "closed", None, None, date(2024, 2, 1), None, None),
+    ]
+    check_request(stores, [rule], date(2024, 2, 29), parents, [], [], "person:s1")
 
 
 # --- hand-picked calendar and time-zone edges -----------------------------------------------
@@ -852,7 +894,7 @@ EDGES = [
 ]
 
 
-def test_calendar_and_zone_edges(tmp_path_factory):
+def test_calendar_and_zone_edges(stores: Stores):
     """Each edge gets its own row (n = its index) and its own policy (zone), whose rule selects
     that row only; one plan and one run per as-of date. A NULL clock (row 0) never starts."""
     rules, parents = [], [(0, None, "closed", 0, "x", None, None, None)]
@@ -874,7 +916,7 @@ def test_calendar_and_zone_edges(tmp_path_factory):
             )
         )
     children = [(i, i, None, "a") for i in range(len(EDGES) + 1)]
-    store = build_store(tmp_path_factory.mktemp("edges"), parents, children, [])
+    store = build_store(stores, parents, children, [])
     before = fetch_world(store, [])
     wrong = []
     by_date: dict[date, list[int]] = {}
@@ -904,7 +946,7 @@ def test_calendar_and_zone_edges(tmp_path_factory):
 # --- regressions found by the property test ---------------------------------------------------
 
 
-def test_null_subject_is_not_held_by_a_hold_on_another_subject(tmp_path_factory):
+def test_null_subject_is_not_held_by_a_hold_on_another_subject(stores: Stores):
     """A row whose subject is NULL has no subject to be held for. `CAST(NULL) IN (held ids)` is
     unknown, not false, whenever some subject hold of the kind is active; the row must still be
     counted and deleted like any other expired, unheld row."""
@@ -925,15 +967,13 @@ def test_null_subject_is_not_held_by_a_hold_on_another_subject(tmp_path_factory)
         (3, "s1", None, None, None, date(2024, 2, 1), None, None),
     ]
     holds = [HoldSpec("subject", "person:s1")]
-    store = build_store(tmp_path_factory.mktemp("null-subject"), parents, [], holds)
+    store = build_store(stores, parents, [], holds)
     plan = engine_plan(store, policy_set([rule]), date(2024, 2, 29), [rule])["pa/r0"]
     assert (plan["expired"], plan["held"], plan["to_act"]) == (3, 1, 2)
-    check_scenario(
-        tmp_path_factory.mktemp("null-subject"), [rule], date(2024, 2, 29), parents, [], holds, 3
-    )
+    check_scenario(stores, [rule], date(2024, 2, 29), parents, [], holds, 3)
 
 
-def test_a_run_changes_only_the_rows_its_plan_counted(tmp_path_factory):
+def test_a_run_changes_only_the_rows_its_plan_counted(stores: Stores):
     """r0 redacts status of the closed row; r1 anonymises rows whose status is NULL. The plan,
     made before anything changes, counts one row for each rule, and the run must change exactly
     those: the row that r0 just redacted becomes r1's in the next run, not silently in this one
@@ -965,7 +1005,7 @@ def test_a_run_changes_only_the_rows_its_plan_counted(tmp_path_factory):
         (1, None, "closed", None, "x", date(2024, 2, 1), None, None),
         (2, None, None, None, "y", date(2024, 2, 1), None, None),
     ]
-    store = build_store(tmp_path_factory.mktemp("plan-bound"), parents, [], [])
+    store = build_store(stores, parents, [], [])
     report = run_policies(
         store, policy_set([r0, r1]), date(2024, 2, 29), KEY, RunOptions(max_delete_fraction=None)
     )
@@ -973,6 +1013,61 @@ def test_a_run_changes_only_the_rows_its_plan_counted(tmp_path_factory):
     assert fetch_world(store, []).parents[1]["note"] == "x", (
         "r1 changed a row its plan did not count"
     )
-    check_scenario(
-        tmp_path_factory.mktemp("plan-bound"), [r0, r1], date(2024, 2, 29), parents, [], [], 3
+    check_scenario(stores, [r0, r1], date(2024, 2, 29), parents, [], [], 3)
+
+
+# --- names a policy cannot use ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wild", ["we%ird", 'qu"ote', "with space"])
+def test_a_policy_naming_a_table_or_column_outside_the_grammar_is_refused(stores: Stores, wild):
+    """By design policies name tables and columns with letters, digits and `_`
+    (policy.Identifier). A rule naming the store's column `wild`, or a table in a schema named
+    `wild`, is refused by `validate --store` with exit 2, the file:line:col of the name and what
+    to do, and the store is left as it was."""
+    names = Names(extra=wild, side_schema=wild)
+    parents = [(1, "s1", "closed", 1, "x", date(2020, 1, 1), None, None)]
+    store = build_store(stores, parents, [(1, 1, None, "a")], [], names)
+    before = fetch_world(store, [], names)
+    rule = rule_yaml(
+        RuleSpec(
+            "pa", "UTC", "r0", PARENT, "d", (1, 0, 0), "anonymise", columns=(("note", "hash"),)
+        ),
+        names,
     )
+    rule["columns"] = {wild: "hash"}
+    side = {**rule, "name": "r1", "table": f"{wild}.{names.side}"}
+    side.pop("columns")
+    side["action"] = "delete"
+    doc = {
+        "purpose": "pa",
+        "title": "Purpose pa",
+        "legal_basis": "contract",
+        "owner": "qa",
+        "rules": [rule, side],
+    }
+    root = stores.root / f"wild{next(stores._n)}"
+    (root / "policies").mkdir(parents=True)
+    text = yaml.dump(doc, Dumper=NoAliases, sort_keys=False, width=1000)
+    (root / "policies" / "pa.yaml").write_text(text)
+    lines = [i + 1 for i, line in enumerate(text.splitlines()) if wild in line]
+    assert len(lines) == 2  # the column's key, the table's value
+    location = str(store.path) if isinstance(store, DuckDBStore) else stores.pg_url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", "validate", "--store", location, "policies"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert "Traceback" not in output
+    for line in lines:
+        assert re.search(rf"^policies/pa\.yaml:{line}:\d+: ", output, re.M), (
+            f"line {line}:\n{output}"
+        )
+    assert "letters, digits and _ only; rename the table or column" in output
+    assert fetch_world(store, [], names) == before

@@ -230,6 +230,22 @@ def test_stage_round_trip(store):
         s.drop_stage("rj_never_made")  # dropping a missing stage is not an error
 
 
+def test_bound_values_for_columns_whose_names_need_escaping(store):
+    """SQLAlchemy renames a bind named after a column with `%`, a space or `.` (`we%ird_1`
+    becomes `wePird_1`) in the SQL and its parameters but not in the positional order; the
+    DuckDB compiler once looked the old name up and raised KeyError."""
+    names = ["we%ird", "with space", "a.b", "q(x)"]
+    with store.connect() as s:
+        cols = ", ".join('"' + n + '" BIGINT' for n in names)
+        s.execute("CREATE SCHEMA s")
+        s.execute(f"CREATE TABLE s.t ({cols})")
+        t = sa.table("t", *(sa.column(n) for n in names), schema="s")
+        with s.transaction():
+            s.execute(sa.insert(t).values([{n: i for i, n in enumerate(names)}]))
+        got = s.fetchall(sa.select(*(t.c[n] for n in names)).where(t.c["we%ird"] == 0))
+    assert [tuple(r) for r in got] == [tuple(range(len(names)))]
+
+
 def test_stage_is_temporary_and_per_session(store):
     with store.connect() as s:
         s.stage("rj_private", sample())

@@ -43,7 +43,10 @@ def compile_for_duckdb(stmt: sa.Executable) -> tuple[str, list[Any]]:
     if not isinstance(compiled, SQLCompiler):  # DDL constructs are not run through here
         raise TypeError(f"not a DML or query statement: {stmt!r}")
     params = compiled.params
-    return str(compiled), [params[name] for name in (compiled.positiontup or [])]
+    # a bind named after a column with `%`, a space, `.`... is renamed in the SQL text and in
+    # `params` (`we%ird_1` -> `wePird_1`), but not in `positiontup`
+    escaped = compiled.escaped_bind_names
+    return str(compiled), [params[escaped.get(name, name)] for name in (compiled.positiontup or [])]
 
 
 def normalise_type(raw: str) -> str:
