@@ -310,14 +310,23 @@ class Oracle:
     # -- plan -----------------------------------------------------------------------------
 
     def plan(self, world: World) -> dict[str, dict[str, int]]:
-        out = {}
-        for rule in self.rules:
-            rows = list(world.rows(rule.table).values())
+        """Counts per rule as the run will find them: rules in run order (deletes, then
+        anonymisations, policy order within), each row counted once, for the first rule or
+        cascade that acts on it; a later rule counts it `superseded`. A related clock or filter
+        no longer sees the children earlier steps deleted, and a row whose columns earlier
+        rules of the run anonymised is `already_done`."""
+        taken: set[tuple[str, object]] = set()  # rows deleted by an earlier step
+        anonymised: dict[tuple[str, object], set[str]] = {}  # columns done earlier in the run
+        out: dict[str, dict[str, int]] = {}
+        for rule in sorted(self.rules, key=lambda r: RUN_ORDER[r.action]):
+            table = world.rows(rule.table)
             counts = dict.fromkeys(
                 ("total", "expired", "held", "retained", "superseded", "already_done", "to_act"), 0
             )
-            counts["total"] = len(rows)
-            for row in rows:
+            counts["total"] = len(table)
+            view = _without(world, taken)
+            acted: list[dict] = []
+            for k, row in table.items():
                 if rule.action == "retain":  # its own rows: past the minimum, or inside it
                     counts["retained"] += self.inside_retain(world, rule, row)
                     counts["expired"] += self.expired(world, rule, row)
@@ -329,19 +338,45 @@ class Oracle:
                     counts["held"] += 1
                 elif self.retained(world, rule, row):
                     counts["retained"] += 1
-                elif self.superseded(world, rule, row):
+                elif (
+                    self.superseded(world, rule, row)
+                    or (rule.table, k) in taken
+                    or not self.expired(view, rule, view.rows(rule.table)[k])
+                ):
                     counts["superseded"] += 1
-                elif rule.action == "anonymise" and self.done(world, rule, row):
+                elif rule.action == "anonymise" and (
+                    self.done(world, rule, row)
+                    or {c for c, _ in rule.columns} <= anonymised.get((rule.table, k), set())
+                ):
                     counts["already_done"] += 1
                 else:
                     counts["to_act"] += 1
+                    acted.append(row)
             if rule.cascade:
-                acted = set(self.acted(world, rule))
-                counts["cascade_rows"] = sum(
-                    1 for c in world.children.values() if c[PARENT_KEY] in acted
-                )
+                kids = [
+                    c
+                    for row in acted
+                    for c in self.children_of(world, row)
+                    if (CHILD, c[CHILD_KEY]) not in taken
+                ]
+                counts["cascade_rows"] = len(kids)
+                for c in kids:
+                    if rule.cascade == "delete":
+                        taken.add((CHILD, c[CHILD_KEY]))
+                    elif rule.cascade == "anonymise":
+                        anonymised.setdefault((CHILD, c[CHILD_KEY]), set()).update(
+                            col for col, _ in rule.cascade_columns
+                        )
+            key = PARENT_KEY if rule.table == PARENT else CHILD_KEY
+            for row in acted:
+                if rule.action == "delete":
+                    taken.add((rule.table, row[key]))
+                else:
+                    anonymised.setdefault((rule.table, row[key]), set()).update(
+                        c for c, _ in rule.columns
+                    )
             out[rule.rule_id] = counts
-        return out
+        return {r.rule_id: out[r.rule_id] for r in self.rules}
 
     # -- a run ----------------------------------------------------------------------------
 
@@ -386,6 +421,22 @@ class Oracle:
                     anonymise(world, rule.table, row, rule.columns, key_secret)
                 res["rows"] += 1
         return world, results
+
+
+RUN_ORDER = {"delete": 0, "anonymise": 1, "retain": 2}
+
+
+def _without(world: World, taken: set[tuple[str, object]]) -> World:
+    """`world` without the rows earlier steps of a run deleted (what a later rule's related
+    clock or filter still sees)."""
+    if not taken:
+        return world
+    return World(
+        {k: r for k, r in world.parents.items() if (PARENT, k) not in taken},
+        {k: r for k, r in world.children.items() if (CHILD, k) not in taken},
+        world.holds,
+        world.marked,
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -476,11 +476,6 @@ def test_engine_matches_oracle(stores: Stores):
 # --- request mode ---------------------------------------------------------------------------
 
 
-class FiltersIgnoredInRequests(AssertionError):
-    """The request changed what the oracle gives when the rules' filters are ignored: the
-    processor-boundary hole of issue 15, fixed on branch h15req (not merged here)."""
-
-
 def check_request(
     stores: Stores,
     rules: list[RuleSpec],
@@ -507,15 +502,6 @@ def check_request(
         req = add_request(s, kind="erasure", subject_kind=kind, subject_id=sid, received_on=as_of)
         process_request(store, s, ps, req, as_of, KEY)
     after = fetch_world(store, holds, names)
-    if (after.parents, after.children) != (want.parents, want.children):
-        ignoring = RequestOracle(rules, as_of, subject, honour_filters=False)
-        unfiltered, _ = ignoring.simulate_run(before, SECRET)
-        if (after.parents, after.children, after.marked) == (
-            unfiltered.parents,
-            unfiltered.children,
-            unfiltered.marked,
-        ):
-            raise FiltersIgnoredInRequests("the request acted on rows outside its rules' filters")
     assert_same_world(after, want, f"request {kind}:<id>")
 
 
@@ -554,12 +540,9 @@ REQUEST_EXAMPLES = {
 
 
 def test_requests_match_oracle(stores: Stores):
-    """Every generated request agrees with the request oracle. Where the only difference is
-    the known hole (the engine ignores the rules' filters: the oracle without them agrees), the
-    example is counted, not failed, and the test ends as xfail with the count: every other
-    example is still checked. The hole itself is the strict xfail test below."""
+    """Every generated request agrees with the request oracle (which honours the rules'
+    filters: a request acts only on rows its rule covers)."""
     var, default = REQUEST_EXAMPLES[stores.kind]
-    known: list[str] = []
 
     @settings(
         max_examples=int(os.environ.get(var, default)),
@@ -572,24 +555,15 @@ def test_requests_match_oracle(stores: Stores):
     @given(request=request_scenarios(stores.kind))
     def examples_hold(request):
         (rules, as_of, parents, children, holds, _batch_size, names), subject = request
-        try:
-            check_request(stores, rules, as_of, parents, children, holds, subject, names)
-        except FiltersIgnoredInRequests as e:
-            note_event("known hole: filters ignored")
-            known.append(str(e))
+        check_request(stores, rules, as_of, parents, children, holds, subject, names)
 
     examples_hold()
-    if known:
-        pytest.xfail(
-            f"{len(known)} examples hit the known hole: {FiltersIgnoredInRequests.__doc__}"
-        )
 
 
-@pytest.mark.xfail(raises=FiltersIgnoredInRequests, strict=True, reason="issue 15, fixed on h15req")
 def test_a_request_leaves_rows_outside_its_rules_filter(stores: Stores):
     """The subject's rows are s1's parents 1 (open) and 2 (closed); the rule covers closed rows
-    only, so the request deletes parent 2 and leaves parent 1. Strict: when the fix is merged
-    this passes and the marker must go."""
+    only, so the request deletes parent 2 and leaves parent 1 (the processor-boundary hole of
+    issue 15: requests used to ignore the rule's filters)."""
     rule = RuleSpec(
         purpose="pa",
         tz="UTC",
