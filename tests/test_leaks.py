@@ -291,3 +291,61 @@ def test_duckdb_refusals_quote_no_value(tmp_path, case, column, after, action, n
         assert name in proc.stderr, proc.stderr
     exc = in_process(str(path), policies)
     assert_no_marker(str(exc), repr(exc), control_text(str(path)))
+
+
+# (scenario, extra DDL, what the message must name, the exit codes a run may end with)
+PG_TRANSIENT = [
+    (
+        # the application's trigger waits for a table another session has locked; the
+        # database gives up after lock_timeout
+        "lock-timeout",
+        [
+            "CREATE TABLE p.registry (nid TEXT)",
+            "CREATE FUNCTION p.wait() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN SET LOCAL lock_timeout = '200ms'; "
+            "LOCK TABLE p.registry IN ACCESS EXCLUSIVE MODE; RETURN NEW; END$$",
+            "CREATE TRIGGER wait BEFORE UPDATE ON p.people FOR EACH ROW EXECUTE FUNCTION p.wait()",
+        ],
+        ["LockNotAvailable", "55P03"],
+        {1, 4},
+    ),
+    (
+        # the connection is lost in the middle of the batch (the server ends the session)
+        "connection-loss",
+        [
+            "CREATE FUNCTION p.die() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END$$",
+            "CREATE TRIGGER die BEFORE UPDATE ON p.people FOR EACH ROW EXECUTE FUNCTION p.die()",
+        ],
+        [],
+        {1, 4},
+    ),
+]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("case", "ddl", "names", "codes"), PG_TRANSIENT, ids=[c[0] for c in PG_TRANSIENT]
+)
+def test_postgres_lock_timeout_and_connection_loss_quote_no_value(
+    tmp_path, case, ddl, names, codes
+):
+    with pg_database() as url:
+        build_pg(url, ddl)
+        before = people(url)
+        policies = write_policy(tmp_path, ANON_PHONE)
+        holder = psycopg.connect(libpq(url))
+        try:
+            if case == "lock-timeout":
+                holder.execute("LOCK TABLE p.registry IN ACCESS EXCLUSIVE MODE")
+            proc = cli_run(url, policies, tmp_path)
+        finally:
+            holder.rollback()
+            holder.close()
+        assert proc.returncode in codes, (proc.returncode, proc.stdout, proc.stderr)
+        assert_no_marker(proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        for name in names:
+            assert name in proc.stderr, proc.stderr
+        assert_no_marker(control_text(url))
+        assert people(url) == before  # the failed batch was rolled back
