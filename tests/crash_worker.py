@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from schema_cases import LEADS_POLICY as LEADS
+from schema_cases import SHOP_POLICY as SHOP
 
 from retention_jobs.anonymise import PseudonymKey
 from retention_jobs.apply import RunOptions, run_policies
@@ -22,39 +24,6 @@ CUTOFF = date(2025, 11, 22)
 """The last clock date past its period on AS_OF (keep_for P1Y)."""
 KEY = PseudonymKey.from_text("crash-points-key-0123456789abcdef")
 BATCH = 3
-
-SHOP = """
-purpose: shop
-title: Customers
-legal_basis: contract
-owner: ops
-rules:
-  - name: ended
-    table: s.customers
-    key: id
-    subject: {kind: customer, column: id}
-    clock: ended_at
-    keep_for: P1Y
-    action: delete
-    cascade:
-      - {table: s.subscriptions, on: customer_id, action: delete}
-"""
-
-LEADS = """
-purpose: leads
-title: Leads
-legal_basis: consent
-owner: marketing
-rules:
-  - name: cold
-    table: s.leads
-    key: id
-    subject: {kind: lead, column: id}
-    clock: seen_at
-    keep_for: P1Y
-    action: anonymise
-    columns: {email: hash}
-"""
 
 
 def policies() -> PolicySet:

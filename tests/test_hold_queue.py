@@ -15,6 +15,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from schema_cases import LEADS_POLICY as LEADS
+from schema_cases import SHOP_POLICY as SHOP
 from schema_cases import policies, rows, sql
 
 from retention_jobs import control, hold_queue
@@ -27,38 +29,6 @@ from retention_jobs.store.duckdb_store import DuckDBStore
 AS_OF = date(2026, 11, 22)
 KEY = PseudonymKey.from_text("hold-queue-key-0123456789abcdef")
 
-SHOP = """
-purpose: shop
-title: Customers
-legal_basis: contract
-owner: ops
-rules:
-  - name: ended
-    table: s.customers
-    key: id
-    subject: {kind: customer, column: id}
-    clock: ended_at
-    keep_for: P1Y
-    action: delete
-    cascade:
-      - {table: s.subscriptions, on: customer_id, action: delete}
-"""
-
-LEADS = """
-purpose: leads
-title: Leads
-legal_basis: consent
-owner: marketing
-rules:
-  - name: cold
-    table: s.leads
-    key: id
-    subject: {kind: lead, column: id}
-    clock: seen_at
-    keep_for: P1Y
-    action: anonymise
-    columns: {email: hash}
-"""
 
 DDL = [
     "CREATE SCHEMA s",
