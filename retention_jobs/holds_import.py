@@ -231,39 +231,38 @@ def apply(session: Session, where: str, holds: list[ImportedHold]) -> ImportResu
             raise PolicyError(problems)
         for x in holds:
             if x.hold_id not in stored:
-                kind = sid = None
-                if x.scope == "subject":
-                    kind, sid = x.target.split(":", 1)
-                session.execute(
-                    sa.insert(h).values(
-                        hold_id=x.hold_id,
-                        scope=x.scope,
-                        subject_kind=kind,
-                        subject_id=sid,
-                        table_name=x.target if x.scope == "table" else None,
-                        purpose=x.target if x.scope == "purpose" else None,
-                        case_ref=x.case_ref,
-                        reason=x.reason,
-                        placed_by=x.placed_by,
-                        placed_at=_stored_time(x.placed_at),
-                        review_at=x.review_at,
-                        released_at=_stored_time(x.released_at),
-                        released_by=x.released_by,
-                    )
+                spec = control.hold_spec(
+                    **{x.scope: x.target},
+                    case_ref=x.case_ref,
+                    reason=x.reason,
+                    placed_by=x.placed_by,
+                    review=x.review_at,
                 )
+                control.insert_hold(session, spec, x.hold_id, _naive_utc(x.placed_at))
+                if x.released_at is not None:
+                    _release(session, x)
                 placed += 1
             elif stored[x.hold_id] is None and x.released_at is not None:
-                session.execute(
-                    sa.update(h)
-                    .where(h.c.hold_id == x.hold_id, h.c.released_at.is_(None))
-                    .values(released_at=_stored_time(x.released_at), released_by=x.released_by)
-                )
+                _release(session, x)
                 released += 1
             else:
                 unchanged += 1
     return ImportResult(placed, released, unchanged)
 
 
-def _stored_time(value: datetime | None) -> datetime | None:
+def _release(session: Session, x: ImportedHold) -> None:
+    h = control.holds
+    session.execute(
+        sa.update(h)
+        .where(h.c.hold_id == x.hold_id, h.c.released_at.is_(None))
+        .values(released_at=_stored_time(x.released_at), released_by=x.released_by)
+    )
+
+
+def _naive_utc(value: datetime) -> datetime:
     """The control tables keep times as naive UTC (see control.now)."""
-    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _stored_time(value: datetime | None) -> datetime | None:
+    return None if value is None else _naive_utc(value)

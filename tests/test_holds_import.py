@@ -143,51 +143,31 @@ def test_every_bad_cell_is_located_and_nothing_is_written(tmp_path):
     assert "client:1" not in message  # cell values are not quoted back
 
 
+def holds_import_cli(export: Path, db: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    return subprocess.run(
+        [sys.executable, "-m", "retention_jobs.cli", "holds", "import", str(export)]
+        + ["--store", str(db)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
 def test_the_cli_refuses_a_bad_export_with_exit_2_and_an_unchanged_store(tmp_path):
     db = tmp_path / "w.duckdb"
     store = DuckDBStore(db)
     sql(store, *DDL)
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
     bad = write(tmp_path, EXPORT + BAD_ROWS[2][0] + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "retention_jobs.cli",
-            "holds",
-            "import",
-            str(bad),
-            "--store",
-            str(db),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
+    proc = holds_import_cli(bad, db)
     assert proc.returncode == 2, proc.stderr
     assert "holds.csv:4:5: placed_at: has no time zone" in proc.stderr
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
     good = write(tmp_path, EXPORT, "good.csv")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "retention_jobs.cli",
-            "holds",
-            "import",
-            str(good),
-            "--store",
-            str(db),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
+    proc = holds_import_cli(good, db)
     assert proc.returncode == 0, proc.stderr
     assert "2 placed, 0 released, 0 already recorded" in proc.stdout
     assert [h[4] for h in stored_holds(store)] == ["LIT-1", "LIT-2"]
