@@ -349,3 +349,36 @@ def test_postgres_lock_timeout_and_connection_loss_quote_no_value(
             assert name in proc.stderr, proc.stderr
         assert_no_marker(control_text(url))
         assert people(url) == before  # the failed batch was rolled back
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("case", ["check", "trigger"])
+def test_a_failed_dagster_materialisation_quotes_no_value(tmp_path, case):
+    """The same refusals through the Dagster asset: the failure's description and metadata,
+    every event's message and the asset checks hold no marker value."""
+    import dagster as dg
+
+    from assets.policy_assets import partitions_def, policy_assets
+    from assets.resources import PseudonymKeyResource, StoreResource
+
+    _, ddl, action, _ = next(c for c in PG_CASES if c[0] == case)
+    with pg_database() as url:
+        build_pg(url, ddl)
+        policies = write_policy(tmp_path, action)
+        (asset,) = policy_assets(load_policies([str(policies)]), partitions_def())
+        result = dg.materialize(
+            [asset],
+            partition_key=AS_OF,
+            resources={
+                "store": StoreResource(location=url),
+                "pseudonym_key": PseudonymKeyResource(key=KEY),
+            },
+            raise_on_error=False,
+        )
+        assert not result.success
+        texts = []
+        for e in result.all_events:
+            texts.append(e.message or "")
+            texts.append(repr(e.event_specific_data))
+        assert_no_marker(*texts)
+        assert_no_marker(control_text(url))
