@@ -25,6 +25,7 @@ from typing import Any, cast
 import polars as pl
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.dialects import postgresql
 
 from retention_jobs import control, erasure, guard, hold_queue, markers
 from retention_jobs.anonymise import (
@@ -36,9 +37,10 @@ from retention_jobs.anonymise import (
     original_token,
 )
 from retention_jobs.claims import run_rank
-from retention_jobs.errors import PartialRun, describe
+from retention_jobs.errors import ConfigError, PartialRun, describe
 from retention_jobs.load import PolicySet
 from retention_jobs.plan import Plan, Planner, RulePlan, link_paths, parent_values
+from retention_jobs.policy import ArrayRef
 from retention_jobs.predicates import KeyRangePredicates, Predicates, alias, in_stage
 from retention_jobs.purge import purge_tables
 from retention_jobs.resolve import BoundRule, Link
@@ -48,6 +50,7 @@ from retention_jobs.store.base import (
     Session,
     Store,
     TableInfo,
+    castable_array,
     sa_table,
     sa_type,
 )
@@ -714,6 +717,8 @@ class Applier:
                 lambda r, c: self.pred.marked(b.table, keys, r, c),
             )
             self._drop_markers(b.table, keys, victims, span)
+            for a in b.rule.remove_from:
+                self._remove_from_array(b, a, victims, counts, batch_no)
             n = self.session.execute(
                 sa.delete(target).where(in_stage(target, keys, victims.subquery(), span))
             )
@@ -725,6 +730,35 @@ class Applier:
                 )
             self._audit(b, b.table.name, "delete", batch_no, time.perf_counter() - t0, deleted=n)
         return n
+
+    def _remove_from_array(
+        self,
+        b: BoundRule,
+        a: ArrayRef,
+        victims: sa.Select,
+        counts: dict[str, TableCounts],
+        batch_no: int,
+    ) -> None:
+        """Take the ids of the rows this batch deletes out of `a`'s array column, in the batch's
+        transaction. Rows whose arrays hold a held row's id never reach here (`held`)."""
+        t0 = time.perf_counter()
+        t = alias(b.table)
+        ref = a.references or b.rule.keys[0]
+        ids = [
+            r[0]
+            for r in self.session.fetchall(
+                sa.select(t.c[ref]).where(
+                    in_stage(t, b.rule.keys, victims.subquery(), self._span), t.c[ref].is_not(None)
+                )
+            )
+        ]
+        if not ids:
+            return
+        info = self.planner.catalog.tables[a.table]
+        n = self.session.execute(array_removal(self.store.kind, info, a.column, ids))
+        self._audit(b, a.table, "remove-from-array", batch_no, time.perf_counter() - t0, unlinked=n)
+        prev = counts.get(a.table, TableCounts(table=a.table))
+        counts[a.table] = prev.model_copy(update={"unlinked": prev.unlinked + n})
 
     def _cascade_step(
         self,
@@ -1089,6 +1123,29 @@ class Applier:
         if not markers.is_empty():
             self.session.append(control.marker_table(info, keys), markers.to_arrow())
         return len(written)
+
+
+def array_removal(kind: str, info: TableInfo, column: str, ids: list) -> sa.TextClause:
+    """UPDATE `info` so that `column` (an array) no longer holds any of `ids`, keeping the other
+    elements in their order; only rows that hold one are written."""
+    raw = info.columns[column].raw_type.strip()
+    if not castable_array(raw):
+        raise ConfigError(f"{info.name}.{column}: cannot cast to its type {raw!r}")
+    quote = postgresql.dialect().identifier_preparer.quote
+    table, col = f"{quote(info.schema)}.{quote(info.short)}", quote(column)
+    ids_param = f"CAST(:ids AS {raw})"
+    if kind == "duckdb":
+        value = f"list_filter({col}, lambda x: NOT list_contains({ids_param}, x))"
+        where = f"list_has_any({col}, {ids_param})"
+    else:
+        value = (
+            f"ARRAY(SELECT u.x FROM unnest({col}) WITH ORDINALITY AS u(x, i) "
+            f"WHERE NOT (u.x = ANY({ids_param})) ORDER BY u.i)"
+        )
+        where = f"{col} && {ids_param}"
+    return sa.text(f"UPDATE {table} SET {col} = {value} WHERE {where}").bindparams(
+        sa.bindparam("ids", ids)
+    )
 
 
 def _versioned_table(info: TableInfo) -> sa.TableClause:

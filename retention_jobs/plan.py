@@ -15,7 +15,7 @@ from retention_jobs import control
 from retention_jobs.claims import Claims, run_rank, shared_tables
 from retention_jobs.load import PolicySet
 from retention_jobs.periods import expires_on
-from retention_jobs.predicates import Predicates, alias
+from retention_jobs.predicates import Predicates, alias, in_array
 from retention_jobs.resolve import BoundRule, Link, resolve
 from retention_jobs.store.base import Catalog, Session, Store
 
@@ -220,7 +220,7 @@ class Planner:
         total = self.session.scalar(sa.select(sa.func.count()).select_from(alias(b.table)))
         # what `b` takes, fixed before its own cascades and rows are recorded as taken
         acted = self.acted(b, claims)
-        cascades = self.cascade_plans(b, claims, acted)
+        cascades = self.cascade_plans(b, claims, acted) + self.array_plans(b, acted)
         claims.take_rows(
             b.table.name,
             b.rule.keys,
@@ -291,6 +291,21 @@ class Planner:
             if link.spec.action in ("delete", "anonymise"):
                 columns = link.spec.columns if link.spec.action == "anonymise" else None
                 claims.take_linked(link.table.name, link.on, values, columns)
+        return tuple(out)
+
+    def array_plans(
+        self, b: BoundRule, acted: tuple[sa.FromClause, sa.ColumnElement]
+    ) -> tuple[CascadePlan, ...]:
+        """Per `remove_from` array, the rows whose array holds an id of a row the rule deletes
+        (the run takes the ids out: an `unlink` of the array's elements)."""
+        t, acted_rows = acted
+        out = []
+        for a in b.rule.remove_from:
+            r = alias(self.catalog.tables[a.table])
+            ref = a.references or b.rule.keys[0]
+            holds_one = sa.exists().where(acted_rows, in_array(r.c[a.column], t.c[ref]))
+            n = self.session.scalar(sa.select(sa.func.count()).select_from(r).where(holds_one))
+            out.append(CascadePlan(table=a.table, action="unlink", rows=int(n or 0)))
         return tuple(out)
 
     def retain_notes(self, b: BoundRule) -> tuple[RetainNote, ...]:

@@ -379,6 +379,17 @@ class Cascade(_Model):
         return self
 
 
+class ArrayRef(_Model):
+    """An array column elsewhere that holds ids of the rule's rows (e.g. projects.member_ids)."""
+
+    table: TableName
+    """The table with the array column."""
+    column: Identifier
+    """The array column (BIGINT[], VARCHAR[], ...)."""
+    references: Identifier | None = None
+    """The rule's column whose values the array holds; default: the rule's key."""
+
+
 class Rule(_Model):
     """One table's retention: which rows expire when, and what happens to them."""
 
@@ -416,6 +427,9 @@ class Rule(_Model):
     """Foreign-key children handled before the parent (deletes only)."""
     suppress: list[Identifier] = Field(default_factory=list)
     """Columns whose keyed hashes go to the suppression list before the row is erased."""
+    remove_from: list[ArrayRef] = Field(default_factory=list)
+    """With action delete: array columns from which a deleted row's id is removed, in the same
+    transaction (a contact's id in projects.member_ids)."""
     filters_in_requests: bool = True
     """Whether a data-subject request honours `where` and `related` (default): they say which
     rows the rule covers (our own tenant, a country), and a request acts only on those. false:
@@ -468,7 +482,19 @@ class Rule(_Model):
             raise ValueError(
                 "an anonymised parent keeps its children: cascade delete needs action delete"
             )
+        if self.remove_from and self.action != "delete":
+            raise ValueError(
+                "remove_from takes a deleted row's id out of array columns: it needs action delete"
+            )
         keys = self.keys
+        if (
+            self.remove_from
+            and len(keys) > 1
+            and any(a.references is None for a in self.remove_from)
+        ):
+            raise ValueError(
+                "remove_from: with a composite key, name the column the array holds (references)"
+            )
         if len(set(keys)) != len(keys):
             raise ValueError("key lists a column twice")
         overlap = set(keys) & set(self.columns)

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from retention_jobs import control, markers
 from retention_jobs.literals import own_type, to_column_type
 from retention_jobs.periods import cutoff, exact_cutoff
-from retention_jobs.policy import Condition, RelatedClock, RelatedFilter, Scalar
+from retention_jobs.policy import ArrayRef, Condition, RelatedClock, RelatedFilter, Scalar
 from retention_jobs.resolve import BoundRule, Hop, Link, SubjectPath
 from retention_jobs.store.base import Catalog, ColumnInfo, TableInfo, sa_table
 
@@ -290,8 +290,17 @@ class Predicates:
                     link, t, lambda lk, c: self.row_held(lk.table.name, c, lk.inferred)
                 )
             )
+        # a row whose id an array of a held row holds: removing it would change the held row
+        parts += [self._in_held_array(b, a, t) for a in b.rule.remove_from]
         # a NULL subject matches no subject hold: false, not unknown
         return sa.func.coalesce(sa.or_(*parts), sa.false())
+
+    def _in_held_array(self, b: BoundRule, a: ArrayRef, t: sa.FromClause) -> sa.ColumnElement:
+        r = alias(self.catalog.tables[a.table])
+        return sa.exists().where(
+            in_array(r.c[a.column], t.c[a.references or b.rule.keys[0]]),
+            self.row_held(a.table, r),
+        )
 
     def path_held(
         self, kind: str, hops: tuple[Hop, ...], column: str, t: sa.FromClause
@@ -475,6 +484,12 @@ class Predicates:
 
 
 # --- other selections: a data subject's rows; holds as if released --------------------------
+
+
+def in_array(array: sa.ColumnElement, value: sa.ColumnElement) -> sa.ColumnElement:
+    """`value` is an element of `array` (PostgreSQL and DuckDB both have array_position, NULL
+    where the value is not there)."""
+    return sa.func.array_position(array, value).is_not(None)
 
 
 def subject_equals(col: sa.ColumnElement, info_type: str, subject_id: str) -> sa.ColumnElement:

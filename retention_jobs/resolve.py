@@ -12,6 +12,7 @@ from retention_jobs.fakes import check_provider
 from retention_jobs.literals import LiteralError, to_column_type
 from retention_jobs.load import Loc, PolicyFile, PolicySet
 from retention_jobs.policy import (
+    ArrayRef,
     Cascade,
     Condition,
     Constant,
@@ -27,7 +28,14 @@ from retention_jobs.policy import (
     Rule,
     Strategy,
 )
-from retention_jobs.store.base import Catalog, ColumnInfo, ForeignKey, TableInfo
+from retention_jobs.store.base import (
+    Catalog,
+    ColumnInfo,
+    ForeignKey,
+    TableInfo,
+    castable_array,
+    is_array,
+)
 
 DATE_TYPES = ("date", "timestamp", "timestamptz")
 NUMERIC_TYPES = ("integer", "float", "decimal")
@@ -285,6 +293,8 @@ class _Resolver:
         self.related(f, base, info, r.related)
         for col in r.suppress:
             self.column(f, (*base, "suppress"), info, col)
+        for j, a in enumerate(r.remove_from):
+            self.array_ref(f, (*base, "remove_from", j), info, r, a)
         self.strategies(f, (*base, "columns"), info, r.columns)
         links = tuple(
             link
@@ -350,6 +360,22 @@ class _Resolver:
                 f"{info.name} has no column {on!r} to link {rinfo.name}.{on} to",
                 f"name the column of {info.name} that {on} holds: references: COLUMN"
                 + (f" ({hint})" if (hint := _suggest(on, list(info.columns))) else ""),
+            )
+
+    def array_ref(self, f: PolicyFile, loc: Loc, info: TableInfo, r: Rule, a: ArrayRef) -> None:
+        """An array column that holds ids of the rule's rows: it exists and is an array."""
+        self.column(f, (*loc, "references"), info, a.references or r.keys[0])
+        target = self.table(f, (*loc, "table"), a.table)
+        if target is None:
+            return
+        col = self.column(f, (*loc, "column"), target, a.column)
+        if col is not None and not (is_array(col) and castable_array(col.raw_type)):
+            self.err(
+                f,
+                (*loc, "column"),
+                f"{a.table}.{a.column} is {col.raw_type}, not an array",
+                "remove_from takes an array column (BIGINT[], VARCHAR[], ...); for a plain "
+                "column that references the rows use a cascade",
             )
 
     def infer(self, f: PolicyFile, base: Loc, info: TableInfo, r: Rule) -> tuple[SubjectPath, ...]:

@@ -22,6 +22,7 @@ SECTIONS: dict[type[BaseModel], str] = {
     policy.RelatedClock: "### Related clocks",
     policy.RelatedFilter: "### Related filters",
     policy.Cascade: "## Cascades",
+    policy.ArrayRef: "### Ids in array columns",
     policy.Mask: "## Anonymisation strategies",
     policy.Hash: "## Anonymisation strategies",
     policy.Fake: "## Anonymisation strategies",

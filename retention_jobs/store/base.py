@@ -42,6 +42,20 @@ def is_nested(col: ColumnInfo) -> bool:
     )
 
 
+def is_array(col: ColumnInfo) -> bool:
+    """A list/array column (`BIGINT[]`, `VARCHAR[]`, PostgreSQL's `ARRAY`)."""
+    raw = col.raw_type.strip().upper()
+    return col.type == "other" and (raw.endswith("]") or raw.startswith(("ARRAY", "LIST")))
+
+
+_ARRAY_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_ ]*(\(\d+(,\s*\d+)?\))?(\[\])+")
+
+
+def castable_array(raw_type: str) -> bool:
+    """An array type name as catalogs give it (BIGINT[], VARCHAR(20)[]), safe to cast to."""
+    return _ARRAY_TYPE.fullmatch(raw_type.strip()) is not None
+
+
 @dataclass(frozen=True)
 class ForeignKey:
     name: str | None
