@@ -11,17 +11,17 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from oracle import PARENT, Oracle, RuleSpec
-from test_oracle import (
+from oracle_store import (
     KEY,
+    PLAIN,
     SECRET,
-    assert_same_world,
+    Names,
+    Stores,
     build_store,
     fetch_world,
-    holds_strategy,
-    main_rule,
     policy_set,
-    scenarios,
 )
+from test_oracle import assert_same_world, holds_strategy, main_rule, scenarios
 
 from retention_jobs import control, demo
 from retention_jobs.apply import RunOptions, run_policies
@@ -108,11 +108,13 @@ def test_demo_plan_is_what_the_run_does(store, rows):
 # --- the oracle ------------------------------------------------------------------------------
 
 
-def _check_against_simulated_run(root, rules, as_of, parents, children, holds, batch_size):
-    store = build_store(root, parents, children, holds)
-    ps = policy_set(rules)
+def _check_against_simulated_run(
+    root, rules, as_of, parents, children, holds, batch_size, names: Names = PLAIN
+):
+    store = build_store(Stores("duckdb", root), parents, children, holds, names)
+    ps = policy_set(rules, names)
     oracle = Oracle(rules, as_of)
-    before = fetch_world(store, holds)
+    before = fetch_world(store, holds, names)
     want, acted = oracle.simulate_run(before, SECRET)
     plan = {rp.rule_id: rp for rp in build_plan(store, ps, as_of).rules}
     for rule in rules:
@@ -135,13 +137,13 @@ def _check_against_simulated_run(root, rules, as_of, parents, children, holds, b
         assert sum(c.deleted + c.unlinked + c.anonymised for c in rr.cascades) == sum(
             c.rows for c in plan[rule_id].cascades
         ), f"{rule_id}: run cascade rows"
-    assert_same_world(fetch_world(store, holds), want, "run")
+    assert_same_world(fetch_world(store, holds, names), want, "run")
 
 
 @st.composite
 def overlapping(draw):
     """The oracle's scenarios with two or three rules on the same table: they overlap."""
-    rules, as_of, parents, children, holds, batch_size = draw(scenarios())
+    rules, as_of, parents, children, holds, batch_size, names = draw(scenarios())
     tz = rules[0].tz
     main = [r for r in rules if r.action != "retain"]
     extra = [draw(main_rule(i, tz)) for i in range(len(main), draw(st.integers(2, 3)))]
@@ -152,6 +154,7 @@ def overlapping(draw):
         children,
         (holds),
         batch_size,
+        names,
     )
 
 
@@ -163,9 +166,9 @@ def overlapping(draw):
 )
 @given(scenario=overlapping())
 def test_plan_counts_what_the_simulated_run_changes(tmp_path_factory, scenario):
-    rules, as_of, parents, children, holds, batch_size = scenario
+    rules, as_of, parents, children, holds, batch_size, names = scenario
     _check_against_simulated_run(
-        tmp_path_factory.mktemp("agree"), rules, as_of, parents, children, holds, batch_size
+        tmp_path_factory.mktemp("agree"), rules, as_of, parents, children, holds, batch_size, names
     )
 
 
