@@ -74,7 +74,11 @@ class Claims:
     def is_gone(self, table: str, t: sa.FromClause) -> sa.ColumnElement:
         """The row of `table` in `t` is deleted by an earlier step."""
         tests = self.gone.get(table, [])
-        return sa.or_(*(test(t) for test in tests)) if tests else sa.false()
+        return (
+            sa.func.coalesce(sa.or_(*(test(t) for test in tests)), sa.false())
+            if tests
+            else sa.false()
+        )
 
     def reads_gone(self, b: BoundRule) -> bool:
         """Whether `b`'s clock or `related` filters read a table earlier steps delete from:
@@ -127,7 +131,15 @@ class Claims:
             return
         stage = self._stage(values)
         col = stage.c[list(stage.c.keys())[0]]
-        self._record(table, lambda t: t.c[on].in_(sa.select(col)), columns)
+        # a row whose link is NULL is linked to no parent: not taken (false, never NULL, which
+        # would drop the row from every count of the plan)
+        self._record(
+            table,
+            lambda t: sa.func.coalesce(
+                t.c[on].in_(sa.select(col).where(col.is_not(None))), sa.false()
+            ),
+            columns,
+        )
 
     def _record(self, table: str, test: RowTest, columns: Iterable[str] | None) -> None:
         if columns is None:

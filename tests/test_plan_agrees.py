@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from oracle import PARENT, Oracle, RuleSpec
+from oracle import CHILD, PARENT, Oracle, RuleSpec
 from oracle_store import (
     KEY,
     PLAIN,
@@ -250,4 +250,26 @@ def test_a_where_over_a_column_an_earlier_rule_anonymises(tmp_path_factory):
     ]
     _check_against_simulated_run(
         tmp_path_factory.mktemp("probe"), rules, date(2024, 3, 1), PARENTS, CHILDREN, [], 3
+    )
+
+
+def test_a_child_linked_to_no_parent_is_counted_by_its_own_rule(tmp_path_factory):
+    """A parent rule's delete cascade takes the children linked to the parents it deletes; a
+    child whose link is NULL is taken by no cascade, so the child table's own rule acts on it
+    (it used to fall out of every count: NULL IN (...) is neither true nor false)."""
+    rules = [
+        _rule("r0", "delete", cascade="delete"),
+        RuleSpec(
+            purpose="pc",
+            tz="UTC",
+            name="c0",
+            table=CHILD,
+            clock="c_date",
+            keep=(0, 0, 0),
+            action="delete",
+        ),
+    ]
+    children = [(1, None, date(2024, 1, 1), "a"), (2, 1, date(2024, 1, 1), "b")]
+    _check_against_simulated_run(
+        tmp_path_factory.mktemp("unlinked-child"), rules, date(2024, 3, 1), PARENTS, children, [], 3
     )
