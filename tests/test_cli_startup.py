@@ -12,7 +12,9 @@ HEAVY = ["sqlalchemy", "polars", "pyarrow", "duckdb", "dagster"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _loaded_after(args: list[str], cwd: Path) -> tuple[int, dict[str, bool]]:
+def _loaded_after(
+    args: list[str], cwd: Path, modules: list[str] = HEAVY
+) -> tuple[int, dict[str, bool]]:
     code = (
         "import json, sys\n"
         "from retention_jobs.cli import main\n"
@@ -21,7 +23,7 @@ def _loaded_after(args: list[str], cwd: Path) -> tuple[int, dict[str, bool]]:
         "    rc = 0\n"
         "except SystemExit as e:\n"
         "    rc = e.code or 0\n"
-        f"print(json.dumps([rc, {{m: m in sys.modules for m in {HEAVY!r}}}]))\n"
+        f"print(json.dumps([rc, {{m: m in sys.modules for m in {modules!r}}}]))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
     done = subprocess.run(
@@ -41,3 +43,10 @@ def test_validate_without_a_store_imports_no_engine_library(tmp_path):
     rc, loaded = _loaded_after(["validate", str(ROOT / "policies")], tmp_path)
     assert rc == 0
     assert loaded == dict.fromkeys(HEAVY, False)
+
+
+def test_validate_checks_fakes_without_loading_faker(tmp_path):
+    """`fake:` providers and locales are checked against the shipped catalogue."""
+    rc, loaded = _loaded_after(["validate", str(ROOT / "policies")], tmp_path, ["faker"])
+    assert rc == 0
+    assert loaded == {"faker": False}
